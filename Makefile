@@ -1,0 +1,30 @@
+# Set-up and everyday commands. `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: venv demo test test-all lint bench bench-quick clean-tmp
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv  ## the whole pipeline on the embedded synthetic data
+	$(PY) main.py $(ARGS)
+
+test: venv  ## the test suite without the tests marked slow
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
+
+test-all: venv
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+
+lint: venv
+	$(PY) -m compileall -q main.py config.py common datasets classifier attention saliency guide deeplab benchmarks
+
+clean-tmp:  ## forget computed stage outputs (keeps checkpoints and data)
+	rm -rf tmp runs

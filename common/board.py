@@ -1,0 +1,25 @@
+"""Tensorboard writers, one folder per stage, each starting with the resolved config."""
+from __future__ import annotations
+
+import json
+
+from torch.utils.tensorboard import SummaryWriter
+
+from common import files
+from common.layout import Layout
+
+
+def open_writer(cfg, stage: str) -> SummaryWriter:
+    """A SummaryWriter in runs/<stage>/ that has the resolved config as text and in config.json."""
+    run_dir = Layout(cfg).run_dir(stage)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = cfg.to_json()
+    files.write_text(run_dir / "config.json", text)
+    writer = SummaryWriter(log_dir=str(run_dir))
+    writer.add_text("config", "```\n" + text + "\n```", 0)
+    return writer
+
+
+def write_report(cfg, stage: str, name: str, payload: dict) -> None:
+    """A JSON report next to the stage's tensorboard events (runs/<stage>/<name>.json)."""
+    files.write_text(Layout(cfg).run_dir(stage) / f"{name}.json", json.dumps(payload, indent=2))

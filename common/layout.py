@@ -1,0 +1,128 @@
+"""The one place that spells paths under tmp/, checkpoints/ and runs/, and the formats of what
+stages exchange through tmp/.
+
+    tmp/saliency/prob/<id>.png            saliency probability, 8-bit grey (p * 255), image size
+    tmp/saliency/binary/<id>.png          0/255 view at saliency.threshold, for inspection only
+    tmp/attention/cams/<id>.npz           raw CAMs of the image's classes (format below)
+    tmp/attention/masks/<id>_c<NN>.png    binary class mask (0/255) of class id NN, image size
+    tmp/guide/labels/<id>.png             pseudo label, VOC palette PNG (0 bg, 1..C, 255 ignore)
+    tmp/guide/previews/<id>.jpg           image | saliency | CAMs | guide | ground truth
+    tmp/deeplab/predictions/<id>.png      DeepLab prediction, VOC palette PNG
+    tmp/deeplab/overlays/<id>.jpg         image | ground truth | prediction
+    checkpoints/<stage>/{best,last}.pt    trained networks; last.pt holds the full training state
+    runs/<stage>/                         tensorboard events, config.json, reports
+
+CAM file (``.npz``): ``class_ids`` int16 (K,) with ids 1..C; ``cams`` float16 (K, h, w), each map
+ReLU'd and divided by its maximum (so in [0, 1]), at ceil(H / stride) x ceil(W / stride);
+``image_size`` int32 (H, W). Read it with :meth:`Layout.read_cams`, which can upsample to (H, W).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common import files
+
+STAGES = ("train_saliency", "create_saliency", "train_seed", "create_attention", "create_guide",
+          "train_deeplab", "eval_deeplab")
+
+
+def check_id(image_id: str) -> str:
+    if not image_id or "/" in image_id or "\\" in image_id or image_id.startswith("."):
+        raise ValueError(f"image id {image_id!r} cannot name a file (no slashes, no leading dot)")
+    return image_id
+
+
+@dataclass
+class ClassCams:
+    class_ids: np.ndarray  # (K,) int, ids 1..C
+    cams: np.ndarray  # (K, h, w) float32 in [0, 1]
+    image_size: tuple[int, int]  # (H, W)
+
+    def upsampled(self) -> np.ndarray:
+        """The maps at the image's own size, (K, H, W) float32, bilinear."""
+        if len(self.class_ids) == 0:
+            return np.zeros((0, *self.image_size), dtype=np.float32)
+        maps = torch.from_numpy(self.cams.astype(np.float32))[None]
+        maps = F.interpolate(maps, size=self.image_size, mode="bilinear", align_corners=False)
+        return maps[0].clamp_(0, 1).numpy()
+
+
+class Layout:
+    """Paths of everything a stage reads or writes, from the config's ``paths`` section."""
+
+    def __init__(self, cfg) -> None:
+        self.tmp = cfg.path(cfg.paths.tmp)
+        self.runs = cfg.path(cfg.paths.runs)
+        self.checkpoints = cfg.path(cfg.paths.checkpoints)
+
+    # ---- saliency
+    def saliency_prob(self, image_id: str) -> Path:
+        return self.tmp / "saliency" / "prob" / f"{check_id(image_id)}.png"
+
+    def saliency_binary(self, image_id: str) -> Path:
+        return self.tmp / "saliency" / "binary" / f"{check_id(image_id)}.png"
+
+    def write_saliency(self, image_id: str, prob: np.ndarray) -> None:
+        """Store a probability map (H, W) in [0, 1] as 8 bits."""
+        files.write_gray_png(self.saliency_prob(image_id), np.round(np.clip(prob, 0, 1) * 255))
+
+    def read_saliency(self, image_id: str) -> np.ndarray:
+        """The stored probability map, float32 (H, W) in [0, 1]."""
+        return files.read_label_png(self.saliency_prob(image_id)).astype(np.float32) / 255.0
+
+    # ---- attention
+    def cams(self, image_id: str) -> Path:
+        return self.tmp / "attention" / "cams" / f"{check_id(image_id)}.npz"
+
+    def cam_mask(self, image_id: str, class_id: int) -> Path:
+        return self.tmp / "attention" / "masks" / f"{check_id(image_id)}_c{int(class_id):02d}.png"
+
+    def write_cams(self, image_id: str, class_ids, cams: np.ndarray, image_size) -> None:
+        files.write_npz(self.cams(image_id), class_ids=np.asarray(class_ids, dtype=np.int16),
+                        cams=np.asarray(cams, dtype=np.float16),
+                        image_size=np.asarray(image_size, dtype=np.int32))
+
+    def read_cams(self, image_id: str) -> ClassCams:
+        path = self.cams(image_id)
+        try:
+            with np.load(path) as data:
+                return ClassCams(class_ids=data["class_ids"].astype(np.int64),
+                                 cams=data["cams"].astype(np.float32),
+                                 image_size=tuple(int(v) for v in data["image_size"]))
+        except (OSError, KeyError, ValueError) as err:
+            raise OSError(f"cannot read CAM file {path}: {err}") from err
+
+    def write_cam_mask(self, image_id: str, class_id: int, mask: np.ndarray) -> None:
+        files.write_gray_png(self.cam_mask(image_id, class_id), np.where(mask, 255, 0))
+
+    def read_cam_mask(self, image_id: str, class_id: int) -> np.ndarray:
+        """Binary class mask, bool (H, W)."""
+        return files.read_label_png(self.cam_mask(image_id, class_id)) > 127
+
+    # ---- guide
+    def pseudo_label(self, image_id: str) -> Path:
+        return self.tmp / "guide" / "labels" / f"{check_id(image_id)}.png"
+
+    def guide_preview(self, image_id: str) -> Path:
+        return self.tmp / "guide" / "previews" / f"{check_id(image_id)}.jpg"
+
+    # ---- deeplab
+    def prediction(self, image_id: str) -> Path:
+        return self.tmp / "deeplab" / "predictions" / f"{check_id(image_id)}.png"
+
+    def overlay(self, image_id: str) -> Path:
+        return self.tmp / "deeplab" / "overlays" / f"{check_id(image_id)}.jpg"
+
+    # ---- checkpoints and runs
+    def checkpoint(self, stage: str, which: str = "best") -> Path:
+        if which not in ("best", "last"):
+            raise ValueError(f"checkpoint {which!r}: expected best or last")
+        return self.checkpoints / stage / f"{which}.pt"
+
+    def run_dir(self, stage: str) -> Path:
+        return self.runs / stage

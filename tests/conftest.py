@@ -1,0 +1,43 @@
+"""Shared fixtures: an isolated project tree per test, and small configs."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+SHARED = PROJECT.parent / "shared"
+
+import config as config_module  # noqa: E402
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """``make_cfg(preset="demo", **{"section.key": value})``: a validated config whose tmp, runs,
+    checkpoints and data live under the test's own folder."""
+
+    def build(preset: str = "demo", **overrides):
+        cfg = config_module.build_config(preset)
+        cfg.paths.tmp = str(tmp_path / "tmp")
+        cfg.paths.runs = str(tmp_path / "runs")
+        cfg.paths.checkpoints = str(tmp_path / "checkpoints")
+        cfg.paths.data_root = str(tmp_path / "data")
+        if cfg.dataset.kind == "synthetic":
+            cfg.dataset.root = str(tmp_path / "data" / "synthetic")
+        for key, value in overrides.items():
+            section, name = key.split("__") if "__" in key else key.split(".")
+            setattr(getattr(cfg, section), name, value)
+        return config_module.validate(cfg)
+
+    return build
+
+
+def needs_shared(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent")
+    return path
