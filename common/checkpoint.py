@@ -27,7 +27,7 @@ def load_training_state(path: Path, *, model: torch.nn.Module, optimizer=None, s
     """Load what :func:`save_training_state` wrote into the given objects; returns the state."""
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
-    except (OSError, RuntimeError) as err:
+    except Exception as err:  # missing, truncated, or not a torch file
         raise OSError(f"cannot read checkpoint {path}: {err}") from err
     model.load_state_dict(state["model"])
     if optimizer is not None and state.get("optimizer") is not None:
@@ -43,7 +43,7 @@ def load_model_weights(path: Path, model: torch.nn.Module, map_location="cpu") -
     """Model weights from a training-state file (or a plain state_dict); returns the file's dict."""
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
-    except (OSError, RuntimeError) as err:
+    except Exception as err:  # missing, truncated, or not a torch file
         raise OSError(f"cannot read checkpoint {path}: {err}") from err
     model.load_state_dict(state["model"] if "model" in state else state)
     return state

@@ -52,7 +52,16 @@ def read_image(path: Path) -> np.ndarray:
     """An image file as an RGB uint8 array (H, W, 3)."""
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise OSError(f"cannot read image {path}: {err}") from err
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file, from its header."""
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
     except (OSError, ValueError) as err:
         raise OSError(f"cannot read image {path}: {err}") from err
 
@@ -63,7 +72,7 @@ def read_label_png(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             if img.mode not in ("P", "L", "1", "I", "I;16"):
                 raise ValueError(f"mode {img.mode}: expected a palette or greyscale PNG of class ids")
-            return np.asarray(img).astype(np.uint8)
+            return np.array(img, dtype=np.uint8)
     except (OSError, ValueError) as err:
         raise OSError(f"cannot read label image {path}: {err}") from err
 

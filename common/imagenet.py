@@ -46,7 +46,7 @@ def load_lite0_imagenet(model: torch.nn.Module, weights_path: str | Path = "") -
     path = Path(weights_path) if weights_path else lite0_weights_file()
     try:
         source = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as err:
+    except Exception as err:  # missing, truncated, or not a torch file: one message for all
         raise WeightsUnavailable(f"cannot read EfficientNet-Lite0 weights {path}: {err}") from err
     if "model" in source and isinstance(source["model"], dict):
         source = source["model"]
@@ -83,7 +83,7 @@ def load_torchvision_imagenet(model: torch.nn.Module, arch: str, weights_path: s
     if weights_path:
         try:
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as err:
+        except Exception as err:  # missing, truncated, or not a torch file: one message for all
             raise WeightsUnavailable(f"cannot read ImageNet weights {weights_path}: {err}") from err
     else:
         try:

@@ -35,6 +35,10 @@ class ImageSet(ABC):
     def mask(self, image_id: str) -> np.ndarray | None:
         """uint8 (H, W) ground truth, or None where the image has none."""
 
+    def image_size(self, image_id: str) -> tuple[int, int]:
+        """(H, W) of the image; subclasses read it from the file header without decoding."""
+        return tuple(self.image(image_id).shape[:2])
+
     def has_mask(self, image_id: str) -> bool:
         return self.mask(image_id) is not None
 

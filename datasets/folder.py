@@ -71,6 +71,9 @@ class FolderImageSet(ImageSet):
     def image(self, image_id: str) -> np.ndarray:
         return files.read_image(find_image(self.root / "images", image_id))
 
+    def image_size(self, image_id: str) -> tuple[int, int]:
+        return files.image_size(find_image(self.root / "images", image_id))
+
     def labels(self, image_id: str) -> np.ndarray:
         return names_to_vector(self._names[image_id], self.class_names, self.root, self._unknown)
 

@@ -77,6 +77,9 @@ class VOCImageSet(ImageSet):
     def image(self, image_id: str) -> np.ndarray:
         return files.read_image(find_image(self.root / "JPEGImages", image_id))
 
+    def image_size(self, image_id: str) -> tuple[int, int]:
+        return files.image_size(find_image(self.root / "JPEGImages", image_id))
+
     def _mask_path(self, image_id: str) -> Path | None:
         for folder in self._mask_dirs:
             path = folder / f"{image_id}.png"

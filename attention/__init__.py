@@ -1,0 +1,1 @@
+"""Grad-CAM class regions (CREATE_ATTENTION)."""

@@ -1,0 +1,93 @@
+"""Batched Grad-CAM: the maps of several classes per image from one forward pass per batch.
+
+The target layer's output is replaced, through a forward hook, by a leaf tensor that requires
+gradients. Backward passes therefore stop at the target layer: after the single forward, each class
+slot costs one backward through the layers *after* the target (for our classifiers, the pooling and
+the linear head), never through the backbone. Slot k holds the k-th ground-truth class of every image
+in the batch at once, since images in a batch do not interact in eval mode.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if name not in modules:
+        candidates = [n for n in modules if n][-8:]
+        raise ValueError(f"attention.target_layer {name!r} is not a module of the classifier "
+                         f"(last module names: {', '.join(candidates)})")
+    return modules[name]
+
+
+class GradCam:
+    """Context manager owning the hook; released on exit whatever happens.
+
+    >>> with GradCam(model, "features.42") as grad_cam:
+    ...     maps = grad_cam(images, [[3], [1, 7]])   # per image: (K, h, w) ReLU'd Grad-CAMs
+    """
+
+    def __init__(self, model: nn.Module, target_layer: str) -> None:
+        self.model = model
+        self.layer = find_layer(model, target_layer)
+        self._handle = None
+        self._activations: torch.Tensor | None = None
+
+    def __enter__(self) -> "GradCam":
+        self._handle = self.layer.register_forward_hook(self._capture)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self._activations = None
+
+    def _capture(self, module, inputs, output):
+        leaf = output.detach().requires_grad_(True)
+        self._activations = leaf
+        # a clone, so that in-place layers after the target do not write into the leaf
+        return leaf.clone()
+
+    def __call__(self, images: torch.Tensor, classes: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """Grad-CAMs, ReLU'd but not normalised, at the target layer's resolution.
+
+        Args:
+            images: normalised batch (B, 3, H, W); the model must be in eval mode.
+            classes: for each image, the logit indices to explain (may be empty).
+        Returns: one tensor (K_b, h, w) per image, in the order of ``classes[b]``.
+        """
+        if self._handle is None:
+            raise RuntimeError("GradCam must be used inside a with-block")
+        if len(classes) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(classes)} class lists")
+        with torch.enable_grad():
+            logits = self.model(images)
+            activations = self._activations
+            batch, channels, height, width = activations.shape
+            maps = [activations.new_zeros((len(c), height, width)) for c in classes]
+            slots = max((len(c) for c in classes), default=0)
+            for slot in range(slots):
+                selector = torch.zeros_like(logits)
+                for index, image_classes in enumerate(classes):
+                    if slot < len(image_classes):
+                        selector[index, image_classes[slot]] = 1.0
+                (gradients,) = torch.autograd.grad(logits, activations, grad_outputs=selector,
+                                                   retain_graph=slot < slots - 1)
+                weights = gradients.mean(dim=(2, 3), keepdim=True)
+                cams = F.relu((weights * activations).sum(dim=1))
+                for index, image_classes in enumerate(classes):
+                    if slot < len(image_classes):
+                        maps[index][slot] = cams[index].detach()
+        self._activations = None
+        return maps
+
+
+def normalise_maps(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Divide each map (K, h, w) by its maximum, so every map lies in [0, 1]."""
+    peak = maps.flatten(1).amax(dim=1).clamp_min(eps) if maps.numel() else maps.new_ones(0)
+    return maps / peak[:, None, None]

@@ -1,0 +1,32 @@
+"""The multi-label classifier (TRAIN_SEED). Other stages use it only through :func:`load_trained`."""
+from __future__ import annotations
+
+import torch
+
+from classifier.models import MultiLabelClassifier, build_classifier
+from common.layout import Layout
+
+
+def load_trained(cfg, class_names: list[str], device: torch.device) -> MultiLabelClassifier:
+    """The best trained classifier (the last one when no best exists), in eval mode.
+
+    Raises a clear error when TRAIN_SEED has not run or was trained on other classes."""
+    layout = Layout(cfg)
+    path = layout.checkpoint("classifier", "best")
+    if not path.exists():
+        path = layout.checkpoint("classifier", "last")
+    if not path.exists():
+        raise FileNotFoundError(f"no trained classifier at {path.parent}: run TRAIN_SEED first "
+                                f"(python main.py --stages train_seed)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    extra = state.get("extra", {})
+    if extra.get("class_names") != list(class_names):
+        raise ValueError(f"{path} was trained on classes {extra.get('class_names')}, "
+                         f"but the data set has {list(class_names)}")
+    model = build_classifier(backbone=extra["backbone"], num_classes=extra["num_classes"],
+                             pretrained=False, output_stride=extra["output_stride"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+__all__ = ["MultiLabelClassifier", "build_classifier", "load_trained"]

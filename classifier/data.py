@@ -1,0 +1,74 @@
+"""Image-level training and validation samples for the classifier."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from datasets.base import ImageSet
+
+
+def to_tensor(image: np.ndarray, mean, std) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> normalised float (3, H, W)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    return (tensor - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+def fit_long_side(tensor: torch.Tensor, long_side: int) -> torch.Tensor:
+    """Resize (3, H, W) so its longer side is ``long_side``, keeping the aspect ratio."""
+    height, width = tensor.shape[1:]
+    factor = long_side / max(height, width)
+    size = (max(1, round(height * factor)), max(1, round(width * factor)))
+    return F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def place_in_square(tensor: torch.Tensor, side: int, rng: np.random.Generator | None) -> torch.Tensor:
+    """Crop or zero-pad (zero = the mean colour after normalisation) to side x side; random offsets
+    when ``rng`` is given, centred otherwise."""
+    height, width = tensor.shape[1:]
+    out = tensor.new_zeros((3, side, side))
+
+    def offsets(length: int) -> tuple[int, int]:
+        slack = abs(side - length)
+        shift = int(rng.integers(0, slack + 1)) if rng is not None else slack // 2
+        return (0, shift) if length > side else (shift, 0)  # (dst offset, src offset)
+
+    (dst_y, src_y), (dst_x, src_x) = offsets(height), offsets(width)
+    copy_h, copy_w = min(side, height), min(side, width)
+    out[:, dst_y:dst_y + copy_h, dst_x:dst_x + copy_w] = tensor[:, src_y:src_y + copy_h, src_x:src_x + copy_w]
+    return out
+
+
+class ClassificationSamples(Dataset):
+    """Normalised image tensors at crop_size x crop_size and their label vectors.
+
+    Training: the image's long side is scaled to crop_size * s (s uniform in [scale_min, scale_max]),
+    then randomly cropped or padded to a square, and flipped at random; the aspect ratio is kept.
+    Evaluation: long side = crop_size, centred, no flip.
+    """
+
+    def __init__(self, image_set: ImageSet, *, crop_size: int, mean, std, train: bool,
+                 scale_min: float = 1.0, scale_max: float = 1.0) -> None:
+        self.image_set = image_set
+        self.crop_size = crop_size
+        self.mean, self.std = mean, std
+        self.train = train
+        self.scale_range = (scale_min, scale_max)
+
+    def __len__(self) -> int:
+        return len(self.image_set)
+
+    def __getitem__(self, index: int):
+        image_id = self.image_set.ids[index]
+        tensor = to_tensor(self.image_set.image(image_id), self.mean, self.std)
+        rng = None
+        long_side = self.crop_size
+        if self.train:
+            # NumPy's global stream: seeded per worker by common.runtime.worker_seed, restored on resume
+            rng = np.random.default_rng(np.random.randint(0, 2**31))
+            long_side = max(8, round(self.crop_size * rng.uniform(*self.scale_range)))
+        tensor = place_in_square(fit_long_side(tensor, long_side), self.crop_size, rng)
+        if self.train and rng.random() < 0.5:
+            tensor = tensor.flip(-1)
+        return tensor, torch.from_numpy(self.image_set.labels(image_id))
