@@ -57,12 +57,22 @@ class MultiLabelClassifier(nn.Module):
         return self.classifier.parameters()
 
     def freeze_batchnorm(self) -> None:
-        """Keep ImageNet BatchNorm statistics: small multi-label batches would only add noise."""
+        """Keep ImageNet BatchNorm statistics and affine weights, also across later ``train()``
+        calls: small multi-label batches would only add noise to them."""
+        self.batchnorm_frozen = True
         for module in self.features.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
                 for param in module.parameters():
                     param.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "MultiLabelClassifier":
+        super().train(mode)
+        if getattr(self, "batchnorm_frozen", False):
+            for module in self.features.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def describe(self) -> dict:
         """What is needed to rebuild this network around a checkpoint."""

@@ -89,3 +89,17 @@ def test_classifier_backbones_and_target_layers(backbone, output_stride):
     assert features.shape[2:] == (96 // output_stride, 64 // output_stride)
     assert model.default_target_layer in dict(model.named_modules())
     assert F.relu(features).equal(features)  # the target is an activation: maps are non-negative
+
+
+def test_frozen_batchnorm_stays_frozen_across_train_calls():
+    model = build_classifier(backbone="efficientnet_lite0", num_classes=2, pretrained=False)
+    model.train()
+    model.freeze_batchnorm()
+    model.eval()
+    model.train()  # e.g. after a validation pass
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(not m.training for m in norms)
+    before = norms[0].running_mean.clone()
+    model(torch.randn(2, 3, 64, 64))
+    assert torch.equal(norms[0].running_mean, before)
+    assert model.classifier.training
