@@ -106,6 +106,7 @@ def test_hook_is_released_and_memory_freed():
         maps = grad_cam(images, [[0], [1], [2]])
         assert len(layer._forward_hooks) == 1
     assert len(layer._forward_hooks) == 0
+    assert all(p.requires_grad for p in model.parameters())  # restored after the block
     probe = weakref.ref(maps[0])
     del maps
     gc.collect()
@@ -121,8 +122,10 @@ def test_hook_is_released_when_the_forward_fails():
     layer = dict(model.named_modules())[layer_name]
     with pytest.raises(RuntimeError):
         with GradCam(model, layer_name) as grad_cam:
+            assert not any(p.requires_grad for p in model.parameters())
             grad_cam(torch.randn(1, 4, 32, 32), [[0]])  # wrong channel count
     assert len(layer._forward_hooks) == 0
+    assert all(p.requires_grad for p in model.parameters())
 
 
 def test_unknown_target_layer_is_a_clear_error():
