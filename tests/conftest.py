@@ -41,3 +41,34 @@ def needs_shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent")
     return path
+
+
+TINY_SYNTHETIC = {"synthetic.num_train": 48, "synthetic.num_val": 16,
+                  "synthetic.saliency_num_train": 24, "synthetic.saliency_num_val": 8}
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic_root(tmp_path_factory):
+    """A small synthetic set generated once per test session (its root folder)."""
+    from datasets import synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    cfg = config_module.build_config("demo")
+    cfg.dataset.root = str(root)
+    for key, value in TINY_SYNTHETIC.items():
+        setattr(cfg.synthetic, key.split(".")[1], value)
+    synthetic.ensure_generated(cfg)
+    return root
+
+
+@pytest.fixture
+def tiny_cfg(make_cfg, tiny_synthetic_root):
+    """``tiny_cfg(**overrides)``: the demo config on the session's small synthetic set, with
+    CPU-sized steps; tmp/runs/checkpoints in the test's own folder."""
+
+    def build(**overrides):
+        settings = {**TINY_SYNTHETIC, "dataset.root": str(tiny_synthetic_root),
+                    "runtime.num_workers": 0, **overrides}
+        return make_cfg("demo", **settings)
+
+    return build
