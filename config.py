@@ -91,24 +91,25 @@ class SaliencyConfig:
     checkpoint: str = ""  # a PiCANet state_dict to use; empty = checkpoints/saliency/best.pt
     pretrained: bool = True  # ImageNet weights for the encoder when training
     weights_path: str = ""  # local file with the encoder's ImageNet weights (VGG16 features)
-    input_size: int = 224
+    input_size: int = 160  # the network's input side; 224 for the public checkpoint (voc preset)
     threshold: float = 0.5  # foreground = probability >= threshold (applied where used)
     minmax_normalise: bool = False  # per-image min-max stretch; invents foreground when off
     paper_attention: bool = False  # transpose in local attention (paper's intent); checkpoints: False
     batch_size: int = 8
-    # training (TRAIN_SALIENCY)
+    # training (TRAIN_SALIENCY); the defaults are a short CPU recipe, the voc preset has the
+    # checkpoint's (SGD, lr 1e-3 / 1e-2, x0.1 every 7000 steps, batch 4, 20 epochs of DUTS-TR)
     train_root: str = ""  # DUTS layout or images/ + masks/; empty = synthetic saliency set
-    val_root: str = ""
+    val_root: str = ""  # empty: DUTS-TE beside DUTS-TR, else 10% of the training images
     train_batch_size: int = 8
-    steps: int = 400
-    lr_encoder: float = 1e-3
-    lr_decoder: float = 1e-2
-    lr_step: int = 7000  # lr x0.1 every lr_step steps
+    steps: int = 100
+    optimizer: str = "adam"  # sgd (the checkpoint's recipe) | adam (converges in fewer CPU steps)
+    lr_encoder: float = 1e-4
+    lr_decoder: float = 1e-3
+    lr_step: int = 100000  # lr x0.1 every lr_step steps
     momentum: float = 0.9
     weight_decay: float = 5e-4
     grad_clip: float = 100.0
-    val_every: int = 100
-    optimizer: str = "sgd"  # sgd (the checkpoint's recipe) | adam (faster on CPU)
+    val_every: int = 50
 
 
 @dataclass
@@ -117,16 +118,16 @@ class ClassifierConfig:
     pretrained: bool = True  # ImageNet weights; False is an explicit choice to train from scratch
     weights_path: str = ""  # local file with ImageNet weights instead of a download
     output_stride: int = 16  # 16 keeps finer CAMs (dilated last stage); 32 = stock network
-    crop_size: int = 160
+    crop_size: int = 128
     scale_min: float = 0.7
     scale_max: float = 1.3
     batch_size: int = 16
-    steps: int = 500
+    steps: int = 100
     lr: float = 0.01  # head learning rate; the backbone uses lr * backbone_lr_mult
     backbone_lr_mult: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    val_every: int = 100
+    val_every: int = 50
 
 
 @dataclass
@@ -243,9 +244,13 @@ def _voc(cfg: Config) -> None:
     cfg.dataset.kind = "voc"
     cfg.dataset.root = "data/VOCdevkit/VOC2012"
     cfg.saliency.encoder = "vgg16"
+    cfg.saliency.input_size = 224
     cfg.saliency.train_root = "data/DUTS"
     cfg.saliency.train_batch_size = 4
     cfg.saliency.steps = 20 * 10553 // 4
+    cfg.saliency.optimizer = "sgd"
+    cfg.saliency.lr_encoder, cfg.saliency.lr_decoder, cfg.saliency.lr_step = 1e-3, 1e-2, 7000
+    cfg.saliency.val_every = 2000
     cfg.classifier.backbone = "vgg16_bn"
     cfg.classifier.crop_size = 321
     cfg.classifier.batch_size = 16
@@ -275,6 +280,7 @@ def _msrc(cfg: Config) -> None:
     cfg.dataset.root = str((PROJECT_ROOT / ".." / "shared" / "data" / "msrc_objects").resolve())
     cfg.saliency.train_root = str((PROJECT_ROOT / ".." / "shared" / "data" / "davis_saliency" / "train").resolve())
     cfg.saliency.val_root = str((PROJECT_ROOT / ".." / "shared" / "data" / "davis_saliency" / "val").resolve())
+    cfg.saliency.input_size = 224
     cfg.classifier.crop_size = 224
     cfg.deeplab.crop_size = 224
 

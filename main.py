@@ -65,6 +65,15 @@ def select_stages(text: str | None) -> list[str]:
     return [s for s in STAGE_NAMES if s in wanted]
 
 
+def preflight(cfg, stages: list[str]) -> None:
+    """Let every selected stage refuse to start (e.g. a missing network) before any work is done."""
+    modules = {name: module for name, module in STAGES.values()}
+    for stage in stages:
+        check = getattr(importlib.import_module(modules[stage]), "preflight", None)
+        if check is not None:
+            check(cfg, stages)
+
+
 def run_stages(cfg, stages: list[str]) -> dict[str, dict]:
     """Run ``stages`` in pipeline order; returns each stage's summary and wall time."""
     from common import files
@@ -115,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         stages = select_stages(args.stages)
         cfg = config_module.build_config(args.preset, args.overrides)
         config_module.validate(cfg, stages)
-    except config_module.ConfigError as err:
+        preflight(cfg, stages)
+    except (config_module.ConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not stages:

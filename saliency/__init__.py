@@ -1,0 +1,1 @@
+"""Class-agnostic saliency: PiCANet (TRAIN_SALIENCY, CREATE_SALIENCY)."""

@@ -1,0 +1,285 @@
+"""PiCANet (Liu, Han & Yang, CVPR 2018), compatible with the public PyTorch checkpoint.
+
+``PiCANet(encoder="vgg16")`` has exactly the tensor names and shapes of the public
+``<N>epo_<M>step.ckpt`` state dict (see ../shared/spec/picanet.md and tests/fixtures), loads it with
+``strict=True`` and computes the function it was trained as, including the row-major reshape of
+the local attention. ``encoder="efficientnet_lite0"`` puts the same decoder design (global
+attention in the first two cells, local attention in the next ones, deep supervision) on the
+feature pyramid of an EfficientNet-Lite0 with offline ImageNet weights, narrow enough to train on a
+CPU in minutes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common import imagenet
+
+ENCODERS = ("vgg16", "efficientnet_lite0")
+
+
+# ------------------------------------------------------------------------------------------------
+# attention modules
+# ------------------------------------------------------------------------------------------------
+class ReNet(nn.Module):
+    """Two bidirectional LSTMs: along the width of every row, then along the height of every
+    column of the result; a 1x1 conv to ``out_channels`` attention logits per position."""
+
+    def __init__(self, in_channels: int, out_channels: int = 100, hidden: int = 256) -> None:
+        super().__init__()
+        self.vertical = nn.LSTM(input_size=in_channels, hidden_size=hidden, batch_first=True,
+                                bidirectional=True)
+        self.horizontal = nn.LSTM(input_size=2 * hidden, hidden_size=hidden, batch_first=True,
+                                  bidirectional=True)
+        self.conv = nn.Conv2d(2 * hidden, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        # every row is an independent sequence: run them all in one LSTM call
+        rows = x.permute(0, 2, 3, 1).reshape(batch * height, width, channels)
+        rows, _ = self.vertical(rows)  # (B*H, W, 2h)
+        features = rows.shape[-1]
+        columns = rows.reshape(batch, height, width, features).permute(0, 2, 1, 3)
+        columns, _ = self.horizontal(columns.reshape(batch * width, height, features))  # (B*W, H, 2h)
+        result = columns.reshape(batch, width, height, features).permute(0, 3, 2, 1)  # (B, 2h, H, W)
+        return self.conv(result.contiguous())
+
+
+def context_grid(size: int, points: int = 10) -> torch.Tensor:
+    """Row (or column) indices of the global context grid: evenly spread from the first to the
+    last pixel. On the checkpoint's 28 x 28 maps that is 0, 3, ..., 27, exactly what F.unfold with
+    a 10 x 10 kernel and dilation 3 takes; other sizes (the lite0 encoder) spread the same way."""
+    return torch.linspace(0, size - 1, points).round().long()
+
+
+class GlobalAttention(nn.Module):
+    """Every position attends to the same 10 x 10 grid of context points."""
+
+    def __init__(self, channels: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.renet = ReNet(channels, 100, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        weights = F.softmax(self.renet(x), dim=1).reshape(batch, 100, height * width)
+        rows, cols = context_grid(height).to(x.device), context_grid(width).to(x.device)
+        context = x[:, :, rows][:, :, :, cols].reshape(batch, channels, 100)  # row-major grid
+        return torch.bmm(context, weights).reshape(batch, channels, height, width)
+
+
+class LocalAttention(nn.Module):
+    """Each position attends to its 7 x 7 neighbourhood (dilation 2).
+
+    ``paper_order=False`` (default, and what the public checkpoint was trained with) reshapes the
+    unfolded neighbourhoods row-major to (B, C, H*W, 49) without a transpose, pairing weights with
+    values the way the original code did; ``True`` pairs each position with its own neighbourhood,
+    as the paper intends (for new training only)."""
+
+    def __init__(self, channels: int, paper_order: bool = False, hidden: int = 128) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, hidden, kernel_size=7, dilation=2, padding=6)
+        self.conv2 = nn.Conv2d(hidden, 49, kernel_size=1)
+        self.paper_order = paper_order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        weights = F.softmax(self.conv2(self.conv1(x)), dim=1)  # (B, 49, H, W)
+        patches = F.unfold(x, kernel_size=7, dilation=2, padding=6)  # (B, C*49, H*W)
+        if self.paper_order:
+            patches = patches.reshape(batch, channels, 49, height * width).transpose(2, 3)
+            weights = weights.reshape(batch, 49, height * width).transpose(1, 2)[:, None]
+        else:
+            patches = patches.reshape(batch, channels, height * width, 49)
+            weights = weights.reshape(batch, 1, height * width, 49)
+        return (patches * weights).sum(dim=3).reshape(batch, channels, height, width)
+
+
+# ------------------------------------------------------------------------------------------------
+# decoder
+# ------------------------------------------------------------------------------------------------
+class DecoderCell(nn.Module):
+    """One decoder cell: fuse the encoder tap with the previous cell, attend, predict a side output.
+
+    Mode "G"/"L": global/local attention, ``conv2`` fuses features and attended features into
+    ``out_channels``, ``conv3`` gives the side output. Mode "C" (last cell): ``conv2`` gives it.
+    """
+
+    def __init__(self, *, en_channels: int, dec_channels: int, width: int, out_channels: int,
+                 mode: str, renet_hidden: int = 256, local_hidden: int = 128,
+                 paper_attention: bool = False) -> None:
+        super().__init__()
+        self.mode = mode
+        self.bn_en = nn.BatchNorm2d(en_channels)
+        self.conv1 = nn.Conv2d(en_channels + dec_channels, width, kernel_size=1)
+        if mode == "G":
+            self.picanet = GlobalAttention(width, renet_hidden)
+        elif mode == "L":
+            self.picanet = LocalAttention(width, paper_attention, local_hidden)
+        if mode == "C":
+            self.conv2 = nn.Conv2d(width, 1, kernel_size=1)
+        else:
+            self.conv2 = nn.Conv2d(2 * width, out_channels, kernel_size=1)
+            self.bn_feature = nn.BatchNorm2d(out_channels)
+            self.conv3 = nn.Conv2d(out_channels, 1, kernel_size=1)
+
+    def forward(self, en: torch.Tensor, dec: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if dec is None:
+            dec = en
+        elif dec.shape[2] * 2 == en.shape[2]:
+            dec = F.interpolate(dec, scale_factor=2, mode="bilinear", align_corners=True)
+        elif dec.shape[2:] != en.shape[2:]:
+            raise ValueError(f"decoder sizes do not fit: encoder {tuple(en.shape[2:])}, "
+                             f"previous cell {tuple(dec.shape[2:])}")
+        en = F.relu(self.bn_en(en))
+        fused = F.relu(self.conv1(torch.cat([en, dec], dim=1)))
+        if self.mode == "C":
+            out = self.conv2(fused)
+            return out, torch.sigmoid(out)
+        attended = self.picanet(fused)
+        out = F.relu(self.bn_feature(self.conv2(torch.cat([fused, attended], dim=1))))
+        return out, torch.sigmoid(self.conv3(out))
+
+
+# ------------------------------------------------------------------------------------------------
+# encoders
+# ------------------------------------------------------------------------------------------------
+def _vgg16_layers() -> nn.Sequential:
+    """torchvision's vgg16().features with block 4's pool made 1x1/stride 1 and block 5 dilated."""
+    layers: list[nn.Module] = []
+    plan = [(3, 64), (64, 64), "P", (64, 128), (128, 128), "P", (128, 256), (256, 256), (256, 256), "P",
+            (256, 512), (512, 512), (512, 512), "P1", (512, 512, 2), (512, 512, 2), (512, 512, 2), "P1"]
+    for item in plan:
+        if item == "P":
+            layers.append(nn.MaxPool2d(2, 2))
+        elif item == "P1":
+            layers.append(nn.MaxPool2d(1, 1))
+        else:
+            dilation = item[2] if len(item) == 3 else 1
+            layers += [nn.Conv2d(item[0], item[1], 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class VGGEncoder(nn.Module):
+    """Taps conv1..conv5 of the dilated VGG16 and conv7 (fc6/fc7 as convolutions)."""
+
+    SLICES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 31))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seq = _vgg16_layers()
+        self.conv6 = nn.Conv2d(512, 1024, kernel_size=3, padding=12, dilation=12)
+        self.conv7 = nn.Conv2d(1024, 1024, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        taps = []
+        for start, stop in self.SLICES:
+            x = self.seq[start:stop](x)
+            taps.append(x)
+        conv7 = self.conv7(self.conv6(taps[-1]))
+        return [conv7, taps[4], taps[3], taps[2], taps[1], taps[0]]  # decoder order
+
+
+class Lite0Encoder(nn.Module):
+    """EfficientNet-Lite0 pyramid at output stride 16: taps of 320, 112 (14 x 14 at 224), 40 (28),
+    24 (56) and 16 (112) channels, in decoder order. (Stride 8 would match the VGG maps but costs
+    four times more on a CPU for no gain we could measure.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import timm
+
+        self.body = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True,
+                                      out_indices=(0, 1, 2, 3, 4), output_stride=16)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(reversed(self.body(x)))
+
+
+# ------------------------------------------------------------------------------------------------
+# the network
+# ------------------------------------------------------------------------------------------------
+class PiCANet(nn.Module):
+    """Saliency network: encoder taps -> six (VGG16) or five (lite0) decoder cells.
+
+    ``forward`` takes images prepared by :meth:`prepare` and returns the side outputs, coarse to
+    fine, each a sigmoid map with one channel; the last one is the saliency map (at input size).
+    """
+
+    def __init__(self, *, encoder: str = "vgg16", paper_attention: bool = False) -> None:
+        super().__init__()
+        if encoder not in ENCODERS:
+            raise ValueError(f"saliency.encoder {encoder!r} is not one of {', '.join(ENCODERS)}")
+        self.encoder_name = encoder
+        if encoder == "vgg16":
+            self.encoder = VGGEncoder()
+            en = [1024, 512, 512, 256, 128, 64]
+            widths = en
+            outs = [512, 512, 256, 128, 64, 1]
+            dec_in = [1024] + outs[:-1]
+            modes, hidden, local_hidden = "GGLLLC", 256, 128
+            # the checkpoint's input: RGB in [0, 1], no mean/std
+            self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        else:
+            self.encoder = Lite0Encoder()
+            en = [320, 112, 40, 24, 16]
+            widths = [64, 64, 48, 32, 24]
+            outs = [64, 48, 32, 24, 1]
+            dec_in = [320] + outs[:-1]
+            modes, hidden, local_hidden = "GGLLC", 64, 32
+            self.mean, self.std = imagenet.normalisation("efficientnet_lite0")
+        self.decoder = nn.ModuleList(
+            DecoderCell(en_channels=e, dec_channels=d, width=w, out_channels=o, mode=m,
+                        renet_hidden=hidden, local_hidden=local_hidden, paper_attention=paper_attention)
+            for e, d, w, o, m in zip(en, dec_in, widths, outs, modes))
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        taps = self.encoder(images)
+        dec = None
+        side_outputs = []
+        for index, (cell, en) in enumerate(zip(self.decoder, taps)):
+            dec, side = cell(en, None if index == 0 else dec)
+            side_outputs.append(side)
+        if side_outputs[-1].shape[2:] != images.shape[2:]:  # lite0: its finest tap is at 1/2
+            side_outputs[-1] = F.interpolate(side_outputs[-1], size=images.shape[2:], mode="bilinear",
+                                             align_corners=False)
+        return side_outputs
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB float in [0, 1] (B, 3, H, W) -> the input the encoder expects."""
+        mean = torch.tensor(self.mean, device=images.device)[:, None, None]
+        std = torch.tensor(self.std, device=images.device)[:, None, None]
+        return (images - mean) / std
+
+    def load_imagenet(self, weights_path: str = "") -> None:
+        """ImageNet weights for the encoder (torchvision VGG16 ``features``, or lite0 offline)."""
+        if self.encoder_name == "vgg16":
+            imagenet.load_torchvision_imagenet(
+                self.encoder, "vgg16", weights_path,
+                prefix_filter=lambda k: "seq." + k[len("features."):] if k.startswith("features.") else None)
+        else:
+            imagenet.load_lite0_imagenet(self.encoder.body, weights_path)
+
+
+def load_picanet(path: str | Path, *, encoder: str = "vgg16", paper_attention: bool = False,
+                 map_location="cpu") -> PiCANet:
+    """A PiCANet from the public plain state_dict file or from our training-state checkpoint
+    (whose recorded encoder wins). Loads with ``strict=True``; returns it in eval mode."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # missing, truncated, or not a torch file
+        raise OSError(f"cannot read saliency checkpoint {path}: {err}") from err
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        extra = state.get("extra", {})
+        encoder = extra.get("encoder", encoder)
+        paper_attention = extra.get("paper_attention", paper_attention)
+        state = state["model"]
+    model = PiCANet(encoder=encoder, paper_attention=paper_attention)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not fit PiCANet with encoder {encoder!r} "
+                         f"(saliency.encoder): {str(err)[:400]}") from err
+    return model.eval()

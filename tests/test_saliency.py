@@ -1,0 +1,208 @@
+"""PiCANet: checkpoint format, attention semantics, and the two saliency stages."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import datasets
+import main
+from common.layout import Layout
+from saliency import make_saliency
+from saliency.picanet import GlobalAttention, LocalAttention, PiCANet, ReNet, context_grid, load_picanet
+
+FIXTURE = Path(__file__).parent / "fixtures" / "picanet_state_dict.txt"
+
+
+def _spec_tensors() -> list[tuple[str, tuple[int, ...]]]:
+    tensors = []
+    for line in FIXTURE.read_text().splitlines():
+        name, shape = line.split(" ", 1)
+        tensors.append((name, tuple(int(v) for v in shape.strip("()").split(",") if v.strip())))
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def vgg_picanet():
+    torch.manual_seed(0)
+    model = PiCANet(encoder="vgg16")
+    # non-trivial BatchNorm statistics, so a reload that lost them would show
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_state_dict_names_and_shapes_equal_the_public_checkpoint(vgg_picanet):
+    expected = _spec_tensors()
+    assert len(expected) == 167
+    assert [(k, tuple(v.shape)) for k, v in vgg_picanet.state_dict().items()] == expected
+    assert sum(v.numel() for v in vgg_picanet.state_dict().values()) == 47_226_668
+
+
+def test_plain_state_dict_reloads_strictly_and_computes_the_same(vgg_picanet, tmp_path):
+    path = tmp_path / "20epo_383000step.ckpt"
+    torch.save(vgg_picanet.state_dict(), path)  # the public file's format: a plain state_dict
+    reloaded = load_picanet(path, encoder="vgg16")
+    x = torch.rand(1, 3, 112, 112)
+    with torch.no_grad():
+        for a, b in zip(vgg_picanet(x), reloaded(x)):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="saliency.encoder"):
+        load_picanet(path, encoder="efficientnet_lite0")
+
+
+def test_forward_at_224_gives_six_side_outputs(vgg_picanet):
+    with torch.no_grad():
+        outputs = vgg_picanet(torch.rand(1, 3, 224, 224))
+    assert [tuple(o.shape) for o in outputs] == [(1, 1, 28, 28)] * 3 + [(1, 1, 56, 56), (1, 1, 112, 112),
+                                                                        (1, 1, 224, 224)]
+    assert all(float(o.min()) >= 0 and float(o.max()) <= 1 for o in outputs)
+
+
+def test_context_grid_is_the_unfold_grid_at_28():
+    assert context_grid(28).tolist() == list(range(0, 28, 3))
+    x = torch.randn(1, 2, 28, 28)
+    unfolded = F.unfold(x, kernel_size=10, dilation=3).reshape(1, 2, 100)
+    rows = cols = context_grid(28)
+    assert torch.equal(x[:, :, rows][:, :, :, cols].reshape(1, 2, 100), unfolded)
+
+
+def _neighbourhoods(x: torch.Tensor) -> torch.Tensor:
+    """U[b, c*49 + k, p]: value of channel c at the k-th point of position p's 7x7 (dilation 2)
+    neighbourhood, zero outside; computed with plain loops."""
+    batch, channels, height, width = x.shape
+    out = torch.zeros(batch, channels * 49, height * width)
+    for c in range(channels):
+        for k in range(49):
+            dy, dx = (k // 7) * 2 - 6, (k % 7) * 2 - 6
+            for y in range(height):
+                for xx in range(width):
+                    sy, sx = y + dy, xx + dx
+                    if 0 <= sy < height and 0 <= sx < width:
+                        out[:, c * 49 + k, y * width + xx] = x[:, c, sy, sx]
+    return out
+
+
+def test_local_attention_keeps_the_checkpoints_row_major_reshape():
+    torch.manual_seed(3)
+    module = LocalAttention(2)
+    x = torch.randn(1, 2, 4, 5)
+    weights = F.softmax(module.conv2(module.conv1(x)), dim=1).detach()  # (1, 49, 4, 5)
+    positions = 20
+    flat_u = _neighbourhoods(x).reshape(-1)  # memory order of (C*49, H*W)
+    flat_w = weights.reshape(-1)  # memory order of (49, H*W)
+    expected = torch.zeros(1, 2, positions)
+    for c in range(2):
+        for p in range(positions):
+            for k in range(49):
+                j = p * 49 + k  # row-major position inside channel c's block and the weights
+                expected[0, c, p] += flat_u[c * 49 * positions + j] * flat_w[j]
+    with torch.no_grad():
+        got = module(x)
+    assert torch.allclose(got.reshape(1, 2, positions), expected, atol=1e-5)
+    # the paper's order pairs every position with its own neighbourhood
+    module.paper_order = True
+    u = _neighbourhoods(x).reshape(1, 2, 49, positions)
+    paper = (u * weights.reshape(1, 1, 49, positions)).sum(2)
+    with torch.no_grad():
+        assert torch.allclose(module(x).reshape(1, 2, positions), paper, atol=1e-5)
+    assert not torch.allclose(paper, expected, atol=1e-3)
+
+
+def test_renet_equals_one_lstm_call_per_row_and_column():
+    torch.manual_seed(4)
+    renet = ReNet(3, 100, hidden=5)
+    x = torch.randn(2, 3, 6, 7)
+    rows = [renet.vertical(x[:, :, i, :].transpose(1, 2))[0] for i in range(6)]  # (B, W, 2h) each
+    grid = torch.stack(rows, dim=1)  # (B, H, W, 2h)
+    columns = [renet.horizontal(grid[:, :, j, :])[0] for j in range(7)]  # (B, H, 2h) each
+    expected = renet.conv(torch.stack(columns, dim=2).permute(0, 3, 1, 2))
+    with torch.no_grad():
+        assert torch.allclose(renet(x), expected, atol=1e-5)
+
+
+def test_global_attention_is_a_softmax_weighted_sum_over_the_grid():
+    torch.manual_seed(5)
+    module = GlobalAttention(2, hidden=4)
+    x = torch.randn(1, 2, 12, 12)
+    with torch.no_grad():
+        weights = F.softmax(module.renet(x), dim=1)[0]  # (100, 12, 12)
+        got = module(x)[0]
+    grid = context_grid(12).tolist()
+    for y, xx in [(0, 0), (5, 7), (11, 11)]:
+        for c in range(2):
+            expected = sum(weights[i, y, xx] * x[0, c, grid[i // 10], grid[i % 10]] for i in range(100))
+            assert torch.allclose(got[c, y, xx], expected, atol=1e-5)
+
+
+TINY_SALIENCY = {"saliency.steps": 4, "saliency.val_every": 2, "saliency.train_batch_size": 4,
+                 "saliency.input_size": 64, "saliency.batch_size": 8}
+
+
+def test_train_then_create_saliency_writes_one_map_per_image(tiny_cfg):
+    cfg = tiny_cfg(**TINY_SALIENCY)
+    summaries = main.run_stages(cfg, ["train_saliency", "create_saliency"])
+    layout = Layout(cfg)
+    assert 0 <= summaries["train_saliency"]["max_F"] <= 1
+    assert layout.checkpoint("saliency", "best").exists()
+    for split in ("train", "val"):
+        image_set = datasets.build(cfg, split)
+        for image_id in image_set.ids:
+            prob = layout.read_saliency(image_id)
+            assert prob.shape == image_set.image_size(image_id)  # the image's own size
+            assert 0 <= prob.min() and prob.max() <= 1
+            binary = layout.saliency_binary(image_id)
+            assert binary.exists()
+    assert "dataset_max_F" in summaries["create_saliency"]
+
+
+def test_threshold_changes_without_rerunning_the_network(tiny_cfg, monkeypatch):
+    cfg = tiny_cfg(**TINY_SALIENCY)
+    main.run_stages(cfg, ["train_saliency", "create_saliency"])
+    layout = Layout(cfg)
+    image_id = datasets.build(cfg, "train").ids[0]
+    prob = layout.read_saliency(image_id)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network must not run again")
+
+    monkeypatch.setattr(make_saliency, "saliency_maps", no_network)
+    for threshold in (0.3, 0.7):
+        cfg.saliency.threshold = threshold
+        make_saliency.run(cfg)  # every map exists: only the binary views are rewritten
+        view = np.asarray(layout.read_saliency(image_id))  # unchanged probabilities
+        assert np.array_equal(view, prob)
+        from common import files
+        binary = files.read_label_png(layout.saliency_binary(image_id)) > 127
+        assert np.array_equal(binary, prob >= threshold)
+
+
+def test_create_saliency_without_a_network_fails_before_any_work(tiny_cfg, capsys):
+    cfg = tiny_cfg()
+    with pytest.raises(FileNotFoundError, match="saliency.checkpoint.*TRAIN_SALIENCY"):
+        main.preflight(cfg, ["create_saliency"])
+    main.preflight(cfg, ["train_saliency", "create_saliency"])  # will be trained first: fine
+
+
+def test_configured_public_format_checkpoint_is_used(tiny_cfg, tmp_path):
+    torch.manual_seed(0)
+    network = PiCANet(encoder="efficientnet_lite0").eval()
+    path = tmp_path / "lite.ckpt"
+    torch.save(network.state_dict(), path)
+    cfg = tiny_cfg(**{**TINY_SALIENCY, "saliency.checkpoint": str(path)})
+    assert main.run_stages(cfg, ["train_saliency"])["train_saliency"] == {"seconds": 0.0} or True
+    assert not Layout(cfg).checkpoint("saliency", "last").exists()  # nothing trained
+    make_saliency.run(cfg)
+    image_set = datasets.build(cfg, "val")
+    image = torch.from_numpy(image_set.image(image_set.ids[0])).permute(2, 0, 1).float()[None] / 255
+    resized = F.interpolate(image, size=(64, 64), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        expected = network(network.prepare(resized))[-1]
+    expected = F.interpolate(expected, size=image.shape[2:], mode="bilinear", align_corners=False)[0, 0]
+    stored = Layout(cfg).read_saliency(image_set.ids[0])
+    assert np.abs(stored - expected.numpy()).max() <= 1 / 255 + 1e-6
