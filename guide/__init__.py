@@ -1,0 +1,1 @@
+"""Pseudo labels from saliency and class regions (CREATE_GUIDE)."""
