@@ -102,6 +102,7 @@ TABLE_ROWS = [
     ("train_seed", "mAP", "classifier mAP (val)"),
     ("create_attention", "seed_mIoU", "CAM seed mIoU (train)"),
     ("create_guide", "mIoU", "pseudo-label mIoU (train)"),
+    ("train_deeplab", "val_mIoU", "DeepLab best val mIoU while training"),
     ("eval_deeplab", "mIoU", "DeepLab mIoU (val)"),
 ]
 
