@@ -75,7 +75,7 @@ _state: dict = {}
 
 def _init_worker(cfg, split: str, params: GuideParams, single_threaded: bool) -> None:
     if single_threaded:
-        # forked children must not reuse the parent's thread pools, and two cores are shared
+        # two cores are shared by the pool: one thread per worker
         import cv2
         import torch
         cv2.setNumThreads(1)
@@ -99,8 +99,9 @@ def compute_pseudo_labels(cfg, split: str, ids: list[str], params: GuideParams,
         for image_id in ids:
             yield _label_one(image_id)
         return
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    with mp.get_context(method).Pool(min(workers, len(ids)), initializer=_init_worker,
+    # spawn, never fork: a child forked from a process whose OpenMP threads have run (torch in an
+    # earlier stage, or a test) hangs in its first parallel region
+    with mp.get_context("spawn").Pool(min(workers, len(ids)), initializer=_init_worker,
                                      initargs=(cfg, split, params, True)) as pool:
         yield from pool.imap_unordered(_label_one, ids, chunksize=1)
 
@@ -211,7 +212,7 @@ def run(cfg) -> dict:
     layout = Layout(cfg)
     params = GuideParams.from_config(cfg)
     image_sets = {split: datasets.build(cfg, split) for split in cfg.guide.splits}
-    # all labelling happens before the tensorboard writer (and its thread) exists: workers fork
+    # all labelling happens before the tensorboard writer (and its thread) exists
     for split, image_set in image_sets.items():
         todo = work.pending(work.shard(image_set.ids), lambda i: layout.pseudo_label(i).exists(),
                             cfg.runtime.overwrite)
