@@ -141,18 +141,23 @@ class AttentionConfig:
     splits: list[str] = field(default_factory=lambda: ["train", "val"])
     # background thresholds swept for the CAM seed mIoU where masks exist
     seed_thresholds: list[float] = field(
-        default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6])
+        default_factory=lambda: [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8])
 
 
 @dataclass
 class GuideConfig:
+    """CREATE_GUIDE: pseudo labels from saliency regions and class regions (docs/guide.md).
+
+    Saliency is binarised at saliency.threshold, class masks come from attention.threshold."""
+
     rule: str = "region"  # region (the thesis' rule) | pixel (argmax of CAMs on salient pixels)
     min_saliency_area: float = 0.01  # saliency regions under this fraction of the image are dropped
     min_class_pixels: int = 25  # class regions of this many pixels or fewer are dropped
     min_overlap_pixels: int = 1  # a class overlaps a saliency region from this many shared pixels
-    unlabelled_foreground: str = "background"  # background (the original) | ignore
-    isolated_class_regions: str = "class"  # class (the original paints them) | ignore
-    crf_background_channel: bool = False
+    unlabelled_foreground: str = "background"  # salient, no class: background (the original) | ignore
+    isolated_class_regions: str = "class"  # class region touching no saliency region: class | ignore
+    # dense CRF for saliency regions shared by several classes (unaries: -log of normalised CAMs)
+    crf_background_channel: bool = False  # add a 1 - max(CAM) background channel to the unaries
     crf_gaussian_sxy: float = 3.0
     crf_gaussian_compat: float = 3.0
     crf_bilateral_sxy: float = 80.0
@@ -160,39 +165,51 @@ class GuideConfig:
     crf_bilateral_compat: float = 10.0
     crf_iterations: int = 10
     crf_margin: int = 16  # pixels around a region's bounding box given to the CRF
-    workers: int = 2
+    workers: int = 2  # processes; 1 = in this process
     splits: list[str] = field(default_factory=lambda: ["train"])
+    previews: int = 6  # side-by-side pictures per split (tmp/guide/previews and tensorboard)
 
 
 @dataclass
 class DeeplabConfig:
+    """TRAIN_DEEPLAB (docs/deeplab.md). Defaults: the demo's CPU recipe; the voc preset has the
+    original's (resnet101, crop 321, batch 10, 20000 steps)."""
+
     backbone: str = "efficientnet_lite0"  # resnet101 | resnet50 | mobilenet_v3_large | efficientnet_lite0
-    output_stride: int = 16  # 8 or 16
-    pretrained_backbone: bool = True  # ImageNet classification weights
+    output_stride: int = 16  # 8 or 16 (dilated last stages)
+    pretrained_backbone: bool = True  # ImageNet classification weights; False = from scratch
     weights_path: str = ""  # local file with the backbone's ImageNet weights
     # torchvision's COCO-with-VOC-labels DeepLab weights: trained with pixel labels on the target
     # classes, so the result is no longer weakly supervised. Off unless asked for explicitly.
     segmentation_pretrained: bool = False
-    gt_percentage: float = 0.0  # % of training images whose real mask replaces the pseudo label
+    segmentation_weights_path: str = ""  # local file with those weights instead of a download
+    # % (0-100) of training images with a mask whose real mask replaces the pseudo label:
+    # 0 = pseudo labels only (weakly supervised), 100 = every mask (the fully supervised bound)
+    gt_percentage: float = 0.0
     crop_size: int = 128
     scale_min: float = 0.5
     scale_max: float = 1.5
-    batch_size: int = 8
-    steps: int = 600
+    batch_size: int = 8  # also the validation batch (images padded to a common size)
+    steps: int = 300
     lr: float = 0.007  # backbone; the head gets lr * head_lr_mult
     head_lr_mult: float = 10.0
     momentum: float = 0.9
     weight_decay: float = 1e-4
     poly_power: float = 0.9
-    val_every: int = 200
+    freeze_backbone_bn: bool = True  # backbone BatchNorm keeps ImageNet statistics (pretrained only)
+    val_every: int = 100
 
 
 @dataclass
 class EvalConfig:
+    """EVAL_DEEPLAB: every image of ``split`` at its own size (docs/deeplab.md)."""
+
     split: str = "val"
+    batch_size: int = 8  # images per forward pass, padded to a common size (padding is never scored)
     scales: list[float] = field(default_factory=lambda: [1.0])
     flip: bool = False
     crf: bool = False  # the original's CRF post-processing
+    crf_unary: str = "labels"  # labels (the original: crf_confidence on the predicted label) | softmax
     crf_confidence: float = 0.9
     crf_gaussian_sxy: float = 3.0
     crf_gaussian_compat: float = 3.0
@@ -374,17 +391,18 @@ CHOICES = {
     "guide.isolated_class_regions": ("class", "ignore"),
     "deeplab.backbone": ("resnet101", "resnet50", "mobilenet_v3_large", "efficientnet_lite0"),
     "deeplab.output_stride": (8, 16),
+    "eval.crf_unary": ("labels", "softmax"),
 }
 UNIT_INTERVAL = ("saliency.threshold", "attention.threshold", "guide.min_saliency_area",
                  "eval.crf_confidence")
 POSITIVE = ("saliency.input_size", "saliency.batch_size", "saliency.train_batch_size",
             "saliency.val_every", "classifier.crop_size", "classifier.batch_size",
             "classifier.val_every", "attention.batch_size", "attention.storage_stride",
-            "guide.workers", "deeplab.crop_size", "deeplab.batch_size", "deeplab.val_every",
-            "synthetic.min_size", "saliency.lr_step")
+            "guide.workers", "guide.min_overlap_pixels", "deeplab.crop_size", "deeplab.batch_size",
+            "deeplab.val_every", "synthetic.min_size", "saliency.lr_step", "eval.batch_size")
 NON_NEGATIVE = ("runtime.num_workers", "saliency.steps", "classifier.steps", "deeplab.steps",
                 "synthetic.num_train", "synthetic.num_val", "guide.min_class_pixels",
-                "guide.min_overlap_pixels", "guide.crf_iterations", "guide.crf_margin",
+                "guide.crf_iterations", "guide.crf_margin", "guide.previews",
                 "eval.crf_iterations")
 
 

@@ -1,14 +1,18 @@
-"""CREATE_GUIDE: pseudo labels from saliency maps and class regions (rules in guide/rules.py).
+"""CREATE_GUIDE: pseudo labels from saliency maps and class regions (the rules are in guide/rules.py).
 
-Reads, through the tmp/ layout, each image's saliency probability, its class masks and its raw
-CAMs; writes a VOC-palette PNG per image. Images are spread over a pool of ``guide.workers``
-processes; images already done are skipped on a rerun. Where ground truth exists the stage scores
-every pseudo label (also ones from earlier runs): mIoU, per-class precision and recall, and the
-fraction of pixels left as ignore.
+Per image the stage reads, through the tmp/ layout, the saliency probability, the binary mask and
+the raw CAM of every ground-truth class, and writes a VOC-palette PNG (0 background, 1..C classes,
+255 ignore). Images are spread over a pool of ``guide.workers`` processes; images already done are
+skipped on a rerun unless ``runtime.overwrite``. Where ground truth exists the stage scores every
+requested pseudo label, also ones from earlier runs (read back from disk, so a rerun reports the
+same numbers): mIoU, per-class precision and recall, and the fraction of pixels left as ignore.
 """
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -16,125 +20,240 @@ from tqdm import tqdm
 import datasets
 from common import board, files, metrics, work
 from common.layout import Layout
-from guide.rules import GuideParams, make_pseudo_label
+from guide.rules import IGNORE, GuideParams, make_pseudo_label
 
 STAGE = "create_guide"
-_worker: dict = {}
+SUMMARY_KEYS = ("mIoU", "precision", "recall", "ignore_fraction")
 
 
-def missing_input_error(path, stage: str) -> FileNotFoundError:
-    return FileNotFoundError(f"{path} is missing: run {stage} first (python main.py --stages "
-                             f"{stage.lower()}) or check paths.tmp")
+def missing_input(path, stage: str) -> FileNotFoundError:
+    """The error for an input file that an earlier stage should have written."""
+    return FileNotFoundError(f"{path} is missing: it is made by {stage} (python main.py --stages "
+                             f"{stage.lower()}); or check paths.tmp")
 
 
-def guide_one(cfg, image_set, image_id: str, params: GuideParams) -> np.ndarray:
-    """Compute the pseudo label of one image from its files in tmp/."""
-    layout = Layout(cfg)
-    if not layout.saliency_prob(image_id).exists():
-        raise missing_input_error(layout.saliency_prob(image_id), "CREATE_SALIENCY")
-    if not layout.cams(image_id).exists():
-        raise missing_input_error(layout.cams(image_id), "CREATE_ATTENTION")
-    saliency = layout.read_saliency(image_id)
-    class_cams = layout.read_cams(image_id)
-    if class_cams.image_size != saliency.shape:
-        raise ValueError(f"{layout.cams(image_id)} is for a {class_cams.image_size} image, the saliency "
-                         f"map {layout.saliency_prob(image_id)} is {saliency.shape}: recompute one of them")
-    cams = dict(zip(class_cams.class_ids.tolist(), class_cams.upsampled()))
-    masks = {}
-    for class_id in cams:
-        if not layout.cam_mask(image_id, class_id).exists():
-            raise missing_input_error(layout.cam_mask(image_id, class_id), "CREATE_ATTENTION")
-        masks[class_id] = layout.read_cam_mask(image_id, class_id)
-    return make_pseudo_label(image_set.image(image_id), saliency, masks, cams, params)
+def read_inputs(layout: Layout, image_set, image_id: str, saliency: np.ndarray | None = None) -> dict:
+    """The arguments of :func:`make_pseudo_label` for one image, from its files in tmp/.
 
-
-def _init_worker(cfg, split: str) -> None:
-    _worker.update(cfg=cfg, image_set=datasets.build(cfg, split), params=GuideParams.from_config(cfg))
-
-
-def _work(image_id: str) -> str:
-    label = guide_one(_worker["cfg"], _worker["image_set"], image_id, _worker["params"])
-    files.write_label_png(Layout(_worker["cfg"]).pseudo_label(image_id), label)
-    return image_id
-
-
-def write_pseudo_labels(cfg, split: str, ids: list[str], workers: int) -> None:
-    """Compute and store the pseudo labels of ``ids`` with a pool of ``workers`` processes."""
-    if workers <= 1 or len(ids) < 2:
-        _init_worker(cfg, split)
-        for image_id in tqdm(ids, desc=f"guide {split}"):
-            _work(image_id)
-        return
-    # spawn, never fork: a child forked from a process whose OpenMP threads have run hangs
-    context = mp.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(cfg, split)) as pool:
-        for _ in tqdm(pool.imap_unordered(_work, ids, chunksize=4), total=len(ids), desc=f"guide {split}"):
-            pass
-
-
-def preview(cfg, image_set, image_id: str) -> np.ndarray:
-    """image | saliency | CAMs (strongest class) | pseudo label | ground truth."""
-    layout = Layout(cfg)
+    Class masks and CAMs are read for the image's ground-truth classes; an image without labels has
+    none (and needs no CAM file). ``saliency`` replaces the stored map when given (comparisons)."""
     image = image_set.image(image_id)
-    saliency = np.repeat((layout.read_saliency(image_id) * 255).astype(np.uint8)[..., None], 3, 2)
-    cams = layout.read_cams(image_id).upsampled()
-    heat = cams.max(0) if len(cams) else np.zeros(image.shape[:2], np.float32)
-    heat = (heat[..., None] * np.array([255, 60, 0]) + (1 - heat[..., None]) * image * 0.5).astype(np.uint8)
-    label = files.colorize(files.read_label_png(layout.pseudo_label(image_id)))
-    mask = image_set.mask(image_id)
-    truth = files.colorize(mask) if mask is not None else np.zeros_like(image)
-    return np.concatenate([image, saliency, heat, label, truth], axis=1)
+    saliency_path = layout.saliency_prob(image_id)
+    if saliency is None:
+        if not saliency_path.exists():
+            raise missing_input(saliency_path, "CREATE_SALIENCY")
+        saliency = layout.read_saliency(image_id)
+    if saliency.shape != image.shape[:2]:
+        raise ValueError(f"{saliency_path} is {saliency.shape}, the image {image_id} is {image.shape[:2]}: "
+                         "recompute it (CREATE_SALIENCY with runtime.overwrite=true)")
+    class_ids = image_set.class_ids(image_id)
+    class_masks: dict[int, np.ndarray] = {}
+    cams: dict[int, np.ndarray] = {}
+    if class_ids:
+        cam_path = layout.cams(image_id)
+        if not cam_path.exists():
+            raise missing_input(cam_path, "CREATE_ATTENTION")
+        class_cams = layout.read_cams(image_id)
+        stored = class_cams.class_ids.tolist()
+        if tuple(class_cams.image_size) != saliency.shape or not set(class_ids) <= set(stored):
+            raise ValueError(f"{cam_path} holds classes {stored} for a {class_cams.image_size} image; "
+                             f"image {image_id} is {saliency.shape} with classes {class_ids}: recompute it "
+                             "(CREATE_ATTENTION with runtime.overwrite=true)")
+        upsampled = class_cams.upsampled()
+        for class_id in class_ids:
+            mask_path = layout.cam_mask(image_id, class_id)
+            if not mask_path.exists():
+                raise missing_input(mask_path, "CREATE_ATTENTION")
+            class_masks[class_id] = layout.read_cam_mask(image_id, class_id)
+            if class_masks[class_id].shape != saliency.shape:
+                raise ValueError(f"{mask_path} is {class_masks[class_id].shape}, the image {saliency.shape}")
+            cams[class_id] = upsampled[stored.index(class_id)]
+    return {"image": image, "saliency_prob": saliency, "class_masks": class_masks, "cams": cams}
 
 
-def score(cfg, image_set) -> dict:
-    """Pseudo labels against ground truth, over every image of the split that has both."""
+# ---- worker pool: module-level state set once per process, so _label_one pickles only an id
+_state: dict = {}
+
+
+def _init_worker(cfg, split: str, params: GuideParams, single_threaded: bool) -> None:
+    if single_threaded:
+        # two cores are shared by the pool: one thread per worker
+        import cv2
+        import torch
+        cv2.setNumThreads(1)
+        torch.set_num_threads(1)
+    _state.update(layout=Layout(cfg), image_set=datasets.build(cfg, split), params=params)
+
+
+def _label_one(image_id: str) -> tuple[str, np.ndarray]:
+    inputs = read_inputs(_state["layout"], _state["image_set"], image_id)
+    return image_id, make_pseudo_label(**inputs, params=_state["params"])
+
+
+def compute_pseudo_labels(cfg, split: str, ids: list[str], params: GuideParams,
+                          workers: int) -> Iterator[tuple[str, np.ndarray]]:
+    """``(id, pseudo label)`` for every id of ``split``, in completion order, from a pool of
+    ``workers`` processes (in this process when 1). Nothing is written; see :func:`run`."""
+    if not ids:
+        return
+    if workers <= 1 or len(ids) == 1:
+        _init_worker(cfg, split, params, single_threaded=False)
+        for image_id in ids:
+            yield _label_one(image_id)
+        return
+    # spawn, never fork: a child forked from a process whose OpenMP threads have run (torch in an
+    # earlier stage, or a test) hangs in its first parallel region. A process pool executor, not
+    # multiprocessing.Pool: a worker that dies (e.g. out of memory) raises BrokenProcessPool
+    # instead of leaving the stage waiting forever.
+    executor = ProcessPoolExecutor(min(workers, len(ids)), mp_context=mp.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(cfg, split, params, True))
+    try:
+        futures = [executor.submit(_label_one, image_id) for image_id in ids]
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        # on an error (or a consumer that stops early) drop the queued images, keep nothing waiting
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def write_pseudo_labels(cfg, split: str, ids: list[str], params: GuideParams, workers: int) -> None:
+    """Compute and store (atomically, through the layout) the pseudo labels of ``ids``."""
     layout = Layout(cfg)
-    matrix = metrics.ConfusionMatrix(image_set.num_classes + 1)
-    ignored = total = scored = 0
-    for image_id in image_set.ids:
-        if not image_set.has_mask(image_id) or not layout.pseudo_label(image_id).exists():
-            continue
-        pseudo = files.read_label_png(layout.pseudo_label(image_id))
-        matrix.update(image_set.mask(image_id), pseudo)
-        ignored += int((pseudo == 255).sum())
-        total += pseudo.size
-        scored += 1
-    if not scored:
-        return {}
-    names = ["background"] + image_set.class_names
-    return {"mIoU": matrix.mean_iou(), "precision": float(np.nanmean(matrix.precision())),
-            "recall": float(np.nanmean(matrix.recall())), "ignore_fraction": ignored / total,
-            "images": scored, "per_class": {n: {"IoU": float(i), "precision": float(p), "recall": float(r)}
-                                            for n, i, p, r in zip(names, matrix.iou(), matrix.precision(),
-                                                                  matrix.recall())}}
+    labels = compute_pseudo_labels(cfg, split, ids, params, workers)
+    for image_id, label in tqdm(labels, total=len(ids), desc=f"guide {split}"):
+        files.write_label_png(layout.pseudo_label(image_id), label)
+
+
+# ---- scoring and pictures
+class Scores:
+    """Pseudo labels against ground truth (C+1 classes; pseudo-label 255 counts as a miss), and
+    the share of ignore pixels over every pseudo label, with or without ground truth."""
+
+    def __init__(self, class_names: list[str]) -> None:
+        self.class_names = ["background"] + list(class_names)
+        self.matrix = metrics.ConfusionMatrix(len(self.class_names))
+        self.ignored = self.pixels = self.images = self.scored = 0
+
+    def update(self, label: np.ndarray, truth: np.ndarray | None) -> None:
+        self.ignored += int(np.count_nonzero(label == IGNORE))
+        self.pixels += label.size
+        self.images += 1
+        if truth is not None:
+            if truth.shape != label.shape:
+                raise ValueError(f"ground truth {truth.shape} and pseudo label {label.shape} differ in size")
+            self.matrix.update(truth, label)
+            self.scored += 1
+
+    def merge(self, other: "Scores") -> None:
+        self.matrix.merge(other.matrix)
+        self.ignored += other.ignored
+        self.pixels += other.pixels
+        self.images += other.images
+        self.scored += other.scored
+
+    def result(self) -> dict:
+        nan = float("nan")
+        summary = {"mIoU": nan, "precision": nan, "recall": nan,
+                   "ignore_fraction": self.ignored / self.pixels if self.pixels else nan,
+                   "images": self.images, "images_with_masks": self.scored}
+        if self.scored:
+            precision, recall, iou = self.matrix.precision(), self.matrix.recall(), self.matrix.iou()
+            summary.update(mIoU=self.matrix.mean_iou(), precision=_nanmean(precision),
+                           recall=_nanmean(recall),
+                           pixel_accuracy=self.matrix.pixel_accuracy(),
+                           per_class={name: {"IoU": float(i), "precision": float(p), "recall": float(r)}
+                                      for name, i, p, r in zip(self.class_names, iou, precision, recall)})
+        return summary
+
+
+def _nanmean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if np.any(~np.isnan(values)) else float("nan")
+
+
+def score_split(layout: Layout, image_set, ids: list[str]) -> Scores:
+    """Scores of the stored pseudo labels of ``ids``."""
+    scores = Scores(image_set.class_names)
+    for image_id in tqdm(ids, desc=f"score {image_set.split}", leave=False):
+        path = layout.pseudo_label(image_id)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing after CREATE_GUIDE ran")
+        scores.update(files.read_label_png(path), image_set.mask(image_id))
+    return scores
+
+
+def class_table(result: dict) -> str:
+    """Per-class IoU / precision / recall as a small text table."""
+    lines = [f"{'class':16s} {'IoU':>6s} {'prec':>6s} {'recall':>6s}"]
+    lines += [f"{name:16s} {v['IoU']:6.3f} {v['precision']:6.3f} {v['recall']:6.3f}"
+              for name, v in result.get("per_class", {}).items()]
+    return "\n".join(lines)
+
+
+def preview(layout: Layout, image_set, image_id: str) -> np.ndarray:
+    """image | saliency | CAMs (each pixel in the colour of its strongest class) | guide | ground truth."""
+    image = image_set.image(image_id)
+    saliency = np.repeat(np.round(layout.read_saliency(image_id) * 255).astype(np.uint8)[..., None], 3, 2)
+    heat = np.zeros(image.shape[:2], np.float32)
+    colour = np.zeros_like(image)
+    if image_set.class_ids(image_id) and layout.cams(image_id).exists():
+        class_cams = layout.read_cams(image_id)
+        maps = class_cams.upsampled()
+        if len(maps):
+            heat = maps.max(0)
+            colour = files.voc_palette()[class_cams.class_ids.astype(np.uint8)[maps.argmax(0)]]
+    cams = (heat[..., None] * colour + (1 - heat[..., None]) * image * 0.5).astype(np.uint8)
+    guide = files.colorize(files.read_label_png(layout.pseudo_label(image_id)))
+    truth = image_set.mask(image_id)
+    truth = files.colorize(truth) if truth is not None else np.full_like(image, 96)
+    return np.concatenate([image, saliency, cams, guide, truth], axis=1)
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
 
 
 def run(cfg) -> dict:
+    """Pseudo labels for the images of ``guide.splits``; returns their scores over all splits:
+    {"mIoU", "precision", "recall" (means over classes), "ignore_fraction", "images", ...}."""
     layout = Layout(cfg)
-    writer = board.open_writer(cfg, STAGE)
-    summary: dict = {}
-    for split in cfg.guide.splits:
-        image_set = datasets.build(cfg, split)
+    params = GuideParams.from_config(cfg)
+    image_sets = {split: datasets.build(cfg, split) for split in cfg.guide.splits}
+    # all labelling happens before the tensorboard writer (and its thread) exists
+    for split, image_set in image_sets.items():
         todo = work.pending(work.shard(image_set.ids), lambda i: layout.pseudo_label(i).exists(),
                             cfg.runtime.overwrite)
-        print(f"{split}: {len(image_set) - len(todo)} pseudo labels done before, {len(todo)} to do")
-        write_pseudo_labels(cfg, split, todo, cfg.guide.workers)
-        for image_id in image_set.ids[:6]:
-            picture = preview(cfg, image_set, image_id)
+        print(f"{split}: {len(image_set) - len(todo)} pseudo labels done before, {len(todo)} to do "
+              f"(rule {params.rule}, {cfg.guide.workers} workers)")
+        write_pseudo_labels(cfg, split, todo, params, cfg.guide.workers)
+
+    writer = board.open_writer(cfg, STAGE)
+    total = Scores(next(iter(image_sets.values())).class_names if image_sets else [])
+    for split, image_set in image_sets.items():
+        for image_id in image_set.ids[:max(0, cfg.guide.previews)]:
+            picture = preview(layout, image_set, image_id)
             files.write_rgb(layout.guide_preview(image_id), picture)
             writer.add_image(f"{split}/{image_id}", picture, 0, dataformats="HWC")
-        result = score(cfg, image_set)
-        if result:
-            for key in ("mIoU", "precision", "recall", "ignore_fraction"):
+        scores = score_split(layout, image_set, work.shard(image_set.ids))
+        total.merge(scores)
+        result = scores.result()
+        for key in (*SUMMARY_KEYS, "pixel_accuracy"):
+            if key in result and not math.isnan(result[key]):
                 writer.add_scalar(f"{split}/{key}", result[key], 0)
-            lines = [f"{'class':14s} {'IoU':>6s} {'prec':>6s} {'recall':>6s}"]
-            lines += [f"{name:14s} {v['IoU']:6.3f} {v['precision']:6.3f} {v['recall']:6.3f}"
-                      for name, v in result["per_class"].items()]
-            print("\n".join(lines))
+        for name, values in result.get("per_class", {}).items():
+            for key, value in values.items():
+                if not math.isnan(value):
+                    writer.add_scalar(f"{split}/{key}/{name}", value, 0)
+        if result["images_with_masks"]:
+            print(class_table(result))
             print(f"{split}: pseudo-label mIoU {result['mIoU']:.3f}, precision {result['precision']:.3f}, "
-                  f"recall {result['recall']:.3f}, ignore {100 * result['ignore_fraction']:.1f}% of pixels")
-            board.write_report(cfg, STAGE, f"pseudo_labels_{split}", result)
-        summary[split] = result
+                  f"recall {result['recall']:.3f} over {result['images_with_masks']} images with masks")
+        print(f"{split}: {100 * result['ignore_fraction']:.1f}% of pseudo-label pixels are ignore "
+              f"({result['images']} images)")
+        board.write_report(cfg, STAGE, f"pseudo_labels_{split}", _json_safe(result))
     writer.close()
-    first = summary.get("train") or next((s for s in summary.values() if s), {})
-    return {key: first.get(key, float("nan")) for key in ("mIoU", "precision", "recall", "ignore_fraction")}
+    result = total.result()
+    return {key: result[key] for key in (*SUMMARY_KEYS, "images", "images_with_masks")}

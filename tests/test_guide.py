@@ -1,23 +1,17 @@
-"""The guide's rules on hand-made arrays, and the stage over files in tmp/."""
+"""The guide's rules on hand-made arrays (one test per rule)."""
 from __future__ import annotations
-
-import dataclasses
-import os
 
 import numpy as np
 import pytest
 
-import datasets
-from common import files
-from common.layout import Layout
-from guide import make_guide
-from guide.rules import IGNORE, GuideParams, make_pseudo_label
+import config as config_module
+from guide.rules import IGNORE, GuideParams, connected_regions, make_pseudo_label
 
-H, W = 40, 60
+H, W = 40, 60  # 2400 pixels: 1% of the image is 24 pixels
 
 
-def blank():
-    return np.full((H, W, 3), 128, np.uint8), np.zeros((H, W), np.float32)
+def grey_image():
+    return np.full((H, W, 3), 128, np.uint8)
 
 
 def rect(y0, y1, x0, x1):
@@ -26,155 +20,242 @@ def rect(y0, y1, x0, x1):
     return mask
 
 
-def test_salient_region_with_one_class_takes_it_whole():
-    image, saliency = blank()
-    saliency[5:30, 5:30] = 0.9
-    class_masks = {3: rect(10, 20, 10, 20)}
-    label = make_pseudo_label(image, saliency, class_masks, {3: class_masks[3].astype(np.float32)}, GuideParams())
-    assert (label[5:30, 5:30] == 3).all()
-    assert (label[saliency < 0.5] == 0).all()
+def saliency_of(*masks):
+    prob = np.full((H, W), 0.1, np.float32)
+    for mask in masks:
+        prob[mask] = 0.9
+    return prob
+
+
+def cams_of(masks: dict, value=1.0):
+    return {c: (m * value).astype(np.float32) for c, m in masks.items()}
+
+
+def red_blue_case():
+    """Left half red, right half blue; one salient rectangle spanning both halves; two CAMs that
+    each favour their side and overlap over columns 24-39. The CAMs cross near column 38, so a
+    per-pixel argmax would put the split 8 pixels right of the colour edge (column 30)."""
+    image = np.zeros((H, W, 3), np.uint8)
+    image[:, :30] = (220, 30, 30)
+    image[:, 30:] = (30, 30, 220)
+    salient = rect(8, 32, 10, 50)
+    left = np.zeros((H, W), np.float32)
+    right = np.zeros((H, W), np.float32)
+    left[8:32, 10:40] = np.linspace(1.0, 0.7, 30)[None]
+    right[8:32, 24:50] = np.linspace(0.35, 1.0, 26)[None]
+    return image, saliency_of(salient), {1: left >= 0.4, 2: right >= 0.4}, {1: left, 2: right}
+
+
+# ---- one saliency region and the classes overlapping it
+def test_region_with_one_class_takes_it_whole_and_class_pixels_outside_stay_background():
+    salient = rect(5, 30, 5, 30)
+    class_mask = rect(20, 38, 20, 45)  # half inside the salient region, half outside
+    label = make_pseudo_label(grey_image(), saliency_of(salient), {3: class_mask},
+                              cams_of({3: class_mask}), GuideParams())
+    assert (label[salient] == 3).all()
+    assert (label[~salient] == 0).all()
 
 
 @pytest.mark.parametrize("setting, expected", [("background", 0), ("ignore", IGNORE)])
-def test_salient_region_without_class_is_unlabelled_foreground(setting, expected):
-    image, saliency = blank()
-    saliency[5:30, 5:30] = 0.9
-    params = GuideParams(unlabelled_foreground=setting)
-    label = make_pseudo_label(image, saliency, {}, {}, params)
-    assert (label[5:30, 5:30] == expected).all() and (label[35:, 40:] == 0).all()
+def test_region_without_class_is_unlabelled_foreground(setting, expected):
+    salient = rect(5, 30, 5, 30)
+    label = make_pseudo_label(grey_image(), saliency_of(salient), {}, {},
+                              GuideParams(unlabelled_foreground=setting))
+    assert (label[salient] == expected).all()
+    assert (label[~salient] == 0).all()
 
 
-def test_two_classes_split_along_the_colour_edge():
-    image = np.zeros((H, W, 3), np.uint8)
-    image[:, :30] = (220, 30, 30)  # red left half
-    image[:, 30:] = (30, 30, 220)  # blue right half
-    saliency = np.zeros((H, W), np.float32)
-    saliency[8:32, 10:50] = 0.95  # one salient object spanning both halves
-    left = np.zeros((H, W), np.float32)
-    right = np.zeros((H, W), np.float32)
-    left[8:32, 10:36] = np.linspace(1.0, 0.35, 26)[None]  # favours the left, bleeds past the edge
-    right[8:32, 24:50] = np.linspace(0.35, 1.0, 26)[None]
-    masks = {1: left >= 0.4, 2: right >= 0.4}
-    label = make_pseudo_label(image, saliency, masks, {1: left, 2: right}, GuideParams())
+def test_region_with_two_classes_is_split_by_the_crf_along_the_colour_edge():
+    image, saliency, masks, cams = red_blue_case()
+    argmax_edge = 10 + int(np.argmax(cams[2][20, 10:50] > cams[1][20, 10:50]))
+    assert argmax_edge >= 36  # the CAMs alone put the split well off the colour edge
+    label = make_pseudo_label(image, saliency, masks, cams, GuideParams())
     region = label[8:32, 10:50]
     assert set(np.unique(region).tolist()) == {1, 2}
-    boundary = [int(np.argmax(row == 2)) + 10 for row in region]
-    assert all(abs(b - 30) <= 2 for b in boundary), boundary
-    assert (label[:8] == 0).all()
+    for row in region:
+        edge = int(np.argmax(row == 2))  # first column of class 2
+        assert abs(edge + 10 - 30) <= 2, row
+        assert (row[:edge] == 1).all() and (row[edge:] == 2).all()
+    assert (label[saliency < 0.5] == 0).all()
 
 
-def test_bounding_box_crf_equals_whole_image_crf_on_a_simple_case():
-    image = np.zeros((H, W, 3), np.uint8)
-    image[:, :30] = (200, 40, 40)
-    image[:, 30:] = (40, 200, 40)
-    saliency = np.zeros((H, W), np.float32)
-    saliency[10:30, 15:45] = 1.0
-    left, right = np.zeros((H, W), np.float32), np.zeros((H, W), np.float32)
-    left[10:30, 15:33] = 0.9
-    right[10:30, 27:45] = 0.9
-    args = (image, saliency, {4: left > 0.4, 7: right > 0.4}, {4: left, 7: right})
-    box = make_pseudo_label(*args, GuideParams())
-    whole = make_pseudo_label(*args, GuideParams(crf_whole_image=True))
+def test_the_crf_writes_only_the_regions_pixels():
+    # an L-shaped salient region: its bounding box holds non-salient pixels the CAMs cover
+    image, _, masks, cams = red_blue_case()
+    salient = rect(8, 32, 10, 20) | rect(24, 32, 10, 50)
+    cams = {c: np.where(rect(8, 32, 10, 50), m, 0).astype(np.float32) for c, m in cams.items()}
+    label = make_pseudo_label(image, saliency_of(salient), masks, cams, GuideParams())
+    assert {1, 2} <= set(np.unique(label[salient]).tolist())
+    assert (label[~salient & ~(masks[1] | masks[2])] == 0).all()
+    assert (label[8:24, 20:50] == 0).all()  # inside the box, outside the region
+
+
+@pytest.mark.parametrize("background_channel", [False, True])
+def test_crf_background_channel(background_channel):
+    # the salient rectangle overshoots the two objects into grey surroundings where no CAM fires:
+    # without a background channel those pixels must take a class, with one they become background
+    image = grey_image()
+    image[8:32, 10:30] = (220, 30, 30)
+    image[8:32, 30:42] = (30, 30, 220)
+    _, saliency, masks, cams = red_blue_case()
+    cams = {c: np.where(rect(8, 32, 10, 42), m, 0).astype(np.float32) for c, m in cams.items()}
+    label = make_pseudo_label(image, saliency, masks, cams,
+                              GuideParams(crf_background_channel=background_channel))
+    assert (label[8:32, 10:28] == 1).all() and (label[8:32, 32:42] == 2).all()
+    overshoot = label[8:32, 44:50]
+    if background_channel:
+        assert (overshoot == 0).all()
+    else:
+        assert set(np.unique(overshoot).tolist()) <= {1, 2}
+
+
+def test_bounding_box_crf_matches_whole_image_crf_on_a_simple_case():
+    image, saliency, masks, cams = red_blue_case()
+    # a second, single-class object elsewhere, so the whole image is larger than the box
+    other = rect(34, 40, 52, 60)
+    saliency[other] = 0.9
+    masks[3], cams[3] = other, other.astype(np.float32)
+    box = make_pseudo_label(image, saliency, masks, cams, GuideParams(crf_margin=4))
+    whole = make_pseudo_label(image, saliency, masks, cams, GuideParams(crf_whole_image=True))
+    assert {1, 2, 3} <= set(np.unique(box).tolist())
     assert np.array_equal(box, whole)
-    assert {4, 7} <= set(np.unique(box).tolist())
 
 
-def test_size_filters():
-    image, saliency = blank()
-    area = H * W  # 2400 px: 1% = 24 px
-    saliency[0:4, 0:6] = 0.9  # 24 px: exactly 1%, kept
-    saliency[20:23, 40:47] = 0.9  # 21 px: under 1%, dropped
-    label = make_pseudo_label(image, saliency, {}, {}, GuideParams(unlabelled_foreground="ignore"))
-    assert (label[0:4, 0:6] == IGNORE).all()
-    assert (label[20:23, 40:47] == 0).all()
-    assert area == 2400
-    # class regions of 25 px or less are dropped, 26 kept
-    saliency = np.zeros((H, W), np.float32)
-    saliency[5:35, 5:55] = 0.9
-    small = rect(10, 15, 10, 15)  # 25 px
-    big = np.zeros((H, W), bool)
-    big[20:22, 20:33] = True  # 26 px
-    label = make_pseudo_label(image, saliency, {2: small}, {2: small.astype(np.float32)}, GuideParams())
-    assert (label[5:35, 5:55] == 0).all()  # no class left: unlabelled foreground = background
-    label = make_pseudo_label(image, saliency, {2: big}, {2: big.astype(np.float32)}, GuideParams())
-    assert (label[5:35, 5:55] == 2).all()
+# ---- size filters and overlap
+@pytest.mark.parametrize("pixels, kept", [(23, False), (24, True), (25, True)])
+def test_saliency_regions_under_one_percent_are_dropped(pixels, kept):
+    salient = np.zeros((H, W), bool)
+    salient[10, 5:5 + pixels] = True  # one row: an 8-connected segment of ``pixels`` pixels
+    label = make_pseudo_label(grey_image(), saliency_of(salient), {}, {},
+                              GuideParams(unlabelled_foreground="ignore"))
+    assert (label[salient] == (IGNORE if kept else 0)).all()
 
 
-def test_minimum_overlap():
-    image, saliency = blank()
-    saliency[5:20, 5:20] = 0.9
+def test_saliency_area_is_configurable():
+    salient = rect(10, 15, 10, 15)  # 25 px, about 1.04% of the image
+    params = GuideParams(unlabelled_foreground="ignore", min_saliency_area=0.02)
+    assert (make_pseudo_label(grey_image(), saliency_of(salient), {}, {}, params) == 0).all()
+
+
+@pytest.mark.parametrize("pixels, kept", [(25, False), (26, True)])
+def test_class_regions_of_25_pixels_or_fewer_are_dropped(pixels, kept):
+    salient = rect(5, 35, 5, 55)
+    class_mask = np.zeros((H, W), bool)
+    class_mask[20:22, 10:23] = True  # 26 px
+    class_mask[21, 22] = pixels == 26
+    assert class_mask.sum() == pixels
+    label = make_pseudo_label(grey_image(), saliency_of(salient), {2: class_mask},
+                              cams_of({2: class_mask}), GuideParams())
+    assert (label[salient] == (2 if kept else 0)).all()
+
+
+def test_class_pixel_filter_is_configurable():
+    salient = rect(5, 35, 5, 55)
+    class_mask = rect(20, 25, 10, 16)  # 30 px
+    args = (grey_image(), saliency_of(salient), {2: class_mask}, cams_of({2: class_mask}))
+    assert (make_pseudo_label(*args, GuideParams(min_class_pixels=29))[salient] == 2).all()
+    assert (make_pseudo_label(*args, GuideParams(min_class_pixels=30))[salient] == 0).all()
+
+
+@pytest.mark.parametrize("min_overlap, expected", [(1, 5), (4, 5), (5, 0)])
+def test_minimum_overlap(min_overlap, expected):
+    salient = rect(5, 20, 5, 20)
     touching = rect(18, 30, 18, 30)  # 144 px, 4 of them inside the salient region
-    cams = {5: touching.astype(np.float32)}
-    assert (make_pseudo_label(image, saliency, {5: touching}, cams, GuideParams())[5:20, 5:20] == 5).all()
-    label = make_pseudo_label(image, saliency, {5: touching}, cams, GuideParams(min_overlap_pixels=5))
-    assert (label[5:18, 5:18] == 0).all()
+    label = make_pseudo_label(grey_image(), saliency_of(salient), {5: touching}, cams_of({5: touching}),
+                              GuideParams(min_overlap_pixels=min_overlap))
+    assert (label[salient] == expected).all()
+    # the class region touches a saliency region, so it is not isolated: its outside part is background
+    assert (label[touching & ~salient] == 0).all()
 
 
-def test_isolated_class_regions():
-    image, saliency = blank()
-    saliency[2:12, 2:12] = 0.9
+def test_overlap_is_counted_per_region():
+    first, second = rect(2, 12, 2, 12), rect(2, 12, 40, 55)
+    class_a, class_b = rect(4, 8, 4, 12), rect(5, 10, 42, 50)
+    label = make_pseudo_label(grey_image(), saliency_of(first, second), {1: class_a, 2: class_b},
+                              cams_of({1: class_a, 2: class_b}), GuideParams())
+    assert (label[first] == 1).all() and (label[second] == 2).all()
+
+
+# ---- class regions touching no saliency region
+def test_isolated_class_regions_are_painted_and_the_higher_cam_wins_where_they_overlap():
+    salient = rect(2, 12, 2, 12)
     far_a = rect(20, 35, 20, 40)
-    far_b = rect(25, 38, 35, 55)  # overlaps far_a in rows 25-34, columns 35-39
-    cam_a, cam_b = far_a * 0.6, far_b * 0.9
-    masks, cams = {1: far_a, 2: far_b}, {1: cam_a.astype(np.float32), 2: cam_b.astype(np.float32)}
-    painted = make_pseudo_label(image, saliency, masks, cams, GuideParams())
-    assert (painted[20:25, 20:35] == 1).all()
-    assert (painted[26:34, 36:39] == 2).all()  # overlap: the higher CAM wins
-    assert (painted[2:12, 2:12] == 0).all()  # the salient region has no class: background
-    ignored = make_pseudo_label(image, saliency, masks, cams, GuideParams(isolated_class_regions="ignore"))
-    assert (ignored[far_a | far_b] == IGNORE).all()
+    far_b = rect(25, 38, 35, 55)  # overlaps far_a over rows 25-34, columns 35-39
+    cams = {1: (far_a * 0.6).astype(np.float32), 2: (far_b * 0.9).astype(np.float32)}
+    cams[1][30:35, 35:40] = 0.95  # class 1 stronger in part of the overlap
+    label = make_pseudo_label(grey_image(), saliency_of(salient), {1: far_a, 2: far_b}, cams, GuideParams())
+    assert (label[far_a & ~far_b] == 1).all() and (label[far_b & ~far_a] == 2).all()
+    assert (label[25:30, 35:40] == 2).all() and (label[30:35, 35:40] == 1).all()
+    assert (label[salient] == 0).all()  # the salient region has no class: background
+    assert (label[~(far_a | far_b)] == 0).all()
 
 
-def test_pixel_rule():
-    image, saliency = blank()
-    saliency[5:35, 5:55] = 0.9
+def test_isolated_class_regions_can_be_ignored():
+    salient = rect(2, 12, 2, 12)
+    far = rect(20, 35, 20, 40)
+    label = make_pseudo_label(grey_image(), saliency_of(salient), {1: far}, cams_of({1: far}),
+                              GuideParams(isolated_class_regions="ignore"))
+    assert (label[far] == IGNORE).all() and (label[~far] == 0).all()
+
+
+def test_class_region_touching_only_a_dropped_saliency_region_is_isolated():
+    speck = rect(30, 33, 30, 33)  # 9 px salient: under 1%, dropped
+    class_mask = rect(28, 38, 28, 40)
+    label = make_pseudo_label(grey_image(), saliency_of(speck), {4: class_mask}, cams_of({4: class_mask}),
+                              GuideParams())
+    assert (label[class_mask] == 4).all()
+
+
+# ---- pixel rule
+def test_pixel_rule_takes_the_strongest_cam_above_the_class_threshold():
+    salient = rect(5, 35, 5, 55)
     a = np.zeros((H, W), np.float32)
     b = np.zeros((H, W), np.float32)
     a[:, :30] = 0.8
     b[:, 25:45] = 0.9
-    label = make_pseudo_label(image, saliency, {1: a > 0.4, 2: b > 0.4}, {1: a, 2: b}, GuideParams(rule="pixel"))
+    b[:, 45:50] = 0.3  # under the class threshold 0.4
+    speck = rect(0, 2, 0, 2)  # a tiny salient region: the pixel rule keeps it
+    label = make_pseudo_label(grey_image(), saliency_of(salient, speck), {1: a >= 0.4, 2: b >= 0.4},
+                              {1: a, 2: b}, GuideParams(rule="pixel"))
     assert (label[5:35, 5:25] == 1).all()
-    assert (label[5:35, 25:45] == 2).all()  # higher CAM
-    assert (label[5:35, 45:55] == IGNORE).all()  # salient, no class
-    assert (label[:5] == 0).all()
+    assert (label[5:35, 25:45] == 2).all()
+    assert (label[5:35, 45:55] == IGNORE).all()
+    assert (label[speck] == 1).all()
+    assert (label[~(salient | speck)] == 0).all()
 
 
-def _write_inputs(cfg, image_set):
-    """Saliency = the ground-truth objects; class masks and CAMs = the true class regions."""
-    layout = Layout(cfg)
-    for image_id in image_set.ids:
-        mask = image_set.mask(image_id)
-        layout.write_saliency(image_id, ((mask > 0) & (mask < 255)).astype(np.float32))
-        class_ids = image_set.class_ids(image_id)
-        cams = np.stack([(mask == c).astype(np.float32) for c in class_ids]) if class_ids else \
-            np.zeros((0, *mask.shape), np.float32)
-        layout.write_cams(image_id, class_ids, cams[:, ::4, ::4] if len(cams) else cams[:, ::4, ::4],
-                          mask.shape)
-        for class_id, cam in zip(class_ids, cams):
-            layout.write_cam_mask(image_id, class_id, cam > 0.5)
+def test_pixel_rule_without_classes_ignores_salient_pixels():
+    salient = rect(5, 35, 5, 55)
+    label = make_pseudo_label(grey_image(), saliency_of(salient), {}, {}, GuideParams(rule="pixel"))
+    assert (label[salient] == IGNORE).all() and (label[~salient] == 0).all()
 
 
-def test_stage_over_files_scores_and_skips_on_rerun(tiny_cfg):
-    cfg = tiny_cfg(**{"guide.workers": 2})
-    image_set = datasets.build(cfg, "train")
-    _write_inputs(cfg, image_set)
-    summary = make_guide.run(cfg)
-    layout = Layout(cfg)
-    for image_id in image_set.ids:
-        label = files.read_label_png(layout.pseudo_label(image_id))
-        assert label.shape == image_set.image_size(image_id)
-    assert summary["mIoU"] > 0.6  # near-perfect inputs give good pseudo labels
-    assert 0 <= summary["ignore_fraction"] < 0.05
-    assert (layout.run_dir("create_guide") / "pseudo_labels_train.json").exists()
-    assert layout.guide_preview(image_set.ids[0]).exists()
-    first = layout.pseudo_label(image_set.ids[0])
-    os.utime(first, (1, 1))
-    again = make_guide.run(dataclasses.replace(cfg, guide=dataclasses.replace(cfg.guide, workers=1)))
-    assert first.stat().st_mtime == 1
-    assert again["mIoU"] == pytest.approx(summary["mIoU"])
+# ---- helpers and parameters
+def test_connected_regions_use_8_connectivity_and_boxes():
+    mask = np.zeros((H, W), bool)
+    mask[5, 5] = mask[6, 6] = mask[7, 7] = True  # diagonal: one 8-connected region
+    mask[20:23, 30:34] = True
+    regions = connected_regions(mask, min_pixels=3)
+    assert regions.count == 2
+    assert sorted(map(tuple, regions.boxes.tolist())) == [(5, 5, 3, 3), (30, 20, 4, 3)]
+    assert connected_regions(mask, min_pixels=4).count == 1
 
 
-def test_missing_inputs_name_the_file_and_the_stage(tiny_cfg):
-    cfg = tiny_cfg(**{"guide.workers": 1})
-    with pytest.raises(FileNotFoundError, match="tmp/saliency/prob/.*CREATE_SALIENCY"):
-        make_guide.run(cfg)
+def test_params_come_from_the_config():
+    cfg = config_module.build_config("demo", ["guide.rule=pixel", "saliency.threshold=0.3",
+                                              "attention.threshold=0.6", "guide.crf_bilateral_srgb=7",
+                                              "guide.min_overlap_pixels=9"])
+    params = GuideParams.from_config(cfg, crf_whole_image=True)
+    assert (params.rule, params.saliency_threshold, params.cam_threshold) == ("pixel", 0.3, 0.6)
+    assert params.crf.bilateral_srgb == 7 and params.min_overlap_pixels == 9 and params.crf_whole_image
+    with pytest.raises(ValueError, match="guide.rule"):
+        GuideParams(rule="pixels")
+
+
+def test_mismatched_inputs_are_refused():
+    salient = rect(5, 30, 5, 30)
+    with pytest.raises(ValueError, match="no CAM"):
+        make_pseudo_label(grey_image(), saliency_of(salient), {1: salient}, {}, GuideParams())
+    with pytest.raises(ValueError, match="class mask of class 1"):
+        make_pseudo_label(grey_image(), saliency_of(salient), {1: salient[:10]}, cams_of({1: salient}),
+                          GuideParams())

@@ -195,7 +195,8 @@ def test_configured_public_format_checkpoint_is_used(tiny_cfg, tmp_path):
     path = tmp_path / "lite.ckpt"
     torch.save(network.state_dict(), path)
     cfg = tiny_cfg(**{**TINY_SALIENCY, "saliency.checkpoint": str(path)})
-    assert main.run_stages(cfg, ["train_saliency"])["train_saliency"] == {"seconds": 0.0} or True
+    trained = main.run_stages(cfg, ["train_saliency"])["train_saliency"]
+    assert set(trained) == {"seconds"}  # no training scores: nothing was trained
     assert not Layout(cfg).checkpoint("saliency", "last").exists()  # nothing trained
     make_saliency.run(cfg)
     image_set = datasets.build(cfg, "val")

@@ -1,0 +1,218 @@
+"""CREATE_GUIDE over files: a tiny VOC-layout set in tmp_path, inputs written with the Layout writers."""
+from __future__ import annotations
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import datasets
+from attention.make_cam import storage_size
+from common import files, metrics
+from common.layout import Layout
+from guide import make_guide
+from guide.rules import IGNORE, GuideParams
+
+H, W = 48, 64
+CLASS_NAMES = ["red_thing", "blue_thing", "green_thing"]
+STRIDE = 4
+
+
+def _scene(objects):
+    """Grey noisy image and its mask from (class id, y0, y1, x0, x1, colour) boxes."""
+    rng = np.random.default_rng(len(objects))
+    image = np.clip(rng.normal(128, 6, (H, W, 3)), 0, 255).astype(np.uint8)
+    mask = np.zeros((H, W), np.uint8)
+    for class_id, y0, y1, x0, x1, colour in objects:
+        image[y0:y1, x0:x1] = colour
+        mask[y0:y1, x0:x1] = class_id
+    return image, mask
+
+
+# id -> objects; "pair" has two classes in one salient region (the CRF case), "empty" has no label
+SCENES = {
+    "pair": [(1, 10, 38, 6, 30, (210, 40, 40)), (2, 10, 38, 30, 56, (40, 40, 210))],
+    "single": [(3, 12, 36, 20, 44, (40, 200, 40))],
+    "empty": [],
+    "nomask": [(1, 8, 30, 8, 28, (210, 40, 40))],
+}
+EMPTY_BLOB = (slice(20, 30), slice(20, 30))  # something salient in the image without labels
+
+
+@pytest.fixture
+def voc_cfg(make_cfg, tmp_path):
+    """``voc_cfg(**overrides)``: a config on a 4-image VOC-layout set whose saliency, CAMs and
+    class masks (from the true masks, blurred like real CAMs) are already in tmp/."""
+    root = tmp_path / "voc"
+    for folder in ("JPEGImages", "SegmentationClass", "Annotations", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True)
+    (root / "class_names.txt").write_text("background\n" + "\n".join(CLASS_NAMES) + "\n")
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(SCENES) + "\n")
+    scenes = {}
+    for image_id, objects in SCENES.items():
+        image, mask = _scene(objects)
+        scenes[image_id] = (image, mask)
+        files.write_rgb(root / "JPEGImages" / f"{image_id}.png", image)
+        if image_id == "nomask":
+            names = "".join(f"<object><name>{CLASS_NAMES[c - 1]}</name></object>" for c, *_ in objects)
+            (root / "Annotations" / f"{image_id}.xml").write_text(f"<annotation>{names}</annotation>")
+        else:
+            files.write_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
+
+    def build(**overrides):
+        cfg = make_cfg("demo", **{"dataset.kind": "voc", "dataset.root": str(root), **overrides})
+        write_inputs(cfg, scenes)
+        return cfg
+
+    return build
+
+
+def write_inputs(cfg, scenes) -> None:
+    layout = Layout(cfg)
+    for image_id, (image, mask) in scenes.items():
+        salient = (mask > 0).astype(np.float32)
+        if image_id == "empty":
+            salient[EMPTY_BLOB] = 1.0
+        layout.write_saliency(image_id, cv2.GaussianBlur(salient, (5, 5), 1.0))
+        class_ids = sorted(int(c) for c in np.unique(mask) if c)
+        small = storage_size((H, W), STRIDE)
+        cams = []
+        for class_id in class_ids:
+            blurred = cv2.GaussianBlur((mask == class_id).astype(np.float32), (0, 0), 4.0)
+            cams.append(cv2.resize(blurred / blurred.max(), small[::-1], interpolation=cv2.INTER_AREA))
+        layout.write_cams(image_id, class_ids, np.array(cams, np.float32).reshape(-1, *small), (H, W))
+        for class_id, upsampled in zip(class_ids, layout.read_cams(image_id).upsampled()):
+            layout.write_cam_mask(image_id, class_id, upsampled >= cfg.attention.threshold)
+
+
+def stored_labels(cfg) -> dict[str, np.ndarray]:
+    layout = Layout(cfg)
+    return {i: files.read_label_png(layout.pseudo_label(i)) for i in SCENES}
+
+
+def test_stage_writes_pseudo_labels_and_reports_metrics(voc_cfg):
+    cfg = voc_cfg(**{"guide.workers": 1})
+    summary = make_guide.run(cfg)
+    labels = stored_labels(cfg)
+    image_set = datasets.build(cfg, "train")
+    layout = Layout(cfg)
+
+    assert all(label.shape == (H, W) for label in labels.values())
+    # the CRF splits the shared region along the colour edge at column 30
+    assert (labels["pair"][12:36, 8:28] == 1).all() and (labels["pair"][12:36, 32:54] == 2).all()
+    assert (labels["single"][14:34, 22:42] == 3).all() and (labels["single"][:8] == 0).all()
+    assert (labels["empty"] == 0).all()  # unlabelled foreground = background by default
+    assert set(np.unique(labels["nomask"]).tolist()) == {0, 1}
+
+    # the metrics: what a confusion matrix over the stored files and the masks says
+    matrix = metrics.ConfusionMatrix(len(CLASS_NAMES) + 1)
+    for image_id in ("pair", "single", "empty"):
+        matrix.update(image_set.mask(image_id), labels[image_id])
+    assert summary["mIoU"] == pytest.approx(matrix.mean_iou())
+    assert summary["mIoU"] > 0.85
+    assert summary["precision"] == pytest.approx(np.nanmean(matrix.precision()))
+    assert summary["recall"] == pytest.approx(np.nanmean(matrix.recall()))
+    assert summary["images"] == 4 and summary["images_with_masks"] == 3
+    assert summary["ignore_fraction"] == 0.0
+
+    report = json.loads((layout.run_dir("create_guide") / "pseudo_labels_train.json").read_text())
+    assert report["mIoU"] == pytest.approx(summary["mIoU"])
+    assert set(report["per_class"]) == {"background", *CLASS_NAMES}
+    assert report["per_class"]["blue_thing"]["recall"] == pytest.approx(matrix.recall()[2])
+    assert any(p.name.startswith("events.out.tfevents") for p in layout.run_dir("create_guide").iterdir())
+    preview = files.read_image(layout.guide_preview("pair"))
+    assert preview.shape == (H, 5 * W, 3)
+
+
+def test_ignore_fraction_and_ignored_pixels_count_as_misses(voc_cfg):
+    cfg = voc_cfg(**{"guide.workers": 1, "guide.unlabelled_foreground": "ignore"})
+    summary = make_guide.run(cfg)
+    labels = stored_labels(cfg)
+    salient = Layout(cfg).read_saliency("empty") >= cfg.saliency.threshold
+    assert salient.sum() > 64
+    assert np.array_equal(labels["empty"] == IGNORE, salient)
+    ignored = sum(int((label == IGNORE).sum()) for label in labels.values())
+    assert ignored == salient.sum()  # the other images have classes for every salient region
+    assert summary["ignore_fraction"] == pytest.approx(ignored / (len(SCENES) * H * W))
+    # the blob is background in the truth: ignoring it costs background recall
+    report = json.loads((Layout(cfg).run_dir("create_guide") / "pseudo_labels_train.json").read_text())
+    assert report["per_class"]["background"]["recall"] < 1.0
+
+
+def test_rerun_skips_finished_images_and_reports_the_same(voc_cfg):
+    cfg = voc_cfg(**{"guide.workers": 1})
+    first = make_guide.run(cfg)
+    layout = Layout(cfg)
+    kept, removed = layout.pseudo_label("pair"), layout.pseudo_label("single")
+    os.utime(kept, (1, 1))
+    removed.unlink()
+    again = make_guide.run(cfg)
+    assert kept.stat().st_mtime == 1  # not recomputed
+    assert removed.exists()  # recomputed
+    assert again == pytest.approx(first, nan_ok=True)
+    cfg.runtime.overwrite = True
+    make_guide.run(cfg)
+    assert kept.stat().st_mtime > 1
+
+
+def test_worker_pool_gives_the_labels_of_one_process(voc_cfg):
+    # torch's OpenMP threads have run in this process (as after the stages before CREATE_GUIDE):
+    # forked workers would hang here, the pool must not
+    torch.nn.functional.interpolate(torch.rand(1, 8, 256, 256), scale_factor=2.0, mode="bilinear")
+    cfg = voc_cfg(**{"guide.workers": 2})
+    make_guide.run(cfg)
+    pooled = stored_labels(cfg)
+    in_process = dict(make_guide.compute_pseudo_labels(cfg, "train", list(SCENES),
+                                                       GuideParams.from_config(cfg), workers=1))
+    assert all(np.array_equal(pooled[i], in_process[i]) for i in SCENES)
+
+
+def test_whole_image_crf_switch_gives_the_same_labels_here(voc_cfg):
+    cfg = voc_cfg(**{"guide.workers": 1})
+    ids = list(SCENES)
+    box = dict(make_guide.compute_pseudo_labels(cfg, "train", ids, GuideParams.from_config(cfg), 1))
+    whole = dict(make_guide.compute_pseudo_labels(
+        cfg, "train", ids, GuideParams.from_config(cfg, crf_whole_image=True), 1))
+    assert all(np.array_equal(box[i], whole[i]) for i in ids)
+
+
+def test_pixel_rule_through_the_stage(voc_cfg):
+    cfg = voc_cfg(**{"guide.workers": 1, "guide.rule": "pixel"})
+    make_guide.run(cfg)
+    labels = stored_labels(cfg)
+    salient = {i: Layout(cfg).read_saliency(i) >= cfg.saliency.threshold for i in SCENES}
+    assert np.array_equal(labels["empty"] == IGNORE, salient["empty"])  # salient, no class
+    assert all((labels[i][~salient[i]] == 0).all() for i in SCENES)
+    assert (labels["pair"][12:36, 8:24] == 1).all() and (labels["pair"][12:36, 36:54] == 2).all()
+
+
+@pytest.mark.parametrize("remove, stage", [
+    (lambda layout: layout.saliency_prob("pair"), "CREATE_SALIENCY"),
+    (lambda layout: layout.cams("pair"), "CREATE_ATTENTION"),
+    (lambda layout: layout.cam_mask("pair", 2), "CREATE_ATTENTION"),
+])
+def test_missing_inputs_name_the_file_and_the_stage(voc_cfg, remove, stage):
+    cfg = voc_cfg(**{"guide.workers": 1})
+    path = remove(Layout(cfg))
+    path.unlink()
+    with pytest.raises(FileNotFoundError) as error:
+        make_guide.run(cfg)
+    assert str(path) in str(error.value) and stage in str(error.value)
+
+
+def test_image_without_labels_needs_no_cam_file(voc_cfg):
+    cfg = voc_cfg(**{"guide.workers": 1})
+    Layout(cfg).cams("empty").unlink()
+    make_guide.run(cfg)
+    assert (stored_labels(cfg)["empty"] == 0).all()
+
+
+def test_cam_file_of_other_classes_is_refused(voc_cfg):
+    cfg = voc_cfg(**{"guide.workers": 1})
+    layout = Layout(cfg)
+    layout.write_cams("single", [1], np.zeros((1, *storage_size((H, W), STRIDE)), np.float32), (H, W))
+    with pytest.raises(ValueError, match="CREATE_ATTENTION"):
+        make_guide.run(cfg)
