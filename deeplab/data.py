@@ -1,10 +1,11 @@
-"""DeepLab training samples: which label each image trains with, and the augmentation."""
+"""DeepLab training samples: which label each image trains with, the augmentation, and a batch
+order that depends only on (seed, step) so an interrupted run resumes exactly where it stopped."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from common import files
 
@@ -12,46 +13,85 @@ IGNORE = 255
 
 
 def select_gt_images(ids_with_masks: list[str], percentage: float, seed: int) -> set[str]:
-    """The images whose real mask replaces the pseudo label: ``percentage`` % of ``ids_with_masks``
-    (rounded to the nearest whole image), chosen reproducibly from ``seed``. The choice is nested:
-    with the same seed, a higher percentage keeps every image a lower one chose, so runs at
-    different percentages differ only by the masks added."""
+    """The images whose real mask replaces the pseudo label.
+
+    ``percentage`` % of ``ids_with_masks``, rounded to the nearest whole image (halves round up:
+    2.5 images -> 3), chosen reproducibly from ``seed`` whatever the order of the ids. The choice is
+    nested: with the same seed and ids, a higher percentage keeps every image a lower one chose, so
+    runs at different percentages differ only by the masks added. 0 chooses none, 100 all."""
     if not 0 <= percentage <= 100:
         raise ValueError(f"deeplab.gt_percentage {percentage} is not a percentage (0 to 100)")
-    ordered = sorted(ids_with_masks)
+    ordered = sorted(set(ids_with_masks))
     rank = np.random.default_rng(seed).permutation(len(ordered))
     count = int(np.floor(len(ordered) * percentage / 100 + 0.5))
     return {ordered[i] for i in rank[:count]}
 
 
 def to_tensor(image: np.ndarray, mean, std) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> normalised float (3, H, W); the mean colour becomes 0."""
     tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
     return (tensor - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
+class StepBatches(Sampler):
+    """Batches for steps ``start`` .. ``total - 1`` of an endless shuffled stream of the
+    ``num_items`` training images: step s takes stream positions s*B .. s*B + B - 1, and epoch e's
+    order is a permutation drawn from (seed, e). Each item is (image index, stream position); the
+    position seeds that sample's augmentation. So a batch depends only on (seed, step): resuming at
+    step s gives the batches an uninterrupted run would have seen, with any number of workers."""
+
+    def __init__(self, num_items: int, batch_size: int, *, seed: int, start: int, total: int) -> None:
+        if num_items <= 0:
+            raise ValueError("no training images")
+        self.num_items, self.batch_size = num_items, batch_size
+        self.seed, self.start, self.total = seed, start, total
+        self._orders: dict[int, np.ndarray] = {}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.num_items)}
+        return self._orders[epoch]
+
+    def __iter__(self):
+        for step in range(self.start, self.total):
+            batch = []
+            for position in range(step * self.batch_size, (step + 1) * self.batch_size):
+                epoch, offset = divmod(position, self.num_items)
+                batch.append((int(self._order(epoch)[offset]), position))
+            yield batch
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+
 class SegmentationSamples(Dataset):
-    """(normalised image crop, label crop) with random scale, crop (padding: mean colour / ignore)
-    and horizontal flip. ``sources`` maps image id -> a callable giving its label map."""
+    """(normalised image crop (3, S, S), label crop (S, S) int64) for an item (index, position):
+    random scale in [scale_min, scale_max], a random S x S crop (padding: the mean colour for the
+    image, ignore 255 for the label) and a horizontal flip, all drawn from (seed, position).
+    ``sources`` maps image id -> a callable giving its label map (0 bg, 1..C, 255 ignore)."""
 
     def __init__(self, image_set, sources: dict, *, crop_size: int, scale_min: float, scale_max: float,
-                 mean, std) -> None:
+                 mean, std, seed: int = 0) -> None:
         self.image_set = image_set
         self.ids = sorted(sources)
         self.sources = sources
         self.crop_size = crop_size
         self.scales = (scale_min, scale_max)
         self.mean, self.std = mean, std
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item):
+        index, position = item if isinstance(item, tuple) else (item, item)
+        rng = np.random.default_rng([self.seed, 1, position])
         image_id = self.ids[index]
         image = to_tensor(self.image_set.image(image_id), self.mean, self.std)
         label = torch.from_numpy(self.sources[image_id]().astype(np.int64))
         if label.shape != image.shape[1:]:
             raise ValueError(f"label of {image_id} is {tuple(label.shape)}, its image {tuple(image.shape[1:])}")
-        scale = np.random.uniform(*self.scales)
+        scale = rng.uniform(*self.scales)
         size = (max(8, round(image.shape[1] * scale)), max(8, round(image.shape[2] * scale)))
         image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
         label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
@@ -60,36 +100,58 @@ class SegmentationSamples(Dataset):
         if pad_h or pad_w:  # zero is the mean colour after normalisation
             image = F.pad(image, (0, pad_w, 0, pad_h), value=0.0)
             label = F.pad(label, (0, pad_w, 0, pad_h), value=IGNORE)
-        top = np.random.randint(0, image.shape[1] - side + 1)
-        left = np.random.randint(0, image.shape[2] - side + 1)
+        top = int(rng.integers(0, image.shape[1] - side + 1))
+        left = int(rng.integers(0, image.shape[2] - side + 1))
         image = image[:, top:top + side, left:left + side]
         label = label[top:top + side, left:left + side]
-        if np.random.rand() < 0.5:
+        if rng.random() < 0.5:
             image, label = image.flip(-1), label.flip(-1)
-        return image, label
+        return image.contiguous(), label.contiguous()
 
 
 def label_sources(cfg, image_set, layout) -> tuple[dict, dict]:
     """id -> loader of its training label, and a report of what each image trains with.
 
-    Real masks for the gt_percentage selection, pseudo labels (CREATE_GUIDE) for the rest; images
-    with neither are listed in the report and skipped."""
+    Real masks for the ``gt_percentage`` selection (among training images with a mask), pseudo
+    labels (CREATE_GUIDE, ``Layout.pseudo_label``) for the rest; images with neither are listed in
+    the report and skipped. Raises FileNotFoundError when pseudo labels are needed and none exist."""
     with_masks = [i for i in image_set.ids if image_set.has_mask(i)]
     chosen = select_gt_images(with_masks, cfg.deeplab.gt_percentage, cfg.runtime.seed)
     sources, pseudo, skipped = {}, [], []
     for image_id in image_set.ids:
         if image_id in chosen:
-            sources[image_id] = (lambda i=image_id: image_set.mask(i))
+            sources[image_id] = _MaskLoader(image_set, image_id)
         elif layout.pseudo_label(image_id).exists():
-            path = layout.pseudo_label(image_id)
-            sources[image_id] = (lambda p=path: files.read_label_png(p))
+            sources[image_id] = _PngLoader(layout.pseudo_label(image_id))
             pseudo.append(image_id)
         else:
             skipped.append(image_id)
-    if not pseudo and len(chosen) < len(image_set.ids) and cfg.deeplab.gt_percentage < 100:
+    folder = layout.pseudo_label("x").parent
+    if skipped and not pseudo and cfg.deeplab.gt_percentage < 100:
         raise FileNotFoundError(
-            f"no pseudo labels in {layout.pseudo_label('x').parent}: run CREATE_GUIDE first "
-            f"(python main.py --stages create_guide), or train on real masks with deeplab.gt_percentage")
-    report = {"gt_percentage": cfg.deeplab.gt_percentage, "gt_images": sorted(chosen),
-              "pseudo_images": len(pseudo), "skipped_without_label": skipped}
+            f"no pseudo labels in {folder} for the {len(skipped)} training images without a chosen "
+            f"mask: run CREATE_GUIDE first (python main.py --stages create_guide), or train on real "
+            f"masks with deeplab.gt_percentage")
+    report = {"gt_percentage": cfg.deeplab.gt_percentage, "training_images": len(image_set.ids),
+              "images_with_masks": len(with_masks), "gt_images": sorted(chosen),
+              "pseudo_images": len(pseudo), "pseudo_label_folder": str(folder),
+              "skipped_without_label": skipped}
     return sources, report
+
+
+class _MaskLoader:
+    """The ground-truth mask of one image (a class, not a lambda, so DataLoader workers can pickle it)."""
+
+    def __init__(self, image_set, image_id: str) -> None:
+        self.image_set, self.image_id = image_set, image_id
+
+    def __call__(self) -> np.ndarray:
+        return self.image_set.mask(self.image_id)
+
+
+class _PngLoader:
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def __call__(self) -> np.ndarray:
+        return files.read_label_png(self.path)

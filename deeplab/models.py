@@ -3,11 +3,12 @@
 Initialisation is from ImageNet *classification* weights only, unless ``segmentation_pretrained``
 asks for torchvision's COCO-with-VOC-labels DeepLab weights: those were trained with pixel labels
 on the VOC classes, so a result built on them is not weakly supervised (the original thesis code
-did this). The option exists for comparison and is reported wherever it was used.
+did this). The option exists for comparison, warns, and is reported wherever it was used.
 """
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -16,6 +17,8 @@ import torch.nn.functional as F
 from common import imagenet
 
 BACKBONES = ("resnet101", "resnet50", "mobilenet_v3_large", "efficientnet_lite0")
+# backbones torchvision publishes COCO-with-VOC-labels DeepLabV3 weights for
+SEGMENTATION_PRETRAINED = ("resnet101", "resnet50", "mobilenet_v3_large")
 NOT_WEAK_WARNING = ("deeplab.segmentation_pretrained = True: starting from DeepLab weights trained with "
                     "pixel labels on the VOC classes; the result is NOT weakly supervised")
 
@@ -24,7 +27,7 @@ class DeepLab(nn.Module):
     """``backbone`` (last feature map) -> DeepLabV3 head -> logits upsampled to the input size.
 
     Attributes: ``backbone``, ``head``, ``mean``/``std`` (the RGB normalisation the backbone's
-    weights expect), ``describe()`` (what rebuilds it around a checkpoint).
+    weights expect), ``output_stride``, ``describe()`` (what rebuilds it around a checkpoint).
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, *, name: str, num_classes: int,
@@ -36,21 +39,24 @@ class DeepLab(nn.Module):
         self.num_classes = num_classes
         self.output_stride = output_stride
         self.segmentation_pretrained = segmentation_pretrained
+        self.batchnorm_frozen = False
         self.mean, self.std = imagenet.normalisation(name)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes, H, W) for normalised images (B, 3, H, W)."""
         features = self.backbone(images)
         logits = self.head(features)
         return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
-    def freeze_backbone_batchnorm(self) -> None:
-        """Keep the backbone's ImageNet BatchNorm statistics (CPU-sized batches are too small)."""
-        self.batchnorm_frozen = True
+    def freeze_backbone_batchnorm(self, frozen: bool = True) -> None:
+        """Keep the backbone's BatchNorm statistics (ImageNet's) in eval mode while training:
+        CPU-sized batches give noisy batch statistics. The BN scale and shift still learn."""
+        self.batchnorm_frozen = frozen
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "DeepLab":
         super().train(mode)
-        if getattr(self, "batchnorm_frozen", False):
+        if self.batchnorm_frozen:
             for module in self.backbone.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
@@ -62,6 +68,8 @@ class DeepLab(nn.Module):
 
 
 class _LastFeature(nn.Module):
+    """The last feature map of ``body`` (a dict, list or tensor output) as one tensor."""
+
     def __init__(self, body: nn.Module, key: str | None = None) -> None:
         super().__init__()
         self.body, self.key = body, key
@@ -73,19 +81,45 @@ class _LastFeature(nn.Module):
         return out[-1] if isinstance(out, (list, tuple)) else out
 
 
+def dilate_to_output_stride(features: nn.Module, output_stride: int) -> None:
+    """Turn every stride-2 convolution that would take ``features`` past ``output_stride`` into a
+    stride-1 one and dilate it and every later spatial convolution instead (in place; the weights
+    stay valid). With output_stride 16 on MobileNetV3 this is torchvision's ``dilated=True``."""
+    stride, dilation = 1, 1
+    for module in features.modules():
+        if not isinstance(module, nn.Conv2d):
+            continue
+        step = module.stride[0]
+        if step > 1:
+            if stride * step > output_stride:
+                module.stride = (1, 1)
+                dilation *= step
+            else:
+                stride *= step
+        if module.kernel_size[0] > 1 and dilation > 1:
+            module.dilation = (dilation, dilation)
+            module.padding = ((module.kernel_size[0] - 1) // 2 * dilation,) * 2
+
+
 def build_deeplab(*, backbone: str, num_classes: int, output_stride: int = 16,
                   pretrained_backbone: bool = True, weights_path: str = "",
-                  segmentation_pretrained: bool = False) -> DeepLab:
-    """A :class:`DeepLab` with ``num_classes`` outputs (background included).
+                  segmentation_pretrained: bool = False, segmentation_weights_path: str = "") -> DeepLab:
+    """A :class:`DeepLab` whose forward(x) gives logits (B, num_classes, H, W) at the input size.
 
     Args:
         backbone: resnet101 (the original's), resnet50, mobilenet_v3_large or efficientnet_lite0
-            (ImageNet weights available offline).
-        output_stride: 8 or 16, by dilating the last stage(s) (mobilenet_v3_large: 16 only).
+            (the only one with ImageNet weights available offline).
+        num_classes: outputs, background included (C + 1).
+        output_stride: 8 or 16, by dilating the last stage(s) instead of striding.
         pretrained_backbone: load ImageNet classification weights (False = random init, explicit).
         weights_path: local file with the backbone's ImageNet weights instead of a download.
-        segmentation_pretrained: torchvision's COCO-with-VOC-labels DeepLab (resnet50/101 only):
-            NOT weakly supervised; warns.
+        segmentation_pretrained: start from torchvision's COCO-with-VOC-labels DeepLabV3 (resnet50,
+            resnet101, mobilenet_v3_large): NOT weakly supervised; warns. Every tensor but the last
+            layer of the head is loaded (the last layer is new when num_classes differs from 21).
+        segmentation_weights_path: local file with those DeepLab weights instead of a download.
+    Raises:
+        ValueError on an unknown backbone or stride; imagenet.WeightsUnavailable when asked-for
+        weights cannot be had (the message says how to get them).
     """
     from torchvision.models import mobilenet_v3_large, resnet50, resnet101
     from torchvision.models._utils import IntermediateLayerGetter
@@ -95,58 +129,75 @@ def build_deeplab(*, backbone: str, num_classes: int, output_stride: int = 16,
         raise ValueError(f"deeplab.backbone {backbone!r} is not one of {', '.join(BACKBONES)}")
     if output_stride not in (8, 16):
         raise ValueError(f"deeplab.output_stride {output_stride}: expected 8 or 16")
-    if segmentation_pretrained and not backbone.startswith("resnet"):
-        raise ValueError("deeplab.segmentation_pretrained exists for resnet50/resnet101 only")
+    if segmentation_pretrained and backbone not in SEGMENTATION_PRETRAINED:
+        raise ValueError(f"deeplab.segmentation_pretrained: torchvision has COCO DeepLab weights for "
+                         f"{', '.join(SEGMENTATION_PRETRAINED)} only, not {backbone}")
+    # the COCO DeepLab weights replace the ImageNet ones, so those are not fetched at all
+    load_imagenet = pretrained_backbone and not segmentation_pretrained
 
     if backbone.startswith("resnet"):
         make = resnet101 if backbone == "resnet101" else resnet50
-        dilation = [False, output_stride == 8, True]
-        net = make(weights=None, replace_stride_with_dilation=dilation)
-        if pretrained_backbone and not segmentation_pretrained:
+        net = make(weights=None, replace_stride_with_dilation=[False, output_stride == 8, True])
+        if load_imagenet:
             imagenet.load_torchvision_imagenet(net, backbone, weights_path)
         body = _LastFeature(IntermediateLayerGetter(net, return_layers={"layer4": "out"}), "out")
         channels = 2048
     elif backbone == "mobilenet_v3_large":
-        if output_stride != 16:
-            raise ValueError("deeplab.backbone mobilenet_v3_large supports output_stride 16 only")
-        net = mobilenet_v3_large(weights=None, dilated=True)
-        if pretrained_backbone:
+        net = mobilenet_v3_large(weights=None)
+        if load_imagenet:
             imagenet.load_torchvision_imagenet(net, "mobilenet_v3_large", weights_path)
+        dilate_to_output_stride(net.features, output_stride)
         body = _LastFeature(net.features)
-        channels = 960
+        channels = net.features[-1].out_channels
     else:
         import timm
 
         net = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True,
                                 out_indices=(4,), output_stride=output_stride)
-        if pretrained_backbone:
+        if load_imagenet:
             imagenet.load_lite0_imagenet(net, weights_path)
         body = _LastFeature(net)
         channels = net.feature_info.channels()[-1]
     model = DeepLab(body, DeepLabHead(channels, num_classes), name=backbone, num_classes=num_classes,
                     output_stride=output_stride, segmentation_pretrained=segmentation_pretrained)
     if segmentation_pretrained:
-        _load_segmentation_weights(model, backbone, num_classes)
+        load_segmentation_weights(model, backbone, segmentation_weights_path)
     return model
 
 
-def _load_segmentation_weights(model: DeepLab, backbone: str, num_classes: int) -> None:
+def load_segmentation_weights(model: DeepLab, backbone: str, weights_path: str | Path = "") -> None:
+    """torchvision's COCO-with-VOC-labels ``deeplabv3_<backbone>`` weights into ``model`` (the
+    auxiliary head is dropped; the last head layer only when its class count fits). Warns that the
+    result is not weakly supervised."""
     import torchvision
 
     warnings.warn(NOT_WEAK_WARNING, stacklevel=3)
-    print("WARNING: " + NOT_WEAK_WARNING)
+    print("WARNING: " + NOT_WEAK_WARNING, flush=True)
     name = f"deeplabv3_{backbone}"
     try:
-        weights = torchvision.models.get_model_weights(name).COCO_WITH_VOC_LABELS_V1
-        state = weights.get_state_dict(progress=False)
-    except Exception as err:
-        raise imagenet.WeightsUnavailable(f"cannot download torchvision's {name} COCO weights: {err}") from err
+        if weights_path:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        else:
+            state = torchvision.models.get_model_weights(name).COCO_WITH_VOC_LABELS_V1.get_state_dict(
+                progress=False)
+    except Exception as err:  # no network, missing or corrupt file: one message for all
+        raise imagenet.WeightsUnavailable(
+            f"cannot load torchvision's {name} COCO_WITH_VOC_LABELS_V1 weights "
+            f"({err.__class__.__name__}: {err}); download them where there is internet and set "
+            f"deeplab.segmentation_weights_path, or leave deeplab.segmentation_pretrained off") from err
+    target = model.state_dict()
     mapped = {}
     for key, value in state.items():
         if key.startswith("backbone."):
-            mapped["backbone.body.body." + key[len("backbone."):]] = value
+            new = "backbone.body." + key[len("backbone."):]
         elif key.startswith("classifier."):
-            if key.startswith("classifier.4.") and value.shape[0] != num_classes:
-                continue  # a new last layer for our classes
-            mapped["head." + key[len("classifier."):]] = value
+            new = "head." + key[len("classifier."):]
+        else:
+            continue  # aux_classifier
+        if new in target and target[new].shape == value.shape:
+            mapped[new] = value
+    missing = [k for k in target if k not in mapped and not k.startswith("head.4.")]
+    if missing:
+        raise imagenet.WeightsUnavailable(f"{name} weights do not fit the model: {len(missing)} tensors "
+                                          f"missing, e.g. {missing[:3]}")
     model.load_state_dict(mapped, strict=False)

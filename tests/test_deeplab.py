@@ -1,184 +1,330 @@
-"""DeepLab: label selection, models, own-size evaluation, CRF post-processing, the two stages."""
+"""DeepLab building blocks: gt selection, models, initialisation guard, own-size inference, CRF,
+resumable batches, frozen BatchNorm."""
 from __future__ import annotations
 
-import json
+import math
 import warnings
 
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
 
-import datasets
-import main
-from common import files
+from common import imagenet, runtime
 from common.crf import CrfParams
-from common.layout import Layout
-from deeplab import eval_deeplab, train_deeplab
-from deeplab.data import select_gt_images
-from deeplab.inference import class_probabilities, crf_refine
+from deeplab.data import SegmentationSamples, StepBatches, select_gt_images
+from deeplab.inference import batch_probabilities, class_probabilities, crf_refine, evaluate
 from deeplab.models import build_deeplab
 
+torch.set_num_threads(2)
 IDS = [f"img{i:03d}" for i in range(40)]
 
 
-def test_gt_selection_is_a_real_percentage():
+# ---- gt_percentage ---------------------------------------------------------------------------
+def test_gt_selection_ends_and_rounding():
     assert select_gt_images(IDS, 0, seed=1) == set()
     assert select_gt_images(IDS, 100, seed=1) == set(IDS)
     assert len(select_gt_images(IDS, 25, seed=1)) == 10
-    assert len(select_gt_images(IDS, 10, seed=1)) == 4
-    assert len(select_gt_images(IDS, 11.3, seed=1)) == 5  # 4.52 rounds to 5
-    assert select_gt_images(IDS, 25, seed=1) == select_gt_images(list(reversed(IDS)), 25, seed=1)
-    assert select_gt_images(IDS, 25, seed=1) != select_gt_images(IDS, 25, seed=2)
-    previous = set()
-    for percentage in (0, 10, 25, 50, 100):  # nested: more masks only add images
-        chosen = select_gt_images(IDS, percentage, seed=3)
-        assert previous <= chosen
-        previous = chosen
+    assert len(select_gt_images(IDS, 11.3, seed=1)) == 5  # 4.52 images round to 5
+    assert len(select_gt_images(IDS, 11.2, seed=1)) == 4  # 4.48 round to 4
+    assert len(select_gt_images(IDS[:10], 25, seed=1)) == 3  # 2.5: halves round up
+    assert len(select_gt_images(IDS[:10], 4, seed=1)) == 0  # 0.4 image rounds to none
+    assert select_gt_images(IDS, 25, seed=1) <= set(IDS)
     with pytest.raises(ValueError, match="not a percentage"):
-        select_gt_images(IDS, 101, seed=0)
+        select_gt_images(IDS, 100.5, seed=0)
+    with pytest.raises(ValueError, match="not a percentage"):
+        select_gt_images(IDS, -1, seed=0)
 
 
-@pytest.mark.parametrize("backbone, output_stride", [("efficientnet_lite0", 16), ("efficientnet_lite0", 8),
-                                                     ("mobilenet_v3_large", 16), ("resnet50", 16),
-                                                     ("resnet50", 8)])
+def test_gt_selection_is_reproducible_and_seeded():
+    assert select_gt_images(IDS, 30, seed=1) == select_gt_images(list(reversed(IDS)), 30, seed=1)
+    assert select_gt_images(IDS, 30, seed=1) != select_gt_images(IDS, 30, seed=2)
+    # not simply the first ids in sorted order
+    assert select_gt_images(IDS, 30, seed=1) != set(sorted(IDS)[:12])
+
+
+@pytest.mark.parametrize("seed", [0, 7, 123])
+def test_gt_selection_is_nested(seed):
+    previous = set()
+    for percentage in np.linspace(0, 100, 41):
+        chosen = select_gt_images(IDS, float(percentage), seed=seed)
+        assert previous <= chosen
+        assert len(chosen) == math.floor(len(IDS) * percentage / 100 + 0.5)
+        previous = chosen
+
+
+# ---- models ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("backbone, output_stride", [
+    ("efficientnet_lite0", 16), ("efficientnet_lite0", 8), ("mobilenet_v3_large", 16),
+    ("mobilenet_v3_large", 8), ("resnet50", 16), ("resnet50", 8),
+    ("resnet101", 16), ("resnet101", 8)])
 def test_models_give_logits_at_input_size(backbone, output_stride):
+    torch.manual_seed(0)
     model = build_deeplab(backbone=backbone, num_classes=5, output_stride=output_stride,
                           pretrained_backbone=False).eval()
     with torch.no_grad():
-        logits = model(torch.randn(1, 3, 65, 71))
-        features = model.backbone(torch.randn(1, 3, 64, 64))
-    assert logits.shape == (1, 5, 65, 71)
-    assert features.shape[-1] == 64 // output_stride
+        logits = model(torch.randn(1, 3, 65, 65))
+        features = model.backbone(torch.randn(1, 3, 64, 48))
+    assert logits.shape == (1, 5, 65, 65)
+    assert features.shape[-2:] == (64 // output_stride, 48 // output_stride)
+    assert model.mean == imagenet.normalisation(backbone)[0]
 
 
-def test_segmentation_pretrained_weights_are_never_requested_by_default(monkeypatch):
+def test_lite0_deeplab_gets_the_offline_imagenet_weights():
+    import timm
+
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    imagenet.load_lite0_imagenet(reference)
+    model = build_deeplab(backbone="efficientnet_lite0", num_classes=3, output_stride=8)
+    expected = reference.state_dict()
+    loaded = model.backbone.body.state_dict()
+    assert len(loaded) > 100
+    for name, tensor in loaded.items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+def _offline(names: list):
+    def get_model_weights(name):
+        names.append(name)
+        raise OSError("network is unreachable")
+    return get_model_weights
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "mobilenet_v3_large"])
+def test_missing_imagenet_weights_are_a_clear_error(monkeypatch, backbone):
     import torchvision
 
-    def forbidden(*args, **kwargs):
-        raise AssertionError("COCO/VOC DeepLab weights requested")
+    names = []
+    monkeypatch.setattr(torchvision.models, "get_model_weights", _offline(names))
+    with pytest.raises(imagenet.WeightsUnavailable, match="weights_path.*pretrained = False"):
+        build_deeplab(backbone=backbone, num_classes=3)
+    assert names == [backbone]  # ImageNet classification weights, never the COCO DeepLab ones
 
-    monkeypatch.setattr(torchvision.models, "get_model_weights", forbidden)
-    build_deeplab(backbone="resnet50", num_classes=3, pretrained_backbone=False)
 
-    calls = []
+def test_segmentation_weights_are_never_requested_without_the_option(monkeypatch):
+    import torchvision
 
-    class FakeWeights:
-        COCO_WITH_VOC_LABELS_V1 = None
+    names = []
+    monkeypatch.setattr(torchvision.models, "get_model_weights", _offline(names))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "not weakly supervised" warning either
+        for backbone in ("resnet50", "mobilenet_v3_large"):
+            model = build_deeplab(backbone=backbone, num_classes=3, pretrained_backbone=False)
+            assert model.describe()["segmentation_pretrained"] is False
+    assert names == []
 
-    def fake_get(name):
-        calls.append(name)
 
-        class Holder:
-            class COCO_WITH_VOC_LABELS_V1:
-                @staticmethod
-                def get_state_dict(progress=False):
-                    return {}
-        return Holder
+def test_segmentation_pretrained_loads_coco_deeplab_and_warns(monkeypatch, capsys):
+    import torchvision
+    from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
-    monkeypatch.setattr(torchvision.models, "get_model_weights", fake_get)
+    torch.manual_seed(3)
+    published = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21,
+                                             aux_loss=True).state_dict()
+    names = []
+
+    class Weights:
+        class COCO_WITH_VOC_LABELS_V1:
+            @staticmethod
+            def get_state_dict(progress=False):
+                return published
+
+    def get_model_weights(name):
+        names.append(name)
+        return Weights
+
+    monkeypatch.setattr(torchvision.models, "get_model_weights", get_model_weights)
     with pytest.warns(UserWarning, match="NOT weakly supervised"):
-        model = build_deeplab(backbone="resnet50", num_classes=3, segmentation_pretrained=True)
-    assert calls == ["deeplabv3_resnet50"]
-    assert model.describe()["segmentation_pretrained"] is True
+        model = build_deeplab(backbone="mobilenet_v3_large", num_classes=3, segmentation_pretrained=True)
+    assert names == ["deeplabv3_mobilenet_v3_large"]  # and not the ImageNet weights
+    assert "NOT weakly supervised" in capsys.readouterr().out
+    state = model.state_dict()
+    assert torch.equal(state["backbone.body.4.block.1.0.weight"], published["backbone.4.block.1.0.weight"])
+    assert torch.equal(state["head.0.convs.1.0.weight"], published["classifier.0.convs.1.0.weight"])
+    assert state["head.4.weight"].shape[0] == 3  # a new last layer for our classes
+    with pytest.raises(ValueError, match="COCO DeepLab weights"):
+        build_deeplab(backbone="efficientnet_lite0", num_classes=3, segmentation_pretrained=True)
 
 
-def test_prediction_has_the_images_own_size():
+# ---- own-size inference ------------------------------------------------------------------------
+COLOURS = np.array([(40, 120, 40), (220, 30, 30), (30, 30, 220)], np.uint8)
+
+
+class ColourModel(nn.Module):
+    """Nearest palette colour per pixel: each output pixel depends on its input pixel alone, so
+    any misplaced padding, crop or flip shows in the prediction. Refuses inputs whose sides are not
+    a multiple of its output stride."""
+
+    def __init__(self, output_stride: int = 16) -> None:
+        super().__init__()
+        self.mean, self.std = imagenet.LITE0_MEAN, imagenet.LITE0_STD
+        self.output_stride = output_stride
+        self.register_buffer("colours", torch.from_numpy(COLOURS / 255.0 * 2 - 1).float())
+        self.calls: list[tuple[int, ...]] = []
+        self.unused = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[-1] % self.output_stride == 0 and x.shape[-2] % self.output_stride == 0
+        self.calls.append(tuple(x.shape))
+        return -20 * ((x[:, None] - self.colours[None, :, :, None, None]) ** 2).sum(2)
+
+
+def paint(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """An image of flat palette colours (plus a little noise) and its mask (255 on a ring)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    mask = np.zeros((height, width), np.uint8)
+    cy, cx, radius = rng.integers(height // 4, 3 * height // 4), rng.integers(width // 4, 3 * width // 4), height // 4
+    distance = np.hypot(yy - cy, xx - cx)
+    mask[distance < radius] = 1
+    top, left = rng.integers(0, height // 2), rng.integers(0, width // 3)
+    mask[top:top + height // 3, left:left + width // 4] = 2
+    image = COLOURS[mask].astype(np.int16) + rng.integers(-12, 13, (height, width, 3))
+    mask[np.abs(distance - radius) < 1.0] = 255  # VOC-style ignore border
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_batched_padded_prediction_is_exact_at_each_images_own_size(output_stride):
+    model = ColourModel(output_stride)
+    pictures = [paint(h, w, seed) for seed, (h, w) in enumerate([(37, 53), (65, 71), (16, 16), (50, 29)])]
+    probabilities = batch_probabilities(model, [image for image, _ in pictures], flip=True)
+    assert len(model.calls) == 2  # one padded batch, and its flip
+    assert model.calls[0] == (4, 3, math.ceil(65 / output_stride) * output_stride,
+                              math.ceil(71 / output_stride) * output_stride)
+    for (image, mask), probs in zip(pictures, probabilities):
+        assert probs.shape == (3, *image.shape[:2])
+        assert torch.allclose(probs.sum(0), torch.ones(image.shape[:2]), atol=1e-5)
+        prediction = probs.argmax(0).numpy()
+        keep = mask != 255
+        assert (prediction[keep] == mask[keep]).all()
+
+
+class _Images:
+    """A minimal ImageSet of painted images (ids a, b, c; c without a mask)."""
+
+    class_names = ["disc", "box"]
+    num_classes = 2
+
+    def __init__(self) -> None:
+        self.pictures = {"a": paint(37, 53, 1), "b": paint(65, 71, 2), "c": paint(30, 30, 3)}
+        self.ids = list(self.pictures)
+
+    def image(self, image_id):
+        return self.pictures[image_id][0]
+
+    def mask(self, image_id):
+        return None if image_id == "c" else self.pictures[image_id][1]
+
+    def has_mask(self, image_id):
+        return image_id != "c"
+
+    def image_size(self, image_id):
+        return self.pictures[image_id][0].shape[:2]
+
+
+def test_evaluation_scores_exactly_the_images_pixels():
+    images = _Images()
+    matrix = evaluate(ColourModel(), images, images.ids, batch_size=3)
+    masks = [images.mask(i) for i in ("a", "b")]
+    valid = np.concatenate([m[m != 255] for m in masks])
+    # every labelled pixel once, no padded pixel, nothing from the image without a mask
+    assert matrix.matrix.sum() == valid.size
+    assert np.array_equal(np.diag(matrix.matrix), np.bincount(valid, minlength=3))
+    assert matrix.mean_iou() == 1.0
+
+
+def test_real_model_prediction_has_the_images_own_size():
+    torch.manual_seed(0)
     model = build_deeplab(backbone="efficientnet_lite0", num_classes=4, pretrained_backbone=False).eval()
     image = np.random.default_rng(0).integers(0, 255, (37, 53, 3)).astype(np.uint8)
     probs = class_probabilities(model, image, scales=(1.0, 0.75), flip=True)
     assert probs.shape == (4, 37, 53)
     assert torch.allclose(probs.sum(0), torch.ones(37, 53), atol=1e-5)
+    # padded into a batch beside a larger image, it still comes back at its own size
+    other = np.random.default_rng(1).integers(0, 255, (70, 61, 3)).astype(np.uint8)
+    batched = batch_probabilities(model, [image, other])
+    assert batched[0].shape == (4, 37, 53) and batched[1].shape == (4, 70, 61)
 
 
-def test_crf_post_processing_snaps_labels_to_a_colour_edge():
+# ---- CRF post-processing -------------------------------------------------------------------------
+def _two_colours():
     image = np.zeros((30, 40, 3), np.uint8)
     image[:, :20] = (230, 20, 20)
     image[:, 20:] = (20, 20, 230)
     prediction = np.zeros((30, 40), np.uint8)
     prediction[:, 17:] = 1  # boundary three pixels off the colour edge
+    return image, prediction
+
+
+def test_crf_snaps_a_label_map_to_the_colour_edge():
+    image, prediction = _two_colours()
     refined = crf_refine(image, prediction, 2, 0.6, CrfParams(bilateral_sxy=121, bilateral_srgb=5,
                                                              bilateral_compat=4))
-    assert (refined[:, :19] == 0).mean() > 0.95 and (refined[:, 21:] == 1).all()
+    assert (refined[:, :20] == 0).mean() > 0.95 and (refined[:, 20:] == 1).all()
+    assert (prediction[:, :20] == 0).mean() < 0.9  # it was not there before
 
 
-def _pseudo_labels_from_masks(cfg, image_set):
-    layout = Layout(cfg)
-    for image_id in image_set.ids:
-        files.write_label_png(layout.pseudo_label(image_id), image_set.mask(image_id))
+def test_crf_from_softmax_unaries():
+    image, prediction = _two_colours()
+    probabilities = np.where(prediction[None] == np.arange(2)[:, None, None], 0.6, 0.4).astype(np.float32)
+    refined = crf_refine(image, prediction, 2, 0.9, CrfParams(bilateral_sxy=121, bilateral_srgb=5,
+                                                             bilateral_compat=4), probabilities)
+    assert (refined[:, :20] == 0).mean() > 0.95 and (refined[:, 20:] == 1).all()
 
 
-TINY = {"deeplab.steps": 4, "deeplab.val_every": 2, "deeplab.batch_size": 4, "deeplab.crop_size": 64,
-        "deeplab.pretrained_backbone": False, "eval.overlays": 3}
+# ---- training data -------------------------------------------------------------------------------
+class _Sources:
+    def __init__(self, images):
+        self.images = images
+
+    def __call__(self):
+        return self.images.mask("a")
 
 
-def test_train_and_eval_end_to_end_with_reports(tiny_cfg):
-    cfg = tiny_cfg(**TINY)
-    train_set = datasets.build(cfg, "train")
-    _pseudo_labels_from_masks(cfg, train_set)
-    summaries = main.run_stages(cfg, ["train_deeplab", "eval_deeplab"])
-    layout = Layout(cfg)
-    assert summaries["train_deeplab"]["pseudo_images"] == len(train_set)
-    assert summaries["train_deeplab"]["gt_images"] == 0
-    result = summaries["eval_deeplab"]
-    assert 0 <= result["mIoU"] <= 1 and result["weakly_supervised"] is True
-    val_set = datasets.build(cfg, "val")
-    for image_id in val_set.ids:
-        prediction = files.read_label_png(layout.prediction(image_id))
-        assert prediction.shape == val_set.image_size(image_id)
-    assert len(list(layout.overlay("x").parent.glob("*.jpg"))) == 3
-    report = json.loads((layout.run_dir("eval_deeplab") / "report.json").read_text())
-    assert report["mIoU"] == pytest.approx(result["mIoU"])
-    assert np.array(report["confusion_matrix"]).shape == (7, 7)
-    assert "| disc |" in (layout.run_dir("eval_deeplab") / "report.md").read_text()
-    labels = json.loads((layout.run_dir("train_deeplab") / "labels.json").read_text())
-    assert labels["gt_percentage"] == 0
+def test_batches_depend_only_on_seed_and_step():
+    images = _Images()
+    samples = SegmentationSamples(images, {"a": _Sources(images), "b": lambda: images.mask("b")},
+                                  crop_size=48, scale_min=0.5, scale_max=1.5, mean=(0.5,) * 3,
+                                  std=(0.5,) * 3, seed=4)
+    whole = list(DataLoader(samples, batch_sampler=StepBatches(2, 3, seed=4, start=0, total=6)))
+    resumed = list(DataLoader(samples, batch_sampler=StepBatches(2, 3, seed=4, start=4, total=6)))
+    assert len(whole) == 6 and len(resumed) == 2
+    for (image_a, label_a), (image_b, label_b) in zip(whole[4:], resumed):
+        assert torch.equal(image_a, image_b) and torch.equal(label_a, label_b)
+    assert whole[0][0].shape == (3, 3, 48, 48) and whole[0][1].dtype == torch.int64
+    assert not torch.equal(whole[0][0], whole[1][0])
+    # padding: 37x53 scaled by <= 1.5 is under 48 on one side somewhere; ignore fills it
+    labels = torch.cat([batch[1] for batch in whole])
+    assert set(labels.unique().tolist()) <= {0, 1, 2, 255}
 
 
-def test_training_resumes_from_the_last_step(tiny_cfg):
-    cfg = tiny_cfg(**TINY)
-    _pseudo_labels_from_masks(cfg, datasets.build(cfg, "train"))
-    train_deeplab.run(cfg)
-    layout = Layout(cfg)
-    state = torch.load(layout.checkpoint("deeplab", "last"), weights_only=False)
-    assert state["step"] == 4 and state["optimizer"]["state"]
-    cfg.deeplab.steps = 6
-    train_deeplab.run(cfg)
-    assert torch.load(layout.checkpoint("deeplab", "last"), weights_only=False)["step"] == 6
-    cfg.deeplab.gt_percentage = 50.0
-    with pytest.raises(ValueError, match="gt_percentage"):
-        train_deeplab.run(cfg)
+def test_batches_are_the_same_with_worker_processes():
+    images = _Images()
+    samples = SegmentationSamples(images, {"a": _Sources(images)}, crop_size=32, scale_min=0.7,
+                                  scale_max=1.3, mean=(0.5,) * 3, std=(0.5,) * 3, seed=1)
+    batches = StepBatches(1, 2, seed=1, start=0, total=3)
+    serial = list(DataLoader(samples, batch_sampler=batches))
+    parallel = list(DataLoader(samples, batch_sampler=batches, num_workers=2,
+                               worker_init_fn=runtime.worker_seed))
+    for (image_a, label_a), (image_b, label_b) in zip(serial, parallel):
+        assert torch.equal(image_a, image_b) and torch.equal(label_a, label_b)
 
 
-def test_missing_pseudo_labels_and_unlabelled_images(tiny_cfg):
-    cfg = tiny_cfg(**TINY)
-    with pytest.raises(FileNotFoundError, match="CREATE_GUIDE"):
-        train_deeplab.run(cfg)
-    train_set = datasets.build(cfg, "train")
-    _pseudo_labels_from_masks(cfg, train_set)
-    Layout(cfg).pseudo_label(train_set.ids[0]).unlink()
-    summary = train_deeplab.run(cfg)
-    labels = json.loads((Layout(cfg).run_dir("train_deeplab") / "labels.json").read_text())
-    assert labels["skipped_without_label"] == [train_set.ids[0]]
-    assert summary["pseudo_images"] == len(train_set) - 1
-    # fully supervised needs no pseudo label at all
-    cfg.deeplab.gt_percentage = 100.0
-    cfg.runtime.overwrite = True
-    assert train_deeplab.run(cfg)["gt_images"] == len(train_set)
-
-
-def test_images_without_masks_get_predictions_only(tiny_cfg, tmp_path):
-    root = tmp_path / "photos"
-    rng = np.random.default_rng(0)
-    for name in ("a", "b"):
-        files.write_rgb(root / "images" / f"{name}.png", rng.integers(0, 255, (40, 50, 3)))
-    (root / "labels.csv").write_text("a,disc\nb,box\n")
-    cfg = tiny_cfg(**TINY)
-    _pseudo_labels_from_masks(cfg, datasets.build(cfg, "train"))
-    train_deeplab.run(cfg)
-    cfg.dataset.kind, cfg.dataset.root = "folder", str(root)
-    cfg.class_names = ["disc", "box", "triangle", "star", "ring", "cross"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        summary = eval_deeplab.run(cfg)
-    assert "mIoU" not in summary and summary["images"] == 2
-    assert files.read_label_png(Layout(cfg).prediction("a")).shape == (40, 50)
+def test_frozen_backbone_batchnorm_keeps_its_statistics():
+    torch.manual_seed(0)
+    model = build_deeplab(backbone="efficientnet_lite0", num_classes=3, pretrained_backbone=False)
+    model.train()
+    model.freeze_backbone_batchnorm()
+    backbone_bn = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    head_bn = [m for m in model.head.modules() if isinstance(m, nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in backbone_bn]
+    head_before = head_bn[0].running_mean.clone()
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    model.eval()
+    model.train()  # train() again must not thaw them (validation toggles the mode)
+    assert all(not m.training for m in backbone_bn) and all(m.training for m in head_bn)
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, backbone_bn))
+    assert not torch.equal(head_before, head_bn[0].running_mean)
+    assert backbone_bn[0].weight.grad is not None  # the BN scale still learns

@@ -1,0 +1,269 @@
+"""TRAIN_DEEPLAB and EVAL_DEEPLAB as stages, on a tiny VOC-layout set made here (no generator)."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import datasets
+import main
+from common import files
+from common.layout import Layout
+from deeplab import eval_deeplab, train_deeplab
+from test_deeplab import COLOURS, ColourModel, paint
+
+torch.set_num_threads(2)
+CLASSES = ["disc", "box"]
+TINY = {"deeplab.steps": 4, "deeplab.val_every": 2, "deeplab.batch_size": 2, "deeplab.crop_size": 48,
+        "deeplab.pretrained_backbone": False, "eval.overlays": 3, "runtime.num_workers": 0}
+
+
+def make_voc(root: Path, num_train: int = 10, num_val: int = 5, val_without_masks: int = 0) -> Path:
+    """A VOC-layout set of painted discs and boxes at odd sizes; the last ``val_without_masks``
+    val images have no SegmentationClass file."""
+    sizes = [(37, 53), (45, 45), (51, 39), (41, 61), (33, 47)]
+    for offset, (split, count) in enumerate((("train", num_train), ("val", num_val))):
+        ids = [f"{split}{i:02d}" for i in range(count)]
+        for index, image_id in enumerate(ids):
+            image, mask = paint(*sizes[index % len(sizes)], seed=100 * offset + index)
+            files.write_rgb(root / "JPEGImages" / f"{image_id}.png", image)
+            if not (split == "val" and index >= count - val_without_masks):
+                files.write_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
+        files.write_text(root / "ImageSets" / "Segmentation" / f"{split}.txt", "\n".join(ids) + "\n")
+    files.write_text(root / "class_names.txt", "\n".join(CLASSES) + "\n")
+    return root
+
+
+@pytest.fixture
+def voc_cfg(make_cfg, tmp_path):
+    """``voc_cfg(**overrides)``: a config on a fresh tiny VOC set (``_val_without_masks`` = n)."""
+
+    def build(_val_without_masks: int = 0, **overrides):
+        root = make_voc(tmp_path / "voc", val_without_masks=_val_without_masks)
+        return make_cfg("demo", **{"dataset.kind": "voc", "dataset.root": str(root), **TINY, **overrides})
+
+    return build
+
+
+def write_pseudo_labels(cfg, split: str = "train", skip: tuple[str, ...] = ()) -> None:
+    """Pseudo labels where CREATE_GUIDE puts them: the mask with the box made ignore (so they differ)."""
+    image_set = datasets.build(cfg, split)
+    for image_id in image_set.ids:
+        if image_id not in skip:
+            label = image_set.mask(image_id).copy()
+            label[label == 2] = 255
+            files.write_label_png(Layout(cfg).pseudo_label(image_id), label)
+
+
+# ---- TRAIN_DEEPLAB + EVAL_DEEPLAB ----------------------------------------------------------------
+def test_train_and_eval_end_to_end(voc_cfg):
+    cfg = voc_cfg(**{"deeplab.gt_percentage": 30.0})
+    write_pseudo_labels(cfg)
+    summaries = main.run_stages(cfg, ["train_deeplab", "eval_deeplab"])
+    layout = Layout(cfg)
+    train = summaries["train_deeplab"]
+    assert train["gt_images"] == 3 and train["pseudo_images"] == 7 and train["steps"] == 4
+    assert 0 <= train["val_mIoU"] <= 1
+    assert train["weakly_supervised"] is False  # 3 real masks were used
+    labels = json.loads((layout.run_dir("train_deeplab") / "labels.json").read_text())
+    assert len(labels["gt_images"]) == 3 and labels["skipped_without_label"] == []
+    for which in ("best", "last"):
+        assert layout.checkpoint("deeplab", which).is_file()
+
+    result = summaries["eval_deeplab"]
+    assert result["images"] == 5 and 0 <= result["mIoU"] <= 1 and 0 <= result["pixel_accuracy"] <= 1
+    assert set(result["per_class_IoU"]) == {"background", "disc", "box"}
+    val_set = datasets.build(cfg, "val")
+    for image_id in val_set.ids:
+        prediction = files.read_label_png(layout.prediction(image_id))
+        assert prediction.shape == val_set.image_size(image_id)
+        assert prediction.max() <= 2
+    overlays = sorted(layout.overlay("x").parent.glob("*.jpg"))
+    assert len(overlays) == 3
+    height, width = val_set.image_size(val_set.ids[0])
+    assert files.read_image(layout.overlay(val_set.ids[0])).shape == (height, 3 * width, 3)
+    report = json.loads((layout.run_dir("eval_deeplab") / "report.json").read_text())
+    assert report["mIoU"] == pytest.approx(result["mIoU"])
+    assert report["weakly_supervised"] is False and "ground-truth mask" in report["not_weakly_supervised_because"][0]
+    assert list(layout.run_dir("eval_deeplab").glob("events.out.tfevents.*"))
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(voc_cfg, tmp_path):
+    cfg = voc_cfg(**{"deeplab.steps": 6, "deeplab.val_every": 4})
+    write_pseudo_labels(cfg)
+    whole = train_deeplab.run(cfg)
+    layout = Layout(cfg)
+    uninterrupted = torch.load(layout.checkpoint("deeplab", "last"), weights_only=False)
+
+    cfg.paths.checkpoints = str(tmp_path / "other_checkpoints")
+    cfg.paths.runs = str(tmp_path / "other_runs")
+    stopped = train_deeplab.run(cfg, stop_after=3)
+    layout = Layout(cfg)
+    state = torch.load(layout.checkpoint("deeplab", "last"), weights_only=False)
+    assert stopped["steps"] == 3 and state["step"] == 3 and state["optimizer"]["state"]
+    assert state["scheduler"]["last_epoch"] == 3
+    resumed = train_deeplab.run(cfg)
+    final = torch.load(layout.checkpoint("deeplab", "last"), weights_only=False)
+    assert resumed["steps"] == whole["steps"] == final["step"] == 6
+    assert resumed["val_mIoU"] == whole["val_mIoU"]
+    for name, tensor in uninterrupted["model"].items():
+        assert torch.equal(tensor, final["model"][name]), name
+    momentum = [s["momentum_buffer"] for s in final["optimizer"]["state"].values()]
+    reference = [s["momentum_buffer"] for s in uninterrupted["optimizer"]["state"].values()]
+    assert all(torch.equal(a, b) for a, b in zip(momentum, reference))
+    # a finished run is not trained again; changed settings are refused, not silently mixed
+    assert train_deeplab.run(cfg)["steps"] == 6
+    cfg.deeplab.gt_percentage = 50.0
+    with pytest.raises(ValueError, match="gt_percentage.*runtime.overwrite"):
+        train_deeplab.run(cfg)
+
+
+def test_missing_and_partial_pseudo_labels(voc_cfg, capsys):
+    cfg = voc_cfg(**{"deeplab.steps": 1})
+    with pytest.raises(FileNotFoundError, match=r"tmp/guide/labels.*CREATE_GUIDE"):
+        train_deeplab.run(cfg)
+    train_ids = datasets.build(cfg, "train").ids
+    write_pseudo_labels(cfg, skip=(train_ids[2], train_ids[5]))
+    summary = train_deeplab.run(cfg)
+    assert summary["pseudo_images"] == len(train_ids) - 2 and summary["weakly_supervised"] is True
+    labels = json.loads((Layout(cfg).run_dir("train_deeplab") / "labels.json").read_text())
+    assert labels["skipped_without_label"] == [train_ids[2], train_ids[5]]
+    assert f"{train_ids[2]}, {train_ids[5]}" in capsys.readouterr().out
+    # fully supervised needs no pseudo label at all
+    cfg.deeplab.gt_percentage = 100.0
+    cfg.runtime.overwrite = True
+    summary = train_deeplab.run(cfg)
+    assert summary["gt_images"] == len(train_ids) and summary["pseudo_images"] == 0
+
+
+def test_segmentation_pretrained_is_flagged_in_training_and_eval(voc_cfg, monkeypatch):
+    import torchvision
+    from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
+
+    published = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21).state_dict()
+
+    class Weights:
+        class COCO_WITH_VOC_LABELS_V1:
+            @staticmethod
+            def get_state_dict(progress=False):
+                return published
+
+    monkeypatch.setattr(torchvision.models, "get_model_weights", lambda name: Weights)
+    cfg = voc_cfg(**{"deeplab.backbone": "mobilenet_v3_large", "deeplab.segmentation_pretrained": True,
+                     "deeplab.pretrained_backbone": True, "deeplab.steps": 2})
+    write_pseudo_labels(cfg)
+    with pytest.warns(UserWarning, match="NOT weakly supervised"):
+        summaries = main.run_stages(cfg, ["train_deeplab", "eval_deeplab"])
+    assert summaries["train_deeplab"]["weakly_supervised"] is False
+    assert summaries["eval_deeplab"]["weakly_supervised"] is False
+    run_dir = Layout(cfg).run_dir("eval_deeplab")
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["weakly_supervised"] is False
+    assert "NOT weakly supervised" in report["not_weakly_supervised_because"][0]
+    assert (run_dir / "report.md").read_text().count("NOT weakly supervised") >= 1
+
+
+# ---- EVAL_DEEPLAB with a model whose answers are known ----------------------------------------------
+def _use_model(monkeypatch, model, weakly: bool = True):
+    extra = {"num_classes": 3, "backbone": "colour", "checkpoint": "colour.pt", "step": 0, "gt_percentage": 0.0,
+             "weakly_supervised": weakly, "not_weakly_supervised_because": [] if weakly else ["test"]}
+    monkeypatch.setattr(eval_deeplab, "load_trained", lambda cfg, device: (model, extra, "digest"))
+
+
+class Background(ColourModel):
+    """Says background everywhere."""
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], 3, *x.shape[-2:])
+        logits[:, 0] = 1
+        return logits
+
+
+def test_eval_reports_the_metrics_of_its_predictions(voc_cfg, monkeypatch):
+    cfg = voc_cfg(_val_without_masks=2, **{"eval.batch_size": 2, "eval.overlays": -1})
+    _use_model(monkeypatch, Background())
+    summary = eval_deeplab.run(cfg)
+    val_set = datasets.build(cfg, "val")
+    masks = [val_set.mask(i) for i in val_set.ids if val_set.has_mask(i)]
+    assert summary["images"] == 5 and summary["images_scored"] == 3
+    truth = np.concatenate([m[m != 255] for m in masks])
+    background = (truth == 0).sum()
+    assert summary["per_class_IoU"]["background"] == pytest.approx(background / truth.size)
+    assert summary["per_class_IoU"]["disc"] == 0.0
+    assert summary["mIoU"] == pytest.approx(background / truth.size / 3)
+    assert summary["pixel_accuracy"] == pytest.approx(background / truth.size)
+    run_dir = Layout(cfg).run_dir("eval_deeplab")
+    report = json.loads((run_dir / "report.json").read_text())
+    matrix = np.array(report["confusion_matrix"])
+    assert matrix.sum() == truth.size and (matrix[:, 1:] == 0).all()
+    assert np.array_equal(matrix[:, 0], np.bincount(truth, minlength=3))
+    markdown = (run_dir / "report.md").read_text()
+    assert "| disc | 0.0000 |" in markdown and f"mIoU: {summary['mIoU']:.4f}" in markdown
+    assert len(list(Layout(cfg).overlay("x").parent.glob("*.jpg"))) == 5
+    for image_id in val_set.ids:
+        assert not files.read_label_png(Layout(cfg).prediction(image_id)).any()
+
+
+def test_eval_is_exact_with_a_perfect_model_and_multi_scale_flip(voc_cfg, monkeypatch):
+    cfg = voc_cfg(**{"eval.batch_size": 3, "eval.flip": True})
+    model = ColourModel()
+    _use_model(monkeypatch, model)
+    summary = eval_deeplab.run(cfg)
+    assert summary["mIoU"] == 1.0 and summary["pixel_accuracy"] == 1.0
+    assert all(shape[0] <= 3 for shape in model.calls)
+    # a rerun with the same checkpoint and settings reuses the predictions; other settings redo them
+    calls = len(model.calls)
+    assert eval_deeplab.run(cfg)["mIoU"] == 1.0 and len(model.calls) == calls
+    cfg.eval.scales = [1.0, 0.5]
+    summary = eval_deeplab.run(cfg)
+    assert len(model.calls) > calls and 0.8 < summary["mIoU"] <= 1.0  # half scale blurs edges
+
+
+def test_eval_crf_option_runs_on_every_image(voc_cfg, monkeypatch):
+    cfg = voc_cfg(**{"eval.crf": True, "eval.overlays": 0})
+    _use_model(monkeypatch, ColourModel())
+    summary = eval_deeplab.run(cfg)
+    assert summary["mIoU"] > 0.9  # the CRF keeps a right answer on flat colours
+    assert not Layout(cfg).overlay("x").parent.exists()  # eval.overlays = 0
+
+
+def test_new_photos_get_predictions_only(make_cfg, tmp_path, monkeypatch):
+    root = tmp_path / "photos"
+    for index, name in enumerate(("a", "b")):
+        files.write_rgb(root / "images" / f"{name}.png", paint(40 + index, 50, index)[0])
+    (root / "labels.csv").write_text("a,disc\nb,box\n")
+    cfg = make_cfg("demo", **{"dataset.kind": "folder", "dataset.root": str(root), "eval.overlays": 1})
+    cfg.class_names = CLASSES
+    _use_model(monkeypatch, ColourModel())
+    summary = eval_deeplab.run(cfg)
+    assert "mIoU" not in summary and summary["images"] == 2 and summary["images_scored"] == 0
+    assert files.read_label_png(Layout(cfg).prediction("b")).shape == (41, 50)
+    assert not (Layout(cfg).run_dir("eval_deeplab") / "report.json").exists()
+    assert Layout(cfg).overlay("a").exists() and not Layout(cfg).overlay("b").exists()
+
+
+def test_eval_without_a_checkpoint_says_what_to_run(voc_cfg):
+    cfg = voc_cfg()
+    with pytest.raises(FileNotFoundError, match="TRAIN_DEEPLAB"):
+        eval_deeplab.run(cfg)
+    with pytest.raises(FileNotFoundError, match="checkpoints/deeplab"):
+        main.preflight(cfg, ["eval_deeplab"])
+    main.preflight(cfg, ["train_deeplab", "eval_deeplab"])  # it will be trained first
+
+
+def test_eval_falls_back_to_the_last_checkpoint(voc_cfg):
+    cfg = voc_cfg(**{"deeplab.steps": 1})
+    write_pseudo_labels(cfg)
+    train_deeplab.run(cfg)
+    layout = Layout(cfg)
+    layout.checkpoint("deeplab", "best").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = eval_deeplab.run(cfg)
+    assert summary["images"] == 5
+    report = json.loads((layout.run_dir("eval_deeplab") / "report.json").read_text())
+    assert report["checkpoint"].endswith("last.pt") and report["weakly_supervised"] is True
