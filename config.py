@@ -123,7 +123,9 @@ class ClassifierConfig:
     scale_max: float = 1.3
     batch_size: int = 16
     steps: int = 100
-    lr: float = 0.01  # head learning rate; the backbone uses lr * backbone_lr_mult
+    # head learning rate; the backbone uses lr * backbone_lr_mult. Demo, 100 steps: 0.05 gave val
+    # mAP 0.899, 0.01 gave 0.841, 0.02 with the backbone at 1x gave 0.852
+    lr: float = 0.05
     backbone_lr_mult: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -196,7 +198,9 @@ class DeeplabConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     poly_power: float = 0.9
-    freeze_backbone_bn: bool = True  # backbone BatchNorm keeps ImageNet statistics (pretrained only)
+    # backbone BatchNorm keeps ImageNet statistics (pretrained only). Off: on the demo (lite0, batch 8)
+    # frozen statistics left DeepLab predicting background (val mIoU 0.13 vs 0.29 after 150 steps)
+    freeze_backbone_bn: bool = False
     val_every: int = 100
 
 

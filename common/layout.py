@@ -52,6 +52,9 @@ class ClassCams:
         return maps[0].clamp_(0, 1).numpy()
 
 
+STAGE_FOLDERS = ("saliency", "attention", "guide", "deeplab")
+
+
 class Layout:
     """Paths of everything a stage reads or writes, from the config's ``paths`` section."""
 
@@ -60,12 +63,18 @@ class Layout:
         self.runs = cfg.path(cfg.paths.runs)
         self.checkpoints = cfg.path(cfg.paths.checkpoints)
 
+    def folder(self, stage: str) -> Path:
+        """The tmp/ folder that holds everything one stage writes."""
+        if stage not in STAGE_FOLDERS:
+            raise ValueError(f"no tmp/ folder for {stage!r}: one of {', '.join(STAGE_FOLDERS)}")
+        return self.tmp / stage
+
     # ---- saliency
     def saliency_prob(self, image_id: str) -> Path:
-        return self.tmp / "saliency" / "prob" / f"{check_id(image_id)}.png"
+        return self.folder("saliency") / "prob" / f"{check_id(image_id)}.png"
 
     def saliency_binary(self, image_id: str) -> Path:
-        return self.tmp / "saliency" / "binary" / f"{check_id(image_id)}.png"
+        return self.folder("saliency") / "binary" / f"{check_id(image_id)}.png"
 
     def write_saliency(self, image_id: str, prob: np.ndarray) -> None:
         """Store a probability map (H, W) in [0, 1] as 8 bits."""
@@ -77,10 +86,10 @@ class Layout:
 
     # ---- attention
     def cams(self, image_id: str) -> Path:
-        return self.tmp / "attention" / "cams" / f"{check_id(image_id)}.npz"
+        return self.folder("attention") / "cams" / f"{check_id(image_id)}.npz"
 
     def cam_mask(self, image_id: str, class_id: int) -> Path:
-        return self.tmp / "attention" / "masks" / f"{check_id(image_id)}_c{int(class_id):02d}.png"
+        return self.folder("attention") / "masks" / f"{check_id(image_id)}_c{int(class_id):02d}.png"
 
     def write_cams(self, image_id: str, class_ids, cams: np.ndarray, image_size) -> None:
         files.write_npz(self.cams(image_id), class_ids=np.asarray(class_ids, dtype=np.int16),
@@ -106,17 +115,17 @@ class Layout:
 
     # ---- guide
     def pseudo_label(self, image_id: str) -> Path:
-        return self.tmp / "guide" / "labels" / f"{check_id(image_id)}.png"
+        return self.folder("guide") / "labels" / f"{check_id(image_id)}.png"
 
     def guide_preview(self, image_id: str) -> Path:
-        return self.tmp / "guide" / "previews" / f"{check_id(image_id)}.jpg"
+        return self.folder("guide") / "previews" / f"{check_id(image_id)}.jpg"
 
     # ---- deeplab
     def prediction(self, image_id: str) -> Path:
-        return self.tmp / "deeplab" / "predictions" / f"{check_id(image_id)}.png"
+        return self.folder("deeplab") / "predictions" / f"{check_id(image_id)}.png"
 
     def overlay(self, image_id: str) -> Path:
-        return self.tmp / "deeplab" / "overlays" / f"{check_id(image_id)}.jpg"
+        return self.folder("deeplab") / "overlays" / f"{check_id(image_id)}.jpg"
 
     # ---- checkpoints and runs
     def checkpoint(self, stage: str, which: str = "best") -> Path:
