@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: venv demo test test-all lint bench-weak-full clean-tmp
+.PHONY: venv demo test test-all lint bench bench-weak-full clean-tmp
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: venv  ## the test suite without the tests marked slow
 
 test-all: venv
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+
+SHARED ?= ../shared
+QUICK ?=
+bench: venv  ## real-data benchmark (MSRC + DAVIS in $(SHARED)) -> docs/BENCHMARKS.md; QUICK=1 for the short one
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.msrc --shared $(SHARED) $(if $(QUICK),--quick) $(ARGS)
 
 bench-weak-full: venv  ## pipeline on pseudo labels vs DeepLab on all real masks: the weak/full ratio
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.weak_vs_full $(ARGS)

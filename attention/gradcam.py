@@ -102,3 +102,25 @@ def normalise_maps(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Divide each map (K, h, w) by its maximum, so every map lies in [0, 1]."""
     peak = maps.flatten(1).amax(dim=1).clamp_min(eps) if maps.numel() else maps.new_ones(0)
     return maps / peak[:, None, None]
+
+
+def per_class_grad_cam(model: nn.Module, layer: nn.Module, image: torch.Tensor, class_index: int) -> torch.Tensor:
+    """Textbook Grad-CAM of one class of one image (C, H, W): a full forward and backward through
+    the whole network with hooks on ``layer``; unnormalised (h, w). The reference that tests and
+    benchmarks hold :class:`GradCam` to, and the original's way of working."""
+    store = {}
+
+    def keep(module, inputs, output):
+        store["activation"] = output
+        output.register_hook(lambda grad: store.__setitem__("gradient", grad))
+
+    handle = layer.register_forward_hook(keep)
+    try:
+        model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            logits = model(image[None])
+            logits[0, class_index].backward()
+    finally:
+        handle.remove()
+    weights = store["gradient"].mean(dim=(2, 3), keepdim=True)
+    return F.relu((weights * store["activation"]).sum(1))[0].detach()

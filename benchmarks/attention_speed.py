@@ -25,29 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import config as config_module  # noqa: E402
 import datasets  # noqa: E402
-from attention.gradcam import GradCam, find_layer, normalise_maps  # noqa: E402
+from attention.gradcam import GradCam, find_layer, normalise_maps, per_class_grad_cam  # noqa: E402
 from attention.make_cam import compute_cams, size_batches  # noqa: E402
 from classifier import load_trained  # noqa: E402
 from classifier.data import to_tensor  # noqa: E402
-
-
-def per_class_grad_cam(model, layer, image: torch.Tensor, class_index: int) -> torch.Tensor:
-    """Textbook Grad-CAM of one class: full forward and backward with hooks on ``layer``."""
-    store = {}
-
-    def keep(module, inputs, output):
-        store["activation"] = output
-        output.register_hook(lambda grad: store.__setitem__("gradient", grad))
-
-    handle = layer.register_forward_hook(keep)
-    try:
-        model.zero_grad(set_to_none=True)
-        logits = model(image[None])
-        logits[0, class_index].backward()
-    finally:
-        handle.remove()
-    weights = store["gradient"].mean(dim=(2, 3), keepdim=True)
-    return F.relu((weights * store["activation"]).sum(1))[0].detach()
 
 
 def measure(cfg, num_images: int) -> dict:

@@ -14,7 +14,7 @@ import main
 from common import files
 from common.layout import Layout
 from deeplab import eval_deeplab, train_deeplab
-from test_deeplab import COLOURS, ColourModel, paint
+from test_deeplab import ColourModel, paint
 
 torch.set_num_threads(2)
 CLASSES = ["disc", "box"]

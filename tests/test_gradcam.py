@@ -7,30 +7,10 @@ import weakref
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from attention.gradcam import GradCam, normalise_maps
+from attention.gradcam import GradCam, normalise_maps, per_class_grad_cam as reference_grad_cam
 from attention.make_cam import compute_cams
 from classifier.models import build_classifier
-
-
-def reference_grad_cam(model: nn.Module, layer: nn.Module, image: torch.Tensor, class_index: int):
-    """Textbook Grad-CAM of one class of one image: full forward and backward, hooks on the layer."""
-    store = {}
-
-    def keep(module, inputs, output):
-        store["activation"] = output
-        output.register_hook(lambda grad: store.__setitem__("gradient", grad))
-
-    handle = layer.register_forward_hook(keep)
-    try:
-        model.zero_grad()
-        logits = model(image[None])
-        logits[0, class_index].backward()
-    finally:
-        handle.remove()
-    weights = store["gradient"].mean(dim=(2, 3), keepdim=True)
-    return F.relu((weights * store["activation"]).sum(1))[0].detach()
 
 
 class TinyGapNet(nn.Module):
