@@ -50,7 +50,8 @@ PROFILES = {
     "quick": {"saliency.steps": 150, "saliency.val_every": 75, "classifier.steps": 150,
               "classifier.val_every": 75, "deeplab.steps": 150, "deeplab.val_every": 75},
 }
-GT_PERCENTAGES = {"full": (0, 10, 25, 50, 100), "quick": (0, 100)}
+# 0 and 100 (the weak/full ratio) first, then the points between
+GT_PERCENTAGES = {"full": (0, 100, 10, 25, 50), "quick": (0, 100)}  # 0 first: the main run
 # guide variants: name -> settings (the first one that equals the config is the main run itself)
 ABLATIONS = {
     "region rule (original)": {"guide.rule": "region", "guide.unlabelled_foreground": "background",
@@ -92,8 +93,17 @@ def share_outputs(source, target, stages: tuple[str, ...]) -> None:
 
 
 def run_variant(cfg, stages: list[str]) -> dict:
+    """Run ``stages``; a stage a rerun finds done keeps the wall time of the run that did the work
+    (kept in runs/stage_seconds.json), so the report shows what each stage costs."""
     started = time.time()
     summaries = main.run_stages(cfg, stages)
+    record = Layout(cfg).runs / "stage_seconds.json"
+    seconds = json.loads(record.read_text()) if record.exists() else {}
+    for stage, summary in summaries.items():
+        seconds[stage] = max(seconds.get(stage, 0.0), summary["seconds"])
+        summary["seconds"] = seconds[stage]
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(seconds, indent=2))
     summaries["seconds"] = round(time.time() - started, 1)
     return summaries
 
@@ -290,12 +300,52 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_percentages(args, out: Path, base, results: dict, percentages) -> None:
+    """DeepLab on the base run's pseudo labels with ``percentages`` % of real masks."""
+    for percentage in percentages:
+        variant = build(args, out, f"gt{percentage}", {"deeplab.gt_percentage": percentage})
+        share_outputs(base, variant, ("saliency", "attention", "guide"))
+        results["gt_percentage"][str(percentage)] = run_variant(variant, ["train_deeplab", "eval_deeplab"])["eval_deeplab"]
+    if "100" in results["gt_percentage"]:
+        results["weak_over_full"] = results["gt_percentage"]["0"]["mIoU"] / results["gt_percentage"]["100"]["mIoU"]
+
+
+def run_ablations(args, out: Path, base, results: dict) -> None:
+    """Each guide rule on the base run's saliency maps and CAMs (and DeepLab on its labels)."""
+    results["ablations"] = {}
+    for index, (name, settings) in enumerate(ABLATIONS.items()):
+        if matches_config(base, settings):
+            guide = results["base"]["create_guide"]
+            results["ablations"][name] = {**guide, "deeplab_mIoU": results["base"]["eval_deeplab"]["mIoU"],
+                                          "default": True}
+            continue
+        variant = build(args, out, f"guide{index}", {**settings, "deeplab.gt_percentage": 0})
+        share_outputs(base, variant, ("saliency", "attention"))
+        train = not (args.quick or args.guide_only_ablations)
+        summary = run_variant(variant, ["create_guide"] + (["train_deeplab", "eval_deeplab"] if train else []))
+        results["ablations"][name] = {**summary["create_guide"],
+                                      "deeplab_mIoU": summary.get("eval_deeplab", {}).get("mIoU")}
+
+
+def write_report(args, out: Path, results: dict, started: float) -> None:
+    results["seconds"] = round(time.time() - started, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    docs = Path(args.docs)
+    docs.mkdir(parents=True, exist_ok=True)
+    plot_gt_percentage(results, docs / "benchmark_gt_percentage.png")
+    (docs / "BENCHMARKS.md").write_text(markdown(results))
+
+
 def main_cli(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter training, gt_percentage 0 and 100 only")
     parser.add_argument("--shared", default=str(PROJECT.parent / "shared"))
     parser.add_argument("--out", default=str(PROJECT / "bench" / "msrc"))
     parser.add_argument("--docs", default=str(PROJECT / "docs"), help="where BENCHMARKS.md and the plot go")
+    parser.add_argument("--guide-only-ablations", action="store_true",
+                        help="score the guide's rules on their pseudo labels only, without training a "
+                             "DeepLab on each (always so with --quick)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
     args.profile = "quick" if args.quick else "full"
@@ -306,6 +356,7 @@ def main_cli(argv=None) -> int:
     out = Path(args.out).resolve() / args.profile
     started = time.time()
     results = {"command": "python -m benchmarks.msrc" + (" --quick" if args.quick else "")
+               + (" --guide-only-ablations" if args.guide_only_ablations else "")
                + "".join(f" --set {o}" for o in args.overrides),
                "profile": args.profile, "date": time.strftime("%Y-%m-%d"),
                "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, torch {torch.__version__}",
@@ -314,35 +365,16 @@ def main_cli(argv=None) -> int:
     base = build(args, out, "gt0", {"deeplab.gt_percentage": 0})
     results["base"] = run_variant(base, main.STAGE_NAMES)
     results["gt_percentage"] = {"0": results["base"]["eval_deeplab"]}
-    for percentage in GT_PERCENTAGES[args.profile][1:]:
-        variant = build(args, out, f"gt{percentage}", {"deeplab.gt_percentage": percentage})
-        share_outputs(base, variant, ("saliency", "attention", "guide"))
-        results["gt_percentage"][str(percentage)] = run_variant(variant, ["train_deeplab", "eval_deeplab"])["eval_deeplab"]
-    if "100" in results["gt_percentage"]:
-        results["weak_over_full"] = results["gt_percentage"]["0"]["mIoU"] / results["gt_percentage"]["100"]["mIoU"]
-
-    results["ablations"] = {}
-    for index, (name, settings) in enumerate(ABLATIONS.items()):
-        if matches_config(base, settings):
-            guide = results["base"]["create_guide"]
-            results["ablations"][name] = {**guide, "deeplab_mIoU": results["base"]["eval_deeplab"]["mIoU"],
-                                          "default": True}
-            continue
-        variant = build(args, out, f"guide{index}", {**settings, "deeplab.gt_percentage": 0})
-        share_outputs(base, variant, ("saliency", "attention"))
-        stages = ["create_guide"] + ([] if args.quick else ["train_deeplab", "eval_deeplab"])
-        summary = run_variant(variant, stages)
-        results["ablations"][name] = {**summary["create_guide"],
-                                      "deeplab_mIoU": summary.get("eval_deeplab", {}).get("mIoU")}
-
+    percentages = GT_PERCENTAGES[args.profile][1:]
+    # the weak/full ratio, the ablations and the speeds first; then the points between 0 and 100,
+    # with the report rewritten after each, so an interrupted benchmark still leaves one
+    run_percentages(args, out, base, results, percentages[:1])
+    run_ablations(args, out, base, results)
     results["speed"] = speed(base, args.profile)
-    results["seconds"] = round(time.time() - started, 1)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
-    docs = Path(args.docs)
-    docs.mkdir(parents=True, exist_ok=True)
-    plot_gt_percentage(results, docs / "benchmark_gt_percentage.png")
-    (docs / "BENCHMARKS.md").write_text(markdown(results))
+    write_report(args, out, results, started)
+    for percentage in percentages[1:]:
+        run_percentages(args, out, base, results, [percentage])
+        write_report(args, out, results, started)
     print(markdown(results))
     return 0
 
