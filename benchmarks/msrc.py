@@ -230,8 +230,10 @@ def markdown(results: dict) -> str:
         "# Benchmark: MSRC objects (real photos), saliency from DAVIS",
         "",
         f"Produced by `{results['command']}` ({results['profile']} profile) on {results['date']}, "
-        f"{results['machine']}; {results['seconds'] / 60:.0f} minutes in all. Every number below was "
-        "measured in that run; ratios compare two ways of working on the same images in the same run.",
+        f"{results['machine']}. Every number below was measured by that command on that day; ratios "
+        "compare two ways of working on the same images in the same run. Stages that an interrupted "
+        "earlier run of the same command had finished were reused, with that run's wall times. "
+        "What the numbers say, and what limits them: docs/RESULTS.md.",
         "",
         "Data: `../shared/data/msrc_objects` (15 object classes + background; train 325, val 88) and "
         "`../shared/data/davis_saliency` (train 419 / val 141 frames). Backbones: EfficientNet-Lite0 "
@@ -346,6 +348,8 @@ def main_cli(argv=None) -> int:
     parser.add_argument("--guide-only-ablations", action="store_true",
                         help="score the guide's rules on their pseudo labels only, without training a "
                              "DeepLab on each (always so with --quick)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite BENCHMARKS.md and the plot from <out>/results.json, running nothing")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
     args.profile = "quick" if args.quick else "full"
@@ -354,6 +358,11 @@ def main_cli(argv=None) -> int:
             print(f"error: {Path(args.shared) / part} is missing (--shared names the shared folder)", file=sys.stderr)
             return 2
     out = Path(args.out).resolve() / args.profile
+    if args.report_only:
+        results = json.loads((out / "results.json").read_text())
+        write_report(args, out, results, time.time() - results.get("seconds", 0))
+        print(markdown(results))
+        return 0
     started = time.time()
     results = {"command": "python -m benchmarks.msrc" + (" --quick" if args.quick else "")
                + (" --guide-only-ablations" if args.guide_only_ablations else "")
