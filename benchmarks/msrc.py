@@ -329,8 +329,7 @@ def run_ablations(args, out: Path, base, results: dict) -> None:
                                       "deeplab_mIoU": summary.get("eval_deeplab", {}).get("mIoU")}
 
 
-def write_report(args, out: Path, results: dict, started: float) -> None:
-    results["seconds"] = round(time.time() - started, 1)
+def write_report(args, out: Path, results: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     docs = Path(args.docs)
@@ -360,7 +359,7 @@ def main_cli(argv=None) -> int:
     out = Path(args.out).resolve() / args.profile
     if args.report_only:
         results = json.loads((out / "results.json").read_text())
-        write_report(args, out, results, time.time() - results.get("seconds", 0))
+        write_report(args, out, results)
         print(markdown(results))
         return 0
     started = time.time()
@@ -380,10 +379,12 @@ def main_cli(argv=None) -> int:
     run_percentages(args, out, base, results, percentages[:1])
     run_ablations(args, out, base, results)
     results["speed"] = speed(base, args.profile)
-    write_report(args, out, results, started)
+    results["seconds"] = round(time.time() - started, 1)
+    write_report(args, out, results)
     for percentage in percentages[1:]:
         run_percentages(args, out, base, results, [percentage])
-        write_report(args, out, results, started)
+        results["seconds"] = round(time.time() - started, 1)
+        write_report(args, out, results)
     print(markdown(results))
     return 0
 

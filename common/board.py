@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from torch.utils.tensorboard import SummaryWriter
 
@@ -20,6 +21,19 @@ def open_writer(cfg, stage: str) -> SummaryWriter:
     return writer
 
 
+def json_safe(value):
+    """``value`` with every NaN or infinite float (a class without pixels, say) as None, which JSON
+    can hold; dicts and lists are converted throughout."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write_report(cfg, stage: str, name: str, payload: dict) -> None:
-    """A JSON report next to the stage's tensorboard events (runs/<stage>/<name>.json)."""
-    files.write_text(Layout(cfg).run_dir(stage) / f"{name}.json", json.dumps(payload, indent=2))
+    """A JSON report next to the stage's tensorboard events (runs/<stage>/<name>.json); NaN and
+    infinite values are written as null (json.dumps would write NaN, which is not JSON)."""
+    files.write_text(Layout(cfg).run_dir(stage) / f"{name}.json", json.dumps(json_safe(payload), indent=2))

@@ -85,16 +85,6 @@ def confusion_figure(matrix: metrics.ConfusionMatrix, names: list[str]):
     return figure
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def markdown_report(result: dict) -> str:
     """The report as markdown: the supervision flag first, then the scores and per-class IoU."""
     lines = [f"# DeepLab evaluation on {result['split']} ({result['images_scored']} of "
@@ -202,9 +192,10 @@ def run(cfg) -> dict:
             if math.isfinite(iou):
                 writer.add_scalar(f"eval_IoU/{name}", iou, 0)
         writer.add_figure("eval/confusion_matrix", confusion_figure(matrix, names), 0)
-        board.write_report(cfg, STAGE, "report", _json_safe(result))
-        files.write_text(layout.run_dir(STAGE) / "report.md", markdown_report(_json_safe(result)))
-        print(markdown_report(_json_safe(result)))
+        board.write_report(cfg, STAGE, "report", result)
+        report = markdown_report(board.json_safe(result))
+        files.write_text(layout.run_dir(STAGE) / "report.md", report)
+        print(report)
         summary.update(mIoU=result["mIoU"], pixel_accuracy=result["pixel_accuracy"],
                        per_class_IoU=result["per_class_IoU"])
     else:

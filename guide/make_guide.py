@@ -208,14 +208,6 @@ def preview(layout: Layout, image_set, image_id: str) -> np.ndarray:
     return np.concatenate([image, saliency, cams, guide, truth], axis=1)
 
 
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
 def run(cfg) -> dict:
     """Pseudo labels for the images of ``guide.splits``; returns their scores over all splits:
     {"mIoU", "precision", "recall" (means over classes), "ignore_fraction", "images", ...}."""
@@ -253,7 +245,7 @@ def run(cfg) -> dict:
                   f"recall {result['recall']:.3f} over {result['images_with_masks']} images with masks")
         print(f"{split}: {100 * result['ignore_fraction']:.1f}% of pseudo-label pixels are ignore "
               f"({result['images']} images)")
-        board.write_report(cfg, STAGE, f"pseudo_labels_{split}", _json_safe(result))
+        board.write_report(cfg, STAGE, f"pseudo_labels_{split}", result)
     writer.close()
     result = total.result()
     return {key: result[key] for key in (*SUMMARY_KEYS, "images", "images_with_masks")}

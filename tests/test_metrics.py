@@ -94,3 +94,16 @@ def test_saliency_max_f_and_mae_follow_their_definitions(seed):
     result = scores.result()
     assert result["max_F"] == pytest.approx(max(f_values))
     assert result["MAE"] == pytest.approx(np.mean([np.abs(prob - truth).mean() for prob, truth in pairs]))
+
+
+def test_reports_write_nan_as_null_so_they_stay_json(make_cfg):
+    import json
+
+    from common import board
+    from common.layout import Layout
+
+    cfg = make_cfg()
+    board.write_report(cfg, "create_guide", "scores", {"mIoU": float("nan"), "per_class": {"a": [1.0, float("inf")]}})
+    text = (Layout(cfg).run_dir("create_guide") / "scores.json").read_text()
+    assert json.loads(text) == {"mIoU": None, "per_class": {"a": [1.0, None]}}
+    assert "NaN" not in text and "Infinity" not in text
