@@ -44,12 +44,17 @@ from common.layout import Layout  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parents[1]
 
+# sized so the whole benchmark fits 90 minutes (quick: 15) on 2 CPU cores; measured stage times in
+# docs/BENCHMARKS.md. DeepLab is validated once, at the end: eight of them are trained.
 PROFILES = {
-    "full": {"saliency.steps": 500, "saliency.val_every": 100, "classifier.steps": 300,
-             "classifier.val_every": 100, "deeplab.steps": 300, "deeplab.val_every": 100},
-    "quick": {"saliency.steps": 150, "saliency.val_every": 75, "classifier.steps": 150,
-              "classifier.val_every": 75, "deeplab.steps": 150, "deeplab.val_every": 75},
+    "full": {"saliency.steps": 200, "saliency.val_every": 100, "classifier.steps": 100,
+             "classifier.val_every": 100, "deeplab.steps": 300, "deeplab.val_every": 300,
+             "deeplab.crop_size": 192},
+    "quick": {"saliency.steps": 40, "saliency.val_every": 40, "classifier.steps": 40,
+              "classifier.val_every": 40, "deeplab.steps": 80, "deeplab.val_every": 80,
+              "deeplab.crop_size": 192},
 }
+TIME_LIMIT_MINUTES = {"full": 90, "quick": 15}
 # 0 and 100 (the weak/full ratio) first, then the points between
 GT_PERCENTAGES = {"full": (0, 100, 10, 25, 50), "quick": (0, 100)}  # 0 first: the main run
 # guide variants: name -> settings (the first one that equals the config is the main run itself)
@@ -62,6 +67,8 @@ ABLATIONS = {
                                         "guide.isolated_class_regions": "ignore"},
     "pixel rule": {"guide.rule": "pixel"},
 }
+# saliency.threshold of the guide, pseudo labels only (the first is the original's 0.5)
+SALIENCY_THRESHOLDS = (0.5, 0.3, 0.2, 0.1)
 SPEED_IMAGES = {"full": 80, "quick": 30}
 TARGETS = {"weak_over_full": 0.90, "attention_speedup": 5.0, "saliency_speedup": 3.0,
            "guide_speedup": 3.0, "storage_fraction": 0.1}
@@ -274,6 +281,15 @@ def markdown(results: dict) -> str:
         lines.append(f"| {name}{mark} | {_f(result.get('mIoU'))} | {_f(result.get('precision'))} | "
                      f"{_f(result.get('recall'))} | {_f(result.get('ignore_fraction'))} | "
                      f"{_f(result.get('deeplab_mIoU'))} |")
+    if "saliency_thresholds" in results:
+        lines += ["", "## The saliency threshold of the guide", "",
+                  "The default rule at other `saliency.threshold` values, on the same saliency maps and "
+                  "CAMs; pseudo labels on MSRC train (no DeepLab).", "",
+                  "| saliency.threshold | pseudo-label mIoU | precision | recall |", "|---|---|---|---|"]
+        for threshold, result in results["saliency_thresholds"].items():
+            mark = " (default)" if result.get("default") else (" (original)" if float(threshold) == 0.5 else "")
+            lines.append(f"| {threshold}{mark} | {_f(result.get('mIoU'))} | {_f(result.get('precision'))} | "
+                         f"{_f(result.get('recall'))} |")
     attention, saliency, guide, storage = (speeds[k] for k in ("attention", "saliency", "guide", "storage"))
     lines += [
         "", "## Speed and storage", "",
@@ -296,9 +312,23 @@ def markdown(results: dict) -> str:
         f"{storage['stored_bytes'] / 1e6:.2f} MB | {storage['float32_full_bytes'] / 1e6:.1f} MB | "
         f"{storage['fraction']} | <= {TARGETS['storage_fraction']} | "
         f"{_holds(storage['fraction'], TARGETS['storage_fraction'], higher_is_better=False)} |",
-        "", "## Wall time per stage (first run)", "", "| stage | seconds |", "|---|---|"]
+        "", "## Wall time", ""]
+    limit = TIME_LIMIT_MINUTES[results["profile"]]
+    if "seconds" in results:
+        minutes = results["seconds"] / 60
+        how = ("resumed from an earlier, interrupted run, so the total counts only this process"
+               if results.get("resumed") else "one process from an empty output folder")
+        lines += [f"Whole benchmark: **{minutes:.1f} min** ({how}); target <= {limit} min: "
+                  f"{_holds(minutes, limit, higher_is_better=False)}.", ""]
+    lines += ["| part | seconds |", "|---|---|"]
     lines += [f"| {stage} | {summary['seconds']:.0f} |" for stage, summary in base.items()
               if isinstance(summary, dict)]
+    lines += [f"| train_deeplab, gt_percentage {p} | {r['train_seconds']:.0f} |"
+              for p, r in sorted(gt.items(), key=lambda kv: float(kv[0])) if "train_seconds" in r]
+    lines += [f"| guide ablation: {name} | {r['seconds']:.0f} |" for name, r in results["ablations"].items()
+              if "seconds" in r]
+    if "seconds" in speeds:
+        lines.append(f"| speed and storage ratios | {speeds['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -307,7 +337,9 @@ def run_percentages(args, out: Path, base, results: dict, percentages) -> None:
     for percentage in percentages:
         variant = build(args, out, f"gt{percentage}", {"deeplab.gt_percentage": percentage})
         share_outputs(base, variant, ("saliency", "attention", "guide"))
-        results["gt_percentage"][str(percentage)] = run_variant(variant, ["train_deeplab", "eval_deeplab"])["eval_deeplab"]
+        summary = run_variant(variant, ["train_deeplab", "eval_deeplab"])
+        results["gt_percentage"][str(percentage)] = {**summary["eval_deeplab"],
+                                                     "train_seconds": summary["train_deeplab"]["seconds"]}
     if "100" in results["gt_percentage"]:
         results["weak_over_full"] = results["gt_percentage"]["0"]["mIoU"] / results["gt_percentage"]["100"]["mIoU"]
 
@@ -326,7 +358,22 @@ def run_ablations(args, out: Path, base, results: dict) -> None:
         train = not (args.quick or args.guide_only_ablations)
         summary = run_variant(variant, ["create_guide"] + (["train_deeplab", "eval_deeplab"] if train else []))
         results["ablations"][name] = {**summary["create_guide"],
-                                      "deeplab_mIoU": summary.get("eval_deeplab", {}).get("mIoU")}
+                                      "deeplab_mIoU": summary.get("eval_deeplab", {}).get("mIoU"),
+                                      "seconds": summary["seconds"]}
+
+
+def run_threshold_sweep(args, out: Path, base, results: dict) -> None:
+    """The default rule at each of SALIENCY_THRESHOLDS on the base run's saliency maps and CAMs."""
+    results["saliency_thresholds"] = {}
+    for threshold in SALIENCY_THRESHOLDS:
+        if threshold == base.saliency.threshold:
+            summary = {**results["base"]["create_guide"], "default": True}
+        else:
+            variant = build(args, out, f"threshold{threshold}", {"saliency.threshold": threshold,
+                                                                 "deeplab.gt_percentage": 0})
+            share_outputs(base, variant, ("saliency", "attention"))
+            summary = run_variant(variant, ["create_guide"])["create_guide"]
+        results["saliency_thresholds"][str(threshold)] = summary
 
 
 def write_report(args, out: Path, results: dict) -> None:
@@ -371,6 +418,7 @@ def main_cli(argv=None) -> int:
                "settings": {**PROFILES[args.profile], **dict(o.split("=", 1) for o in args.overrides)}}
 
     base = build(args, out, "gt0", {"deeplab.gt_percentage": 0})
+    results["resumed"] = (Layout(base).runs / "stage_seconds.json").exists()
     results["base"] = run_variant(base, main.STAGE_NAMES)
     results["gt_percentage"] = {"0": results["base"]["eval_deeplab"]}
     percentages = GT_PERCENTAGES[args.profile][1:]
@@ -378,7 +426,10 @@ def main_cli(argv=None) -> int:
     # with the report rewritten after each, so an interrupted benchmark still leaves one
     run_percentages(args, out, base, results, percentages[:1])
     run_ablations(args, out, base, results)
+    run_threshold_sweep(args, out, base, results)
+    started_speed = time.time()
     results["speed"] = speed(base, args.profile)
+    results["speed"]["seconds"] = round(time.time() - started_speed, 1)
     results["seconds"] = round(time.time() - started, 1)
     write_report(args, out, results)
     for percentage in percentages[1:]:

@@ -149,7 +149,7 @@ def run(cfg) -> dict:
     batches = (batch for _ in itertools.count() for batch in train_loader)
     writer = board.open_writer(cfg, STAGE)
     model.train()
-    if settings.encoder == "efficientnet_lite0":
+    if settings.freeze_encoder_bn:
         _freeze_encoder_batchnorm(model)
     progress = tqdm(range(step, settings.steps), initial=step, total=settings.steps, desc=STAGE)
     for step in progress:
@@ -168,7 +168,7 @@ def run(cfg) -> dict:
             progress.set_postfix(loss=f"{loss.item():.3f}")
         if done % settings.val_every == 0 or done == settings.steps:
             result, samples = validate(model, val_loader, device)
-            if settings.encoder == "efficientnet_lite0":
+            if settings.freeze_encoder_bn:
                 _freeze_encoder_batchnorm(model)
             writer.add_scalar("val/max_F", result["max_F"], done)
             writer.add_scalar("val/MAE", result["MAE"], done)
