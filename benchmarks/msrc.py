@@ -390,7 +390,9 @@ def main_cli(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="shorter training, gt_percentage 0 and 100 only")
     parser.add_argument("--shared", default=str(PROJECT.parent / "shared"))
     parser.add_argument("--out", default=str(PROJECT / "bench" / "msrc"))
-    parser.add_argument("--docs", default=str(PROJECT / "docs"), help="where BENCHMARKS.md and the plot go")
+    parser.add_argument("--docs", default=None,
+                        help="where BENCHMARKS.md and the plot go (default: docs/; with --quick, the "
+                             "quick run's output folder, so it never replaces the full report)")
     parser.add_argument("--guide-only-ablations", action="store_true",
                         help="score the guide's rules on their pseudo labels only, without training a "
                              "DeepLab on each (always so with --quick)")
@@ -404,6 +406,8 @@ def main_cli(argv=None) -> int:
             print(f"error: {Path(args.shared) / part} is missing (--shared names the shared folder)", file=sys.stderr)
             return 2
     out = Path(args.out).resolve() / args.profile
+    if args.docs is None:
+        args.docs = str(out if args.quick else PROJECT / "docs")
     if args.report_only:
         results = json.loads((out / "results.json").read_text())
         write_report(args, out, results)
