@@ -307,7 +307,7 @@ def _msrc(cfg: Config) -> None:
     cfg.saliency.input_size = 224
     # saliency trained on DAVIS is under-confident on MSRC's objects; the region rule gives a salient
     # region no class unless a CAM overlaps it, so a lower threshold adds recall at little cost in
-    # precision. MSRC train pseudo labels: 0.610 at 0.5, 0.638 at 0.2 (docs/BENCHMARKS.md)
+    # precision. MSRC train pseudo labels: 0.538 at 0.5, 0.594 at 0.2 (docs/RESULTS.md)
     cfg.saliency.threshold = 0.2
     cfg.classifier.crop_size = 224
     cfg.deeplab.crop_size = 224
