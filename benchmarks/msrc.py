@@ -238,9 +238,10 @@ def markdown(results: dict) -> str:
         "",
         f"Produced by `{results['command']}` ({results['profile']} profile) on {results['date']}, "
         f"{results['machine']}. Every number below was measured by that command on that day; ratios "
-        "compare two ways of working on the same images in the same run. Stages that an interrupted "
-        "earlier run of the same command had finished were reused, with that run's wall times. "
-        "What the numbers say, and what limits them: docs/RESULTS.md.",
+        "compare two ways of working on the same images in the same run. "
+        + ("Stages that an interrupted earlier run of the same command had finished were reused, with "
+           "that run's wall times. " if results.get("resumed", True) else "")
+        + "What the numbers say, and what limits them: docs/RESULTS.md.",
         "",
         "Data: `../shared/data/msrc_objects` (15 object classes + background; train 325, val 88) and "
         "`../shared/data/davis_saliency` (train 419 / val 141 frames). Backbones: EfficientNet-Lite0 "

@@ -45,6 +45,7 @@ def test_weak_over_full_verdict_follows_the_ratio(weak, full, verdict):
     report = msrc.markdown(_results(weak, full, 6.0, 70, resumed=False))
     row = _row(report, "| **weak/full ratio**")
     assert f"**{weak / full:.3f}**" in row and row.rstrip(" |").endswith(verdict)
+    assert "were reused" not in report  # one process from an empty output folder
     assert "| cow | " in report  # per-class table has every class of every gt_percentage
 
 
@@ -57,6 +58,7 @@ def test_speed_rows_and_time_limit():
     assert "95.0 min" in total and "resumed" in total and total.endswith("MISSED.")
     assert "| train_deeplab, gt_percentage 100 | 400 |" in report
     assert "| 0.2 (default) |" in report and "| 0.5 (original) |" in report
+    assert "were reused" in report
 
 
 def test_report_without_optional_parts():
