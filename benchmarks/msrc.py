@@ -55,8 +55,8 @@ PROFILES = {
               "deeplab.crop_size": 192},
 }
 TIME_LIMIT_MINUTES = {"full": 90, "quick": 15}
-# 0 and 100 (the weak/full ratio) first, then the points between
-GT_PERCENTAGES = {"full": (0, 100, 10, 25, 50), "quick": (0, 100)}  # 0 first: the main run
+# 0 first (the main run), then 100 (the weak/full ratio), then the points between
+GT_PERCENTAGES = {"full": (0, 100, 10, 25, 50), "quick": (0, 100)}
 # guide variants: name -> settings (the first one that equals the config is the main run itself)
 ABLATIONS = {
     "region rule (original)": {"guide.rule": "region", "guide.unlabelled_foreground": "background",
@@ -233,6 +233,7 @@ def markdown(results: dict) -> str:
     gt = results["gt_percentage"]
     speeds = results["speed"]
     ratio = results.get("weak_over_full")
+    resumed = results.get("resumed", True)  # results.json written before the flag existed: unknown
     lines = [
         "# Benchmark: MSRC objects (real photos), saliency from DAVIS",
         "",
@@ -240,7 +241,7 @@ def markdown(results: dict) -> str:
         f"{results['machine']}. Every number below was measured by that command on that day; ratios "
         "compare two ways of working on the same images in the same run. "
         + ("Stages that an interrupted earlier run of the same command had finished were reused, with "
-           "that run's wall times. " if results.get("resumed", True) else "")
+           "that run's wall times. " if resumed else "")
         + "What the numbers say, and what limits them: docs/RESULTS.md.",
         "",
         "Data: `../shared/data/msrc_objects` (15 object classes + background; train 325, val 88) and "
@@ -318,7 +319,7 @@ def markdown(results: dict) -> str:
     if "seconds" in results:
         minutes = results["seconds"] / 60
         how = ("resumed from an earlier, interrupted run, so the total counts only this process"
-               if results.get("resumed") else "one process from an empty output folder")
+               if resumed else "one process from an empty output folder")
         lines += [f"Whole benchmark: **{minutes:.1f} min** ({how}); target <= {limit} min: "
                   f"{_holds(minutes, limit, higher_is_better=False)}.", ""]
     lines += ["| part | seconds |", "|---|---|"]
@@ -345,36 +346,33 @@ def run_percentages(args, out: Path, base, results: dict, percentages) -> None:
         results["weak_over_full"] = results["gt_percentage"]["0"]["mIoU"] / results["gt_percentage"]["100"]["mIoU"]
 
 
+def run_guide_variant(args, out: Path, base, results: dict, folder: str, settings: dict,
+                      train_deeplab: bool) -> dict:
+    """The guide (and, with ``train_deeplab``, DeepLab at gt_percentage 0) with ``settings`` on the
+    base run's saliency maps and CAMs; the base run's own results when ``settings`` are its config."""
+    if matches_config(base, settings):
+        return {**results["base"]["create_guide"], "deeplab_mIoU": results["base"]["eval_deeplab"]["mIoU"],
+                "default": True}
+    variant = build(args, out, folder, {**settings, "deeplab.gt_percentage": 0})
+    share_outputs(base, variant, ("saliency", "attention"))
+    summary = run_variant(variant, ["create_guide"] + (["train_deeplab", "eval_deeplab"] if train_deeplab else []))
+    return {**summary["create_guide"], "deeplab_mIoU": summary.get("eval_deeplab", {}).get("mIoU"),
+            "seconds": summary["seconds"]}
+
+
 def run_ablations(args, out: Path, base, results: dict) -> None:
     """Each guide rule on the base run's saliency maps and CAMs (and DeepLab on its labels)."""
-    results["ablations"] = {}
-    for index, (name, settings) in enumerate(ABLATIONS.items()):
-        if matches_config(base, settings):
-            guide = results["base"]["create_guide"]
-            results["ablations"][name] = {**guide, "deeplab_mIoU": results["base"]["eval_deeplab"]["mIoU"],
-                                          "default": True}
-            continue
-        variant = build(args, out, f"guide{index}", {**settings, "deeplab.gt_percentage": 0})
-        share_outputs(base, variant, ("saliency", "attention"))
-        train = not (args.quick or args.guide_only_ablations)
-        summary = run_variant(variant, ["create_guide"] + (["train_deeplab", "eval_deeplab"] if train else []))
-        results["ablations"][name] = {**summary["create_guide"],
-                                      "deeplab_mIoU": summary.get("eval_deeplab", {}).get("mIoU"),
-                                      "seconds": summary["seconds"]}
+    train = not (args.quick or args.guide_only_ablations)
+    results["ablations"] = {name: run_guide_variant(args, out, base, results, f"guide{index}", settings, train)
+                            for index, (name, settings) in enumerate(ABLATIONS.items())}
 
 
 def run_threshold_sweep(args, out: Path, base, results: dict) -> None:
-    """The default rule at each of SALIENCY_THRESHOLDS on the base run's saliency maps and CAMs."""
-    results["saliency_thresholds"] = {}
-    for threshold in SALIENCY_THRESHOLDS:
-        if threshold == base.saliency.threshold:
-            summary = {**results["base"]["create_guide"], "default": True}
-        else:
-            variant = build(args, out, f"threshold{threshold}", {"saliency.threshold": threshold,
-                                                                 "deeplab.gt_percentage": 0})
-            share_outputs(base, variant, ("saliency", "attention"))
-            summary = run_variant(variant, ["create_guide"])["create_guide"]
-        results["saliency_thresholds"][str(threshold)] = summary
+    """The default rule at each of SALIENCY_THRESHOLDS, pseudo labels only."""
+    results["saliency_thresholds"] = {
+        str(threshold): run_guide_variant(args, out, base, results, f"threshold{threshold}",
+                                          {"saliency.threshold": threshold}, train_deeplab=False)
+        for threshold in SALIENCY_THRESHOLDS}
 
 
 def write_report(args, out: Path, results: dict) -> None:
