@@ -17,10 +17,12 @@ class ConfusionMatrix:
         self.missed = np.zeros(num_classes, dtype=np.int64)
 
     def update(self, truth: np.ndarray, prediction: np.ndarray) -> None:
-        truth = np.asarray(truth).reshape(-1).astype(np.int64)
-        prediction = np.asarray(prediction).reshape(-1).astype(np.int64)
+        truth, prediction = np.asarray(truth), np.asarray(prediction)
+        # compared before flattening: a transposed (W, H) map has as many pixels as an (H, W) one
         if truth.shape != prediction.shape:
-            raise ValueError(f"truth and prediction differ in size: {truth.shape} vs {prediction.shape}")
+            raise ValueError(f"truth and prediction differ in shape: {truth.shape} vs {prediction.shape}")
+        truth = truth.reshape(-1).astype(np.int64)
+        prediction = prediction.reshape(-1).astype(np.int64)
         keep = truth != IGNORE
         truth, prediction = truth[keep], prediction[keep]
         if truth.size and (truth.max() >= self.num_classes or truth.min() < 0):

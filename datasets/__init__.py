@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from config import VOC_CLASSES
-from datasets.base import ImageSet
+from datasets.base import ImageSet, Problem
 from datasets.folder import FolderImageSet
 from datasets.voc import VOCImageSet, read_class_names
 
@@ -12,8 +12,8 @@ def split_name(cfg, split: str) -> str:
     return {"train": cfg.dataset.train_split, "val": cfg.dataset.val_split}.get(split, split)
 
 
-def build(cfg, split: str) -> ImageSet:
-    """The ``split`` ("train", "val" or a data set's own split name) of the configured data set.
+def build_unchecked(cfg, split: str) -> ImageSet:
+    """The split as its files list it, bad images included (what the data check examines).
 
     The synthetic set is generated on first use (deterministic from ``synthetic.seed``)."""
     root = cfg.path(cfg.dataset.root)
@@ -28,4 +28,18 @@ def build(cfg, split: str) -> ImageSet:
     return FolderImageSet(root, name, cfg.class_names or None, cfg.dataset.label_source)
 
 
-__all__ = ["ImageSet", "build", "split_name"]
+def build(cfg, split: str) -> ImageSet:
+    """The ``split`` ("train", "val" or a data set's own split name) of the configured data set.
+
+    With ``dataset.on_bad_image = skip`` the images the data check finds bad are left out (listed
+    in the set's ``skipped``); the check runs once per split and process. A set-level problem
+    (e.g. a duplicated id) raises ``datasets.check.DataError`` then, as no skipping repairs it.
+    With ``stop`` (the default) the driver's check before any stage has already refused bad data."""
+    image_set = build_unchecked(cfg, split)
+    if cfg.dataset.on_bad_image == "skip":
+        from datasets.check import ids_to_skip
+        image_set.drop(ids_to_skip(cfg, split, image_set))
+    return image_set
+
+
+__all__ = ["ImageSet", "Problem", "build", "build_unchecked", "split_name"]

@@ -5,6 +5,9 @@
     SegmentationClass/<id>.png            optional palette PNG (SegmentationClassAug as fallback)
     ImageSets/Segmentation/<split>.txt    ids of a split (ImageSets/Main as fallback)
     class_names.txt                       optional, one class per line (else config or VOC's 20)
+
+Loading lists ids repeated in the split list and ids with two image files in ``problems``; the
+data check (``datasets.check``) examines the files themselves.
 """
 from __future__ import annotations
 
@@ -15,17 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from common import files
-from datasets.base import ImageSet, read_id_list
+from datasets.base import ImageSet, list_images, read_id_lines, two_file_problems, unique_ids
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp")
-
-
-def find_image(folder: Path, image_id: str) -> Path:
-    for suffix in IMAGE_SUFFIXES:
-        candidate = folder / f"{image_id}{suffix}"
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"no image for id {image_id!r} in {folder}")
+# the order decides which file an id uses when it has two (a problem the data check reports)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def xml_object_names(path: Path) -> list[str]:
@@ -62,23 +58,52 @@ def read_class_names(root: Path) -> list[str] | None:
 class VOCImageSet(ImageSet):
     def __init__(self, root: Path, split: str, class_names: list[str], id_list: Path | None = None):
         self.root = Path(root)
+        # ids of ImageSets/Segmentation lists promise a mask each; Main lists and extra lists
+        # (SBD's train_aug.txt) do not
+        from_segmentation_list = id_list is None
         if id_list is None:
             id_list = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
             if not id_list.is_file():
                 id_list = self.root / "ImageSets" / "Main" / f"{split}.txt"
+                from_segmentation_list = False
         if not Path(id_list).is_file():
             raise FileNotFoundError(f"split {split!r}: no id list at {id_list}")
-        super().__init__(split, class_names, read_id_list(id_list))
+        ids, duplicates = unique_ids(read_id_lines(id_list), Path(id_list), split)
+        super().__init__(split, class_names, ids)
         self._unknown: set[str] = set()
         self._labels: dict[str, np.ndarray] = {}
         mask_dirs = [self.root / "SegmentationClass", self.root / "SegmentationClassAug"]
         self._mask_dirs = [d for d in mask_dirs if d.is_dir()]
+        self._masks_promised = from_segmentation_list and bool(self._mask_dirs)
+        self._images = list_images(self.root / "JPEGImages", IMAGE_SUFFIXES)
+        self.problems += duplicates + two_file_problems(self._images, self.ids, split)
+
+    def image_path(self, image_id: str) -> Path | None:
+        found = self._images.get(image_id)
+        return found[0] if found else None
+
+    def _existing_image(self, image_id: str) -> Path:
+        path = self.image_path(image_id)
+        if path is None:
+            raise FileNotFoundError(f"no image for id {image_id!r} in {self.root / 'JPEGImages'}")
+        return path
 
     def image(self, image_id: str) -> np.ndarray:
-        return files.read_image(find_image(self.root / "JPEGImages", image_id))
+        return files.read_image(self._existing_image(image_id))
 
     def image_size(self, image_id: str) -> tuple[int, int]:
-        return files.image_size(find_image(self.root / "JPEGImages", image_id))
+        return files.image_size(self._existing_image(image_id))
+
+    def mask_path(self, image_id: str) -> Path | None:
+        return self._mask_path(image_id)
+
+    def mask_expected(self, image_id: str) -> bool:
+        return self._masks_promised
+
+    def annotation_path(self, image_id: str) -> Path | None:
+        """Annotations/<id>.xml where it exists (the image's labels come from its object names)."""
+        path = self.root / "Annotations" / f"{image_id}.xml"
+        return path if path.is_file() else None
 
     def _mask_path(self, image_id: str) -> Path | None:
         for folder in self._mask_dirs:
