@@ -6,7 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from common.training import sample_rng, split_item
 from datasets.base import ImageSet
+
+# tag of the classifier's augmentation streams (DeepLab and saliency use others)
+AUGMENTATION_STREAM = 2
 
 
 def to_tensor(image: np.ndarray, mean, std) -> torch.Tensor:
@@ -46,27 +50,32 @@ class ClassificationSamples(Dataset):
     Training: the image's long side is scaled to crop_size * s (s uniform in [scale_min, scale_max]),
     then randomly cropped or padded to a square, and flipped at random; the aspect ratio is kept.
     Evaluation: long side = crop_size, centred, no flip.
+
+    Items are image indices, or (index, stream position) pairs from ``common.training.StepBatches``;
+    a training sample's augmentation is drawn from (seed, position) only, so it is the same
+    whatever the worker, the process or the number of restarts.
     """
 
     def __init__(self, image_set: ImageSet, *, crop_size: int, mean, std, train: bool,
-                 scale_min: float = 1.0, scale_max: float = 1.0) -> None:
+                 scale_min: float = 1.0, scale_max: float = 1.0, seed: int = 0) -> None:
         self.image_set = image_set
         self.crop_size = crop_size
         self.mean, self.std = mean, std
         self.train = train
         self.scale_range = (scale_min, scale_max)
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.image_set)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item):
+        index, _ = split_item(item)
         image_id = self.image_set.ids[index]
         tensor = to_tensor(self.image_set.image(image_id), self.mean, self.std)
         rng = None
         long_side = self.crop_size
         if self.train:
-            # NumPy's global stream: seeded per worker by common.runtime.worker_seed, restored on resume
-            rng = np.random.default_rng(np.random.randint(0, 2**31))
+            rng = sample_rng(self.seed, AUGMENTATION_STREAM, item)
             long_side = max(8, round(self.crop_size * rng.uniform(*self.scale_range)))
         tensor = place_in_square(fit_long_side(tensor, long_side), self.crop_size, rng)
         if self.train and rng.random() < 0.5:

@@ -3,68 +3,54 @@
 BCE-with-logits on every class; random scale, crop and flip; SGD with a poly learning rate (backbone
 at ``backbone_lr_mult`` of the head's). Every ``val_every`` steps: mAP, per-class AP and F1 on the
 validation split to tensorboard; the best checkpoint by mAP and the last one (full training state,
-resumed from on the next run) under checkpoints/classifier/.
+resumed from on the next run) under checkpoints/classifier/. The loop itself (step-deterministic
+batches, resume, checkpoints, precision, several processes) is ``common.training.fit``.
 """
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 import datasets
 from classifier.data import ClassificationSamples
 from classifier.models import MultiLabelClassifier, build_classifier
-from common import board, checkpoint, metrics, runtime
-from common.layout import Layout
+from common import distributed, runtime, training
 
 STAGE = "train_seed"
 CHECKPOINTS = "classifier"
+# settings a checkpoint must share with the config to be resumed (all change the network or its classes)
+RESUME_KEYS = ("backbone", "num_classes", "output_stride", "class_names")
 
 
 def evaluate(model: MultiLabelClassifier, loader: DataLoader, device: torch.device,
-             class_names: list[str]) -> dict:
+             class_names: list[str], precision: str = "fp32") -> dict:
     """mAP, per-class AP and F1 (at probability 0.5) over ``loader``."""
     was_training = model.training
     model.eval()
     scores, targets = [], []
-    with torch.no_grad():
+    with torch.no_grad(), runtime.autocast(device, precision):
         for images, labels in loader:
-            scores.append(torch.sigmoid(model(images.to(device))).cpu().numpy())
+            logits = model(runtime.to_device(images, device))
+            scores.append(torch.sigmoid(logits.float()).cpu().numpy())
             targets.append(labels.numpy())
     model.train(was_training)
-    result = metrics.multilabel_metrics(np.concatenate(scores), np.concatenate(targets))
+    result = metrics_of(np.concatenate(scores), np.concatenate(targets), class_names)
+    return result
+
+
+def metrics_of(scores: np.ndarray, targets: np.ndarray, class_names: list[str]) -> dict:
+    from common import metrics
+
+    result = metrics.multilabel_metrics(scores, targets)
     return {"mAP": result["mAP"], "micro_F1": result["micro_F1"],
             "AP": {name: float(v) for name, v in zip(class_names, result["AP"])},
             "F1": {name: float(v) for name, v in zip(class_names, result["F1"])}}
 
 
-def _loader(samples, cfg, *, shuffle: bool, batch_size: int, drop_last: bool) -> DataLoader:
-    workers = cfg.runtime.num_workers
-    return DataLoader(samples, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                      num_workers=workers, worker_init_fn=runtime.worker_seed,
-                      persistent_workers=workers > 0)
-
-
-def _forever(loader: DataLoader):
-    for _ in itertools.count():
-        yield from loader
-
-
-def run(cfg) -> dict:
-    settings = cfg.classifier
-    device = runtime.select_device(cfg.runtime.device)
-    layout = Layout(cfg)
-    train_set = datasets.build(cfg, "train")
-    val_set = datasets.build(cfg, "val")
-    if len(train_set) == 0:
-        raise ValueError(f"training split {cfg.dataset.train_split!r} of {cfg.dataset.root} is empty")
-    model = build_classifier(backbone=settings.backbone, num_classes=train_set.num_classes,
-                             pretrained=settings.pretrained, weights_path=settings.weights_path,
-                             output_stride=settings.output_stride).to(device)
+def make_optimizer(model: MultiLabelClassifier, settings):
+    """SGD with the backbone at ``backbone_lr_mult`` x the head's rate, and the poly schedule."""
     head = list(model.head_parameters())
     head_ids = {id(p) for p in head}
     backbone = [p for p in model.parameters() if id(p) not in head_ids]
@@ -72,75 +58,69 @@ def run(cfg) -> dict:
         [{"params": backbone, "lr": settings.lr * settings.backbone_lr_mult},
          {"params": head, "lr": settings.lr}],
         momentum=settings.momentum, weight_decay=settings.weight_decay)
-    total_steps = max(1, settings.steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: (1 - min(step, total_steps - 1) / total_steps) ** 0.9)
+    return optimizer, training.poly_schedule(optimizer, settings.steps, 0.9)
 
-    last_path, best_path = layout.checkpoint(CHECKPOINTS, "last"), layout.checkpoint(CHECKPOINTS, "best")
-    step, best = 0, {"mAP": float("-inf")}
-    if last_path.exists() and not cfg.runtime.overwrite:
-        state = checkpoint.load_training_state(last_path, model=model, optimizer=optimizer,
-                                               scheduler=scheduler, map_location=device)
-        step, best = state["step"], state["extra"].get("best", best)
-        if state["extra"].get("class_names") != train_set.class_names:
-            raise ValueError(f"{last_path} was trained on classes {state['extra'].get('class_names')}, "
-                             f"not {train_set.class_names}; set runtime.overwrite = true to retrain")
-        print(f"resuming classifier training from step {step} ({last_path})")
-    if step >= settings.steps:
-        print(f"classifier already trained for {step} steps; best val mAP {best['mAP']:.3f}")
-        return {"mAP": best["mAP"], "steps": step, "AP": best.get("AP", {})}
 
+def bce_loss(network, batch, device) -> torch.Tensor:
+    images, labels = batch
+    logits = network(runtime.to_device(images, device))
+    return F.binary_cross_entropy_with_logits(logits.float(), runtime.to_device(labels, device))
+
+
+def run(cfg, *, stop_after: int | None = None) -> dict:
+    """Train (or resume) the classifier; returns {"mAP", "steps", "AP"}. ``stop_after``: stop once
+    this many steps are done, as an interruption would (last checkpoint saved)."""
+    settings = cfg.classifier
+    device = runtime.select_device(cfg.runtime.device)
+    distributed.init_process_group_if_needed(device)
+    device = distributed.device_for_rank(device)
+    train_set = datasets.build(cfg, "train")
+    val_set = datasets.build(cfg, "val")
+    if len(train_set) == 0:
+        raise ValueError(f"training split {cfg.dataset.train_split!r} of {cfg.dataset.root} is empty")
+    model = build_classifier(backbone=settings.backbone, num_classes=train_set.num_classes,
+                             pretrained=settings.pretrained, weights_path=settings.weights_path,
+                             output_stride=settings.output_stride).to(device)
+    optimizer, scheduler = make_optimizer(model, settings)
     mean, std = model.mean, model.std
     train_samples = ClassificationSamples(train_set, crop_size=settings.crop_size, mean=mean, std=std,
                                           train=True, scale_min=settings.scale_min,
-                                          scale_max=settings.scale_max)
+                                          scale_max=settings.scale_max, seed=cfg.runtime.seed)
     val_samples = ClassificationSamples(val_set, crop_size=settings.crop_size, mean=mean, std=std,
                                         train=False)
-    batch_size = min(settings.batch_size, len(train_set))
-    train_batches = _forever(_loader(train_samples, cfg, shuffle=True, batch_size=batch_size,
-                                     drop_last=True))
-    val_loader = _loader(val_samples, cfg, shuffle=False, batch_size=settings.batch_size, drop_last=False)
-    writer = board.open_writer(cfg, STAGE)
-    describe = {**model.describe(), "class_names": train_set.class_names}
+    val_loader = training.eval_loader(val_samples, batch_size=settings.batch_size,
+                                      num_workers=cfg.runtime.num_workers, device=device, seed=cfg.runtime.seed)
+    precision = cfg.runtime.precision
 
-    model.train()
-    if settings.pretrained:
-        model.freeze_batchnorm()
-    progress = tqdm(range(step, settings.steps), initial=step, total=settings.steps, desc="train_seed")
-    for step in progress:
-        images, labels = next(train_batches)
-        logits = model(images.to(device))
-        loss = F.binary_cross_entropy_with_logits(logits, labels.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        done = step + 1
-        if done % 10 == 0 or done == settings.steps:
-            writer.add_scalar("train/loss", loss.item(), done)
-            writer.add_scalar("train/lr_head", optimizer.param_groups[1]["lr"], done)
-            progress.set_postfix(loss=f"{loss.item():.3f}")
-        if done % settings.val_every == 0 or done == settings.steps:
-            if len(val_set):
-                result = evaluate(model, val_loader, device, val_set.class_names)
-                writer.add_scalar("val/mAP", result["mAP"], done)
-                writer.add_scalar("val/micro_F1", result["micro_F1"], done)
-                for name in val_set.class_names:
-                    if not np.isnan(result["AP"][name]):
-                        writer.add_scalar(f"val_AP/{name}", result["AP"][name], done)
-                    if not np.isnan(result["F1"][name]):
-                        writer.add_scalar(f"val_F1/{name}", result["F1"][name], done)
-                progress.write(f"step {done}: val mAP {result['mAP']:.3f}")
-            else:
-                result = {"mAP": float("nan")}
-            improved = not (result["mAP"] <= best["mAP"])  # NaN (no val set) keeps the latest
-            if improved:
-                best = {**result, "step": done}
-                checkpoint.save_training_state(best_path, model=model, step=done,
-                                               extra={**describe, "best": best})
-            checkpoint.save_training_state(last_path, model=model, optimizer=optimizer,
-                                           scheduler=scheduler, step=done,
-                                           extra={**describe, "best": best})
-    writer.close()
-    print(f"classifier: best val mAP {best['mAP']:.3f} at step {best.get('step')}")
-    return {"mAP": best["mAP"], "steps": settings.steps, "AP": best.get("AP", {})}
+    def validate(net, step: int, writer) -> dict:
+        if not len(val_set):
+            return {"mAP": float("nan")}
+        result = evaluate(net, val_loader, device, val_set.class_names, precision)
+        writer.add_scalar("val/mAP", result["mAP"], step)
+        writer.add_scalar("val/micro_F1", result["micro_F1"], step)
+        for name in val_set.class_names:
+            if not np.isnan(result["AP"][name]):
+                writer.add_scalar(f"val_AP/{name}", result["AP"][name], step)
+            if not np.isnan(result["F1"][name]):
+                writer.add_scalar(f"val_F1/{name}", result["F1"][name], step)
+        print(f"step {step}: val mAP {result['mAP']:.3f}", flush=True)
+        return result
+
+    def train_mode(net) -> None:
+        net.train()
+        if settings.pretrained:  # ImageNet statistics: small multi-label batches would only add noise
+            net.freeze_batchnorm()
+
+    spec = training.TrainingSpec(
+        stage=STAGE, checkpoints=CHECKPOINTS, model=model, optimizer=optimizer, scheduler=scheduler,
+        steps=settings.steps, val_every=settings.val_every,
+        batch_size=min(settings.batch_size, len(train_set)), samples=train_samples, loss=bce_loss,
+        metric="mAP", describe={**model.describe(), "class_names": train_set.class_names},
+        resume_keys=RESUME_KEYS, validate=validate, train_mode=train_mode)
+    outcome = training.fit(cfg, spec, device=device, stop_after=stop_after)
+    best = outcome.best
+    if not outcome.trained:
+        print(f"classifier already trained for {outcome.step} steps; best val mAP {best['mAP']:.3f}")
+    elif distributed.is_main():
+        print(f"classifier: best val mAP {best['mAP']:.3f} at step {best.get('step')}")
+    return {"mAP": best["mAP"], "steps": outcome.step, "AP": best.get("AP", {})}

@@ -43,3 +43,40 @@ def worker_seed(worker_id: int) -> None:
     seed = torch.initial_seed() % (2**32)
     np.random.seed(seed)
     random.seed(seed)
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def autocast(device: torch.device | str, precision: str):
+    """Context manager running the enclosed forward passes at ``precision`` on ``device``.
+
+    ``fp32`` is a no-op (plain float32). ``bf16`` autocasts to bfloat16 on CPU and CUDA. ``fp16``
+    autocasts to float16 on CUDA only: on CPU float16 matmuls are slow and its narrow range needs
+    a grad scaler that the CPU lacks, so it is refused with a message naming the setting.
+    """
+    device_type = torch.device(device).type
+    if precision not in PRECISIONS:
+        raise ValueError(f"runtime.precision = {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return torch.autocast(device_type, enabled=False)
+    if precision == "fp16" and device_type != "cuda":
+        raise RuntimeError("runtime.precision = fp16 needs a CUDA device; on the CPU use bf16 or fp32")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device | str, precision: str) -> "torch.amp.GradScaler":
+    """Loss scaler for training: active only for fp16 (bf16 has float32's range and needs none).
+
+    A disabled scaler passes ``scale(loss)``, ``step(optimizer)`` and ``update()`` straight through,
+    so training loops use it unconditionally.
+    """
+    device_type = torch.device(device).type
+    enabled = precision == "fp16" and device_type == "cuda"
+    return torch.amp.GradScaler(device_type if device_type == "cuda" else "cpu", enabled=enabled)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy to ``device``, asynchronously from pinned memory when it is a GPU."""
+    return tensor.to(device, non_blocking=device.type == "cuda")

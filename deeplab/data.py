@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from common import files
+from common.training import StepBatches, sample_rng, split_item  # noqa: F401  (StepBatches lived here)
 
 IGNORE = 255
 
@@ -33,37 +34,6 @@ def to_tensor(image: np.ndarray, mean, std) -> torch.Tensor:
     return (tensor - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
-class StepBatches(Sampler):
-    """Batches for steps ``start`` .. ``total - 1`` of an endless shuffled stream of the
-    ``num_items`` training images: step s takes stream positions s*B .. s*B + B - 1, and epoch e's
-    order is a permutation drawn from (seed, e). Each item is (image index, stream position); the
-    position seeds that sample's augmentation. So a batch depends only on (seed, step): resuming at
-    step s gives the batches an uninterrupted run would have seen, with any number of workers."""
-
-    def __init__(self, num_items: int, batch_size: int, *, seed: int, start: int, total: int) -> None:
-        if num_items <= 0:
-            raise ValueError("no training images")
-        self.num_items, self.batch_size = num_items, batch_size
-        self.seed, self.start, self.total = seed, start, total
-        self._orders: dict[int, np.ndarray] = {}
-
-    def _order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.num_items)}
-        return self._orders[epoch]
-
-    def __iter__(self):
-        for step in range(self.start, self.total):
-            batch = []
-            for position in range(step * self.batch_size, (step + 1) * self.batch_size):
-                epoch, offset = divmod(position, self.num_items)
-                batch.append((int(self._order(epoch)[offset]), position))
-            yield batch
-
-    def __len__(self) -> int:
-        return max(0, self.total - self.start)
-
-
 class SegmentationSamples(Dataset):
     """(normalised image crop (3, S, S), label crop (S, S) int64) for an item (index, position):
     random scale in [scale_min, scale_max], a random S x S crop (padding: the mean colour for the
@@ -84,8 +54,8 @@ class SegmentationSamples(Dataset):
         return len(self.ids)
 
     def __getitem__(self, item):
-        index, position = item if isinstance(item, tuple) else (item, item)
-        rng = np.random.default_rng([self.seed, 1, position])
+        index, _ = split_item(item)
+        rng = sample_rng(self.seed, 1, item)
         image_id = self.ids[index]
         image = to_tensor(self.image_set.image(image_id), self.mean, self.std)
         label = torch.from_numpy(self.sources[image_id]().astype(np.int64))

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import datasets
-from common import board, checkpoint, runtime
+from common import board, distributed, runtime, training
 from common.layout import Layout
-from deeplab.data import IGNORE, SegmentationSamples, StepBatches, label_sources
+from deeplab.data import IGNORE, SegmentationSamples, label_sources
 from deeplab.inference import evaluate
 from deeplab.models import NOT_WEAK_WARNING, build_deeplab
 
@@ -59,22 +58,21 @@ def make_optimizer(model, settings):
         [{"params": [p for p in model.parameters() if id(p) not in head_ids], "lr": settings.lr},
          {"params": head, "lr": settings.lr * settings.head_lr_mult}],
         momentum=settings.momentum, weight_decay=settings.weight_decay)
-    total = max(1, settings.steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: max(0.0, 1 - step / total) ** settings.poly_power)
-    return optimizer, scheduler
+    return optimizer, training.poly_schedule(optimizer, settings.steps, settings.poly_power)
 
 
-def _resume(cfg, path, model, optimizer, scheduler, describe: dict, device) -> tuple[int, dict]:
-    state = checkpoint.load_training_state(path, model=model, optimizer=optimizer, scheduler=scheduler,
-                                           map_location=device)
-    saved = state["extra"]
-    different = [k for k in RESUME_KEYS if saved.get(k) != describe[k]]
-    if different:
-        raise ValueError(f"{path} was trained with other settings ("
-                         + ", ".join(f"{k}: {saved.get(k)!r} there, {describe[k]!r} now" for k in different)
-                         + "): set runtime.overwrite = True to start again, or use another paths.checkpoints")
-    return state["step"], saved.get("best", {"mIoU": float("-inf")})
+def pixel_loss(network, batch, device) -> torch.Tensor:
+    """Cross-entropy summed over labelled pixels / the labelled pixels of the whole global batch:
+    a crop of nothing but ignore gives 0, not NaN, and under several processes the gradients DDP
+    averages equal one process's on the same global batch."""
+    images, labels = batch
+    labels = runtime.to_device(labels, device)
+    logits = network(runtime.to_device(images, device))
+    labelled = (labels != IGNORE).sum().float()
+    world = distributed.world_size()
+    if world > 1:  # DDP averages over ranks: normalise by the global count, times the world
+        labelled = distributed.all_reduce_sum_(labelled.clone()) / world
+    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="sum") / labelled.clamp(min=1)
 
 
 def run(cfg, *, stop_after: int | None = None) -> dict:
@@ -85,17 +83,24 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
     if settings.batch_size < 2:
         raise ValueError("deeplab.batch_size must be at least 2: the ASPP image-pooling branch has a "
                          "BatchNorm over a 1x1 map, which needs two samples to train")
-    runtime.seed_everything(cfg.runtime.seed)
     device = runtime.select_device(cfg.runtime.device)
+    distributed.init_process_group_if_needed(device)
+    device = distributed.device_for_rank(device)
+    if settings.batch_size // distributed.world_size() < 2:
+        raise ValueError(f"deeplab.batch_size {settings.batch_size} over {distributed.world_size()} processes "
+                         f"leaves fewer than 2 samples per process, which the ASPP image-pooling BatchNorm needs")
+    runtime.seed_everything(cfg.runtime.seed)
     layout = Layout(cfg)
+    main = distributed.is_main()
     train_set = datasets.build(cfg, "train")
     val_set = datasets.build(cfg, "val")
     sources, report = label_sources(cfg, train_set, layout)
     weakly, reasons = supervision(settings.segmentation_pretrained, len(report["gt_images"]))
     report.update(weakly_supervised=weakly, not_weakly_supervised_because=reasons)
-    board.write_report(cfg, STAGE, "labels", report)
+    if main:
+        board.write_report(cfg, STAGE, "labels", report)
     skipped = report["skipped_without_label"]
-    if skipped:
+    if skipped and main:
         print(f"WARNING: {len(skipped)} training images have neither a pseudo label (in "
               f"{report['pseudo_label_folder']}; CREATE_GUIDE writes them) nor a chosen mask and are "
               f"skipped: {', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''} "
@@ -103,90 +108,55 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
     if not sources:
         raise ValueError(f"no training image of {cfg.path(cfg.dataset.root)} has a label: run CREATE_GUIDE "
                          f"or raise deeplab.gt_percentage")
-    print(f"DeepLab trains on {len(report['gt_images'])} real masks and {report['pseudo_images']} pseudo labels"
-          + ("" if weakly else " -- NOT weakly supervised: " + "; ".join(reasons)), flush=True)
+    if main:
+        print(f"DeepLab trains on {len(report['gt_images'])} real masks and {report['pseudo_images']} pseudo labels"
+              + ("" if weakly else " -- NOT weakly supervised: " + "; ".join(reasons)), flush=True)
 
     model = build_from_config(cfg, train_set.num_classes + 1).to(device)
     freeze_bn = settings.freeze_backbone_bn and (settings.pretrained_backbone or settings.segmentation_pretrained)
     optimizer, scheduler = make_optimizer(model, settings)
-    last_path, best_path = layout.checkpoint(CHECKPOINTS, "last"), layout.checkpoint(CHECKPOINTS, "best")
     describe = {**model.describe(), "class_names": train_set.class_names, "gt_percentage": settings.gt_percentage,
                 "pretrained_backbone": settings.pretrained_backbone, "freeze_backbone_bn": freeze_bn,
                 "weakly_supervised": weakly, "not_weakly_supervised_because": reasons}
-    step, best = 0, {"mIoU": float("-inf")}
-    if last_path.exists() and not cfg.runtime.overwrite:
-        step, best = _resume(cfg, last_path, model, optimizer, scheduler, describe, device)
-        print(f"resuming DeepLab training at step {step} of {settings.steps} ({last_path})", flush=True)
     summary = {"gt_images": len(report["gt_images"]), "pseudo_images": report["pseudo_images"],
                "weakly_supervised": weakly}
-    if step >= settings.steps:
-        print(f"DeepLab already trained for {step} steps ({last_path}); best val mIoU {best['mIoU']:.3f}")
-        return {**summary, "val_mIoU": _finite(best["mIoU"]), "steps": step}
-
     samples = SegmentationSamples(train_set, sources, crop_size=settings.crop_size,
                                   scale_min=settings.scale_min, scale_max=settings.scale_max,
                                   mean=model.mean, std=model.std, seed=cfg.runtime.seed)
-    end = settings.steps if stop_after is None else min(settings.steps, stop_after)
-    batches = StepBatches(len(samples), settings.batch_size, seed=cfg.runtime.seed, start=step, total=end)
-    # the loader's own generator keeps its draws out of the global stream (dropout) that resuming restores
-    loader = DataLoader(samples, batch_sampler=batches, num_workers=cfg.runtime.num_workers,
-                        worker_init_fn=runtime.worker_seed,
-                        generator=torch.Generator().manual_seed(cfg.runtime.seed))
     val_ids = [i for i in val_set.ids if val_set.has_mask(i)]
-    writer = board.open_writer(cfg, STAGE)
-    for reason in reasons:
-        writer.add_text("warning", reason, step)
+    writer = board.open_writer(cfg, STAGE) if main else None
+    if writer is not None:
+        for reason in reasons:
+            writer.add_text("warning", reason, 0)
+    precision = cfg.runtime.precision
 
-    saved = {"step": step}
+    def validate(net, step: int, log) -> dict:
+        with runtime.autocast(device, precision):
+            result = _validate(net, val_set, val_ids, settings.batch_size)
+        if val_ids:
+            log.add_scalar("val/mIoU", result["mIoU"], step)
+            log.add_scalar("val/pixel_accuracy", result["pixel_accuracy"], step)
+            print(f"step {step}: val mIoU {result['mIoU']:.3f}", flush=True)
+        return result
 
-    def save_last(done: int) -> None:
-        if done != saved["step"] or not last_path.exists():
-            checkpoint.save_training_state(last_path, model=model, optimizer=optimizer, scheduler=scheduler,
-                                           step=done, extra={**describe, "best": best})
-            saved["step"] = done
+    def train_mode(net) -> None:
+        net.train()
+        net.freeze_backbone_batchnorm(freeze_bn)
 
-    model.train()
-    model.freeze_backbone_batchnorm(freeze_bn)
-    progress = tqdm(total=settings.steps, initial=step, desc=STAGE, unit="step")
-    done = step
+    spec = training.TrainingSpec(
+        stage=STAGE, checkpoints=CHECKPOINTS, model=model, optimizer=optimizer, scheduler=scheduler,
+        steps=settings.steps, val_every=settings.val_every, batch_size=settings.batch_size, samples=samples,
+        loss=pixel_loss, metric="mIoU", describe=describe, resume_keys=RESUME_KEYS, validate=validate,
+        train_mode=train_mode, writer=writer)
     try:
-        for images, labels in loader:
-            labels = labels.to(device)
-            logits = model(images.to(device))
-            # summed over labelled pixels / their count: a crop of nothing but ignore gives 0, not NaN
-            loss = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum") \
-                / (labels != IGNORE).sum().clamp(min=1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            done += 1
-            progress.update(1)
-            writer.add_scalar("train/loss", loss.item(), done)
-            writer.add_scalar("train/lr_backbone", optimizer.param_groups[0]["lr"], done)
-            writer.add_scalar("train/lr_head", optimizer.param_groups[1]["lr"], done)
-            if done % 10 == 0:
-                progress.set_postfix(loss=f"{loss.item():.3f}")
-            if done % settings.val_every == 0 or done == settings.steps:
-                result = _validate(model, val_set, val_ids, settings.batch_size)
-                if val_ids:
-                    writer.add_scalar("val/mIoU", result["mIoU"], done)
-                    writer.add_scalar("val/pixel_accuracy", result["pixel_accuracy"], done)
-                    progress.write(f"step {done}: val mIoU {result['mIoU']:.3f}")
-                if not (result["mIoU"] <= best["mIoU"]):  # NaN (no validation masks): keep the latest
-                    best = {**result, "step": done}
-                    checkpoint.save_training_state(best_path, model=model, step=done,
-                                                   extra={**describe, "best": best})
-                save_last(done)
-    except KeyboardInterrupt:
-        save_last(done)
-        progress.write(f"interrupted: saved step {done} to {last_path}; rerun to resume")
-        raise
+        outcome = training.fit(cfg, spec, device=device, stop_after=stop_after)
     finally:
-        progress.close()
-        writer.close()
-    save_last(done)  # stopped early (stop_after) between validations; else already saved
-    return {**summary, "val_mIoU": _finite(best["mIoU"]), "steps": done}
+        if writer is not None:
+            writer.close()
+    best = outcome.best
+    if not outcome.trained:
+        print(f"DeepLab already trained for {outcome.step} steps; best val mIoU {best['mIoU']:.3f}")
+    return {**summary, "val_mIoU": _finite(best["mIoU"]), "steps": outcome.step}
 
 
 def _finite(value: float) -> float:

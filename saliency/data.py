@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from common import files
+from common.training import sample_rng, split_item
 from datasets.voc import IMAGE_SUFFIXES
 
 # (image folder, mask folder) layouts understood under a saliency root, in order of preference
@@ -46,17 +47,25 @@ def resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
+# tag of the saliency augmentation streams (DeepLab and the classifier use others)
+AUGMENTATION_STREAM = 3
+
+
 class SaliencyPairs(Dataset):
     """Training: resize to (S + S/7)^2, random S x S crop, random flip (the checkpoint's recipe:
-    256 -> 224). Validation: resize to S x S; the original-size mask comes along for scoring."""
+    256 -> 224). Validation: resize to S x S; the original-size mask comes along for scoring.
 
-    def __init__(self, pairs: list[tuple[Path, Path]], size: int, train: bool) -> None:
-        self.pairs, self.size, self.train = pairs, size, train
+    Items are pair indices, or (index, stream position) pairs from ``common.training.StepBatches``;
+    a training sample's crop and flip are drawn from (seed, position) only."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], size: int, train: bool, seed: int = 0) -> None:
+        self.pairs, self.size, self.train, self.seed = pairs, size, train, seed
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item):
+        index, _ = split_item(item)
         image_path, mask_path = self.pairs[index]
         image = image_tensor(files.read_image(image_path))
         mask = torch.from_numpy((files.read_label_png(mask_path) > 127).astype(np.float32))[None]
@@ -66,10 +75,11 @@ class SaliencyPairs(Dataset):
             return resize(image, (self.size, self.size)), mask
         big = self.size + self.size // 7
         image, mask = resize(image, (big, big)), resize(mask, (big, big))
-        top, left = np.random.randint(0, big - self.size + 1, size=2)
+        rng = sample_rng(self.seed, AUGMENTATION_STREAM, item)
+        top, left = (int(v) for v in rng.integers(0, big - self.size + 1, size=2))
         image = image[:, top:top + self.size, left:left + self.size]
         mask = (mask[:, top:top + self.size, left:left + self.size] > 0.5).float()
-        if np.random.rand() < 0.5:
+        if rng.random() < 0.5:
             image, mask = image.flip(-1), mask.flip(-1)
         return image, mask
 

@@ -8,16 +8,12 @@ Nothing to do when ``saliency.checkpoint`` names a ready network.
 """
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from common import board, checkpoint, metrics, runtime
-from common.layout import Layout
+from common import distributed, metrics, runtime, training
 from saliency.data import SaliencyPairs, deep_supervision_targets, find_pairs
 from saliency.picanet import PiCANet
 
@@ -63,15 +59,15 @@ def predict(model: PiCANet, images: torch.Tensor) -> torch.Tensor:
     return model(model.prepare(images))[-1]
 
 
-def validate(model: PiCANet, loader: DataLoader, device) -> tuple[dict, list]:
+def validate(model: PiCANet, loader: DataLoader, device, precision: str = "fp32") -> tuple[dict, list]:
     """Max F and MAE at each image's own size; a few (image, truth, prediction) samples."""
     was_training = model.training
     model.eval()
     scores = metrics.SaliencyScores()
     samples = []
-    with torch.no_grad():
+    with torch.no_grad(), runtime.autocast(device, precision):
         for images, masks in loader:
-            probs = predict(model, images.to(device)).cpu()
+            probs = predict(model, runtime.to_device(images, device)).float().cpu()
             for image, mask, prob in zip(images, masks, probs):
                 full = F.interpolate(prob[None], size=mask.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
                 scores.update(full.numpy(), mask[0].numpy())
@@ -101,85 +97,76 @@ def _freeze_encoder_batchnorm(model: PiCANet) -> None:
             module.eval()
 
 
-def run(cfg) -> dict:
+def make_optimizer(model: PiCANet, settings):
+    """Adam or SGD with the encoder and decoder at their own rates, and the step schedule."""
+    groups = [{"params": list(model.encoder.parameters()), "lr": settings.lr_encoder},
+              {"params": list(model.decoder.parameters()), "lr": settings.lr_decoder}]
+    if settings.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(groups, weight_decay=settings.weight_decay)
+    return optimizer, training.step_schedule(optimizer, settings.lr_step, 0.1)
+
+
+def supervision_loss(network, batch, device) -> torch.Tensor:
+    """Deep-supervision loss of one batch; ``network`` may be the DDP wrapper of a PiCANet."""
+    images, masks = batch
+    model = getattr(network, "module", network)
+    side_outputs = network(model.prepare(runtime.to_device(images, device)))
+    # binary cross-entropy of probabilities is refused under autocast (unsafe in float16): scored in float32
+    with torch.autocast(device.type, enabled=False):
+        return deep_supervision_loss([o.float() for o in side_outputs], runtime.to_device(masks, device))
+
+
+def run(cfg, *, stop_after: int | None = None) -> dict:
+    """Train (or resume) PiCANet; returns {"max_F", "MAE", "steps"} ({} with saliency.checkpoint).
+    ``stop_after``: stop once this many steps are done, as an interruption would."""
     settings = cfg.saliency
     if settings.checkpoint:
         print(f"saliency.checkpoint = {settings.checkpoint}: using that network, nothing to train")
         return {}
     device = runtime.select_device(cfg.runtime.device)
-    layout = Layout(cfg)
+    distributed.init_process_group_if_needed(device)
+    device = distributed.device_for_rank(device)
     train_pairs, val_pairs = data_roots(cfg)
-    print(f"saliency training: {len(train_pairs)} images, validation: {len(val_pairs)}")
+    if distributed.is_main():
+        print(f"saliency training: {len(train_pairs)} images, validation: {len(val_pairs)}")
     model = PiCANet(encoder=settings.encoder, paper_attention=settings.paper_attention)
     if settings.pretrained:
         model.load_imagenet(settings.weights_path)
     model.to(device)
-    encoder_params = list(model.encoder.parameters())
-    decoder_params = list(model.decoder.parameters())
-    if settings.optimizer == "sgd":
-        optimizer = torch.optim.SGD([{"params": encoder_params, "lr": settings.lr_encoder},
-                                     {"params": decoder_params, "lr": settings.lr_decoder}],
-                                    momentum=settings.momentum, weight_decay=settings.weight_decay)
-    else:
-        optimizer = torch.optim.Adam([{"params": encoder_params, "lr": settings.lr_encoder},
-                                      {"params": decoder_params, "lr": settings.lr_decoder}],
-                                     weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=0.1)
-
-    last_path, best_path = layout.checkpoint(CHECKPOINTS, "last"), layout.checkpoint(CHECKPOINTS, "best")
+    optimizer, scheduler = make_optimizer(model, settings)
     describe = {"encoder": settings.encoder, "paper_attention": settings.paper_attention,
                 "input_size": settings.input_size}
-    step, best = 0, {"max_F": float("-inf")}
-    if last_path.exists() and not cfg.runtime.overwrite:
-        state = checkpoint.load_training_state(last_path, model=model, optimizer=optimizer,
-                                               scheduler=scheduler, map_location=device)
-        step, best = state["step"], state["extra"].get("best", best)
-        print(f"resuming saliency training from step {step} ({last_path})")
-    if step >= settings.steps:
-        print(f"saliency network already trained for {step} steps; best val max F {best['max_F']:.3f}")
-        return {"max_F": best["max_F"], "MAE": best.get("MAE"), "steps": step}
+    val_loader = training.eval_loader(SaliencyPairs(val_pairs, settings.input_size, train=False),
+                                      batch_size=settings.batch_size, num_workers=cfg.runtime.num_workers,
+                                      device=device, seed=cfg.runtime.seed, collate_fn=_collate_val)
+    precision = cfg.runtime.precision
 
-    workers = cfg.runtime.num_workers
-    train_loader = DataLoader(SaliencyPairs(train_pairs, settings.input_size, train=True),
-                              batch_size=min(settings.train_batch_size, len(train_pairs)), shuffle=True,
-                              drop_last=True, num_workers=workers, worker_init_fn=runtime.worker_seed,
-                              persistent_workers=workers > 0)
-    val_loader = DataLoader(SaliencyPairs(val_pairs, settings.input_size, train=False),
-                            batch_size=settings.batch_size, num_workers=workers, collate_fn=_collate_val)
-    batches = (batch for _ in itertools.count() for batch in train_loader)
-    writer = board.open_writer(cfg, STAGE)
-    model.train()
-    if settings.freeze_encoder_bn:
-        _freeze_encoder_batchnorm(model)
-    progress = tqdm(range(step, settings.steps), initial=step, total=settings.steps, desc=STAGE)
-    for step in progress:
-        images, masks = next(batches)
-        side_outputs = model(model.prepare(images.to(device)))
-        loss = deep_supervision_loss(side_outputs, masks.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        done = step + 1
-        if done % 10 == 0 or done == settings.steps:
-            writer.add_scalar("train/loss", loss.item(), done)
-            writer.add_scalar("train/lr_decoder", optimizer.param_groups[1]["lr"], done)
-            progress.set_postfix(loss=f"{loss.item():.3f}")
-        if done % settings.val_every == 0 or done == settings.steps:
-            result, samples = validate(model, val_loader, device)
-            if settings.freeze_encoder_bn:
-                _freeze_encoder_batchnorm(model)
-            writer.add_scalar("val/max_F", result["max_F"], done)
-            writer.add_scalar("val/MAE", result["MAE"], done)
-            writer.add_image("val/image_truth_prediction", _sample_grid(samples), done)
-            progress.write(f"step {done}: val max F {result['max_F']:.3f}, MAE {result['MAE']:.3f}")
-            if result["max_F"] > best["max_F"]:
-                best = {**result, "step": done}
-                checkpoint.save_training_state(best_path, model=model, step=done,
-                                               extra={**describe, "best": best})
-            checkpoint.save_training_state(last_path, model=model, optimizer=optimizer, scheduler=scheduler,
-                                           step=done, extra={**describe, "best": best})
-    writer.close()
-    print(f"saliency: best val max F {best['max_F']:.3f}, MAE {best['MAE']:.3f} at step {best['step']}")
-    return {"max_F": best["max_F"], "MAE": best["MAE"], "steps": settings.steps}
+    def validate_and_log(net, step: int, writer) -> dict:
+        result, samples = validate(net, val_loader, device, precision)
+        writer.add_scalar("val/max_F", result["max_F"], step)
+        writer.add_scalar("val/MAE", result["MAE"], step)
+        writer.add_image("val/image_truth_prediction", _sample_grid(samples), step)
+        print(f"step {step}: val max F {result['max_F']:.3f}, MAE {result['MAE']:.3f}", flush=True)
+        return result
+
+    def train_mode(net) -> None:
+        net.train()
+        if settings.freeze_encoder_bn:
+            _freeze_encoder_batchnorm(net)
+
+    spec = training.TrainingSpec(
+        stage=STAGE, checkpoints=CHECKPOINTS, model=model, optimizer=optimizer, scheduler=scheduler,
+        steps=settings.steps, val_every=settings.val_every,
+        batch_size=min(settings.train_batch_size, len(train_pairs)),
+        samples=SaliencyPairs(train_pairs, settings.input_size, train=True, seed=cfg.runtime.seed),
+        loss=supervision_loss, metric="max_F", describe=describe, resume_keys=tuple(describe),
+        validate=validate_and_log, train_mode=train_mode, grad_clip=settings.grad_clip)
+    outcome = training.fit(cfg, spec, device=device, stop_after=stop_after)
+    best = outcome.best
+    if not outcome.trained:
+        print(f"saliency network already trained for {outcome.step} steps; best val max F {best['max_F']:.3f}")
+    elif distributed.is_main() and "step" in best:
+        print(f"saliency: best val max F {best['max_F']:.3f}, MAE {best['MAE']:.3f} at step {best['step']}")
+    return {"max_F": best["max_F"], "MAE": best.get("MAE"), "steps": outcome.step}

@@ -1,0 +1,395 @@
+"""The one training loop shared by TRAIN_SALIENCY, TRAIN_SEED and TRAIN_DEEPLAB.
+
+What every training gets from :func:`fit`:
+
+* Step-deterministic batches (:class:`StepBatches`): the global batch of step k depends only on
+  (seed, k), and each sample's augmentation only on (seed, its stream position), so a resumed run,
+  any number of DataLoader workers and any number of processes see the same batches.
+* Resume from ``checkpoints/<name>/last.pt`` with the settings check *before* any weights load: a
+  checkpoint trained with other settings is refused with one message naming them (no raw
+  "size mismatch" traceback from ``load_state_dict``).
+* ``last.pt`` every ``runtime.checkpoint_every`` steps, at every validation, at the end and on
+  SIGINT/SIGTERM (then the process exits with a message); ``best.pt`` whenever validation improves.
+* A stop at the first non-finite loss (:class:`TrainingError` naming the step and the checkpoint
+  kept), before that step's update touches the weights.
+* ``runtime.precision``: autocast (bf16 / fp16) with a grad scaler for fp16.
+* Data parallelism under torchrun: each rank trains on its slice of the global batch, gradients
+  are averaged by DistributedDataParallel, rank 0 alone validates and writes checkpoints and logs.
+
+BatchNorm under several processes: each rank normalises with its own slice's statistics (the
+running statistics kept are rank 0's, broadcast by DDP at every forward). On CUDA the layers that
+still learn statistics are converted to SyncBatchNorm, so the statistics are the global batch's as
+in one process; gloo (CPU) has no SyncBatchNorm, and there the per-rank statistics are the
+documented difference from one process. Frozen BatchNorm (eval mode) is exact everywhere.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from common import checkpoint, distributed, runtime
+from common.layout import Layout
+
+
+class TrainingError(RuntimeError):
+    """A training cannot go on (non-finite loss, unusable settings); the message is one line that
+    says what happened and what was kept."""
+
+
+class SettingsMismatch(TrainingError, ValueError):
+    """``last.pt`` was trained with other settings than the current configuration."""
+
+
+# ---- batches ---------------------------------------------------------------------------------------
+
+class StepBatches(Sampler):
+    """Batches for steps ``start`` .. ``total - 1`` of an endless shuffled stream of ``num_items``
+    training items.
+
+    Step k's global batch holds stream positions k*B .. k*B + B - 1, and epoch e's order is a
+    permutation drawn from (seed, e). Each item is (item index, stream position); the position
+    seeds that sample's augmentation. So a batch depends only on (seed, k): resuming at step k gives
+    the batches an uninterrupted run would have seen, with any number of workers. With ``world``
+    processes, rank r takes positions r*B/world .. (r+1)*B/world - 1 of each global batch.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, *, seed: int, start: int, total: int,
+                 rank: int = 0, world: int = 1) -> None:
+        if num_items <= 0:
+            raise ValueError("no training items")
+        if batch_size % world:
+            raise ValueError(f"the batch size {batch_size} does not split evenly over {world} processes")
+        self.num_items, self.batch_size = num_items, batch_size
+        self.seed, self.start, self.total = seed, start, total
+        self.rank, self.world = rank, world
+        self._orders: dict[int, np.ndarray] = {}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.num_items)}
+        return self._orders[epoch]
+
+    def positions(self, step: int) -> range:
+        """The stream positions this rank trains on at ``step``."""
+        share = self.batch_size // self.world
+        first = step * self.batch_size + self.rank * share
+        return range(first, first + share)
+
+    def __iter__(self):
+        for step in range(self.start, self.total):
+            batch = []
+            for position in self.positions(step):
+                epoch, offset = divmod(position, self.num_items)
+                batch.append((int(self._order(epoch)[offset]), position))
+            yield batch
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+
+def sample_rng(seed: int, stream: int, item) -> np.random.Generator:
+    """The augmentation generator of one training sample: depends on (seed, stream, position)
+    only, never on the process, the worker or how often training was restarted. ``item`` is what
+    :class:`StepBatches` yields, (index, position), or a bare index (position = index)."""
+    position = item[1] if isinstance(item, tuple) else int(item)
+    return np.random.default_rng([seed, stream, position])
+
+
+def split_item(item) -> tuple[int, int]:
+    """(index, position) of a sampler item; a bare index is its own position."""
+    return (int(item[0]), int(item[1])) if isinstance(item, tuple) else (int(item), int(item))
+
+
+def eval_loader(samples: Dataset, *, batch_size: int, num_workers: int, device: torch.device,
+                seed: int = 0, collate_fn=None) -> DataLoader:
+    """A validation loader in item order. It has its own generator so iterating it draws nothing
+    from the global random stream that checkpoints carry."""
+    return DataLoader(samples, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate_fn, pin_memory=device.type == "cuda",
+                      generator=torch.Generator().manual_seed(seed))
+
+
+# ---- schedules -------------------------------------------------------------------------------------
+
+def poly_schedule(optimizer, total_steps: int, power: float = 0.9):
+    """Learning rate x (1 - step / total) ** power, reaching 0 at ``total_steps``."""
+    total = max(1, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total) ** power)
+
+
+def step_schedule(optimizer, step_size: int, gamma: float = 0.1):
+    """Learning rate x ``gamma`` every ``step_size`` steps."""
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
+
+
+# ---- checkpoints and settings ----------------------------------------------------------------------
+
+def check_settings(path: Path, saved: dict, current: dict, keys: Sequence[str]) -> None:
+    """Refuse to resume ``path`` when any of ``keys`` differs between the checkpoint's saved
+    settings and the current ones. Called before any weights load, so a setting that changes a
+    network's shape is reported by name, not as a size mismatch."""
+    different = [k for k in keys if saved.get(k) != current.get(k)]
+    if different:
+        listed = ", ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in different)
+        raise SettingsMismatch(f"{path} was trained with other settings ({listed}): set "
+                               f"runtime.overwrite=true to start again, or use another paths.checkpoints")
+
+
+# ---- the loop --------------------------------------------------------------------------------------
+
+@dataclass
+class TrainingSpec:
+    """What one training is: its network, optimiser, data, loss and validation.
+
+    ``loss(network, batch, device)`` returns the scalar loss of this rank's part of a batch;
+    ``network`` is the model, or its DistributedDataParallel wrapper under torchrun (call it for
+    the forward pass; use the model itself for anything else). ``validate(model, step)`` runs on
+    rank 0 only and returns a dict holding ``metric`` (higher is better; NaN when nothing can be
+    scored, which keeps the latest network as best); it may log to ``writer``. ``train_mode(model)``
+    puts the model in training mode (with any BatchNorm freezing); it is called at the start and
+    after every validation.
+    """
+
+    stage: str  # tensorboard folder (runs/<stage>/) and progress label
+    checkpoints: str  # checkpoints/<checkpoints>/{best,last}.pt
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    steps: int
+    val_every: int
+    batch_size: int  # the global batch; under torchrun each rank takes batch_size / world
+    samples: Dataset  # items are StepBatches' (index, position) pairs
+    loss: Callable[[torch.nn.Module, Any, torch.device], torch.Tensor]
+    metric: str
+    describe: dict  # saved with every checkpoint (what rebuilds the network, and the settings)
+    resume_keys: Sequence[str]  # the keys of ``describe`` a checkpoint must share to be resumed
+    validate: Callable[[torch.nn.Module, int, Any], dict] | None = None
+    train_mode: Callable[[torch.nn.Module], None] | None = None
+    grad_clip: float = 0.0  # max gradient norm; 0 = none
+    # channels_last memory format for the model on CUDA. Off in every stage: on an H200 it made
+    # DeepLab's training steps faster at batch 32 x 321 in bf16 (26.6 vs 17.9 steps/s) but the demo's
+    # TRAIN_DEEPLAB slower (validation at each image's own size), and gave the others nothing
+    channels_last: bool = False
+    collate_fn: Callable | None = None
+    log_every: int = 10
+    writer: Any = None  # a tensorboard writer (rank 0) or None to open runs/<stage>/
+
+
+@dataclass
+class Outcome:
+    step: int  # steps done
+    best: dict  # the best validation result (with its "step"), or {metric: -inf} before any
+    resumed_from: int  # 0 for a fresh start
+    trained: bool = field(default=True)  # False when the checkpoint had already reached ``steps``
+
+
+class _NullWriter:
+    """Tensorboard stand-in for ranks other than 0: they log nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM set a flag (checked after each step) instead of killing a half-done step; a
+    second signal while the first is being handled interrupts at once."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _convert_batchnorm_for_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None = None) -> Outcome:
+    """Train ``spec`` to ``spec.steps`` (or ``stop_after``), resuming from last.pt unless
+    ``runtime.overwrite``; returns what was reached. See the module docstring for what it does."""
+    layout = Layout(cfg)
+    last_path = layout.checkpoint(spec.checkpoints, "last")
+    best_path = layout.checkpoint(spec.checkpoints, "best")
+    rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
+    if spec.batch_size % world:
+        raise TrainingError(f"{spec.stage}: the batch size {spec.batch_size} does not split evenly over "
+                            f"{world} processes; choose a multiple of {world}")
+    model, optimizer, scheduler = spec.model, spec.optimizer, spec.scheduler
+    metric = spec.metric
+    start, best = 0, {metric: float("-inf")}
+    state = None
+    if last_path.exists() and not cfg.runtime.overwrite:
+        state = checkpoint.read_state(last_path)
+        check_settings(last_path, state.get("extra", {}), spec.describe, spec.resume_keys)
+        model.load_state_dict(state["model"])
+        if state.get("optimizer") is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        if state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        start, best = state["step"], state["extra"].get("best", best)
+        if main:
+            print(f"resuming {spec.stage} at step {start} of {spec.steps} ({last_path})", flush=True)
+    if start >= spec.steps:
+        return Outcome(step=start, best=best, resumed_from=start, trained=False)
+    _restore_random_state(state, cfg.runtime.seed, rank, world)
+
+    end = spec.steps if stop_after is None else max(start, min(spec.steps, stop_after))
+    batches = StepBatches(len(spec.samples), spec.batch_size, seed=cfg.runtime.seed, start=start, total=end,
+                          rank=rank, world=world)
+    # the loader's own generator keeps its draws out of the global stream (dropout) that resuming restores
+    workers = cfg.runtime.num_workers
+    loader = DataLoader(spec.samples, batch_sampler=batches, num_workers=workers, collate_fn=spec.collate_fn,
+                        worker_init_fn=runtime.worker_seed, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(cfg.runtime.seed))
+    train_mode = spec.train_mode or (lambda m: m.train())
+    # before DDP's wrapper records which parameters learn (freezing may switch some off)
+    train_mode(model)
+    if spec.channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    network: torch.nn.Module = model
+    if world > 1:
+        network = torch.nn.parallel.DistributedDataParallel(
+            _convert_batchnorm_for_ddp(model, device),
+            device_ids=[device.index] if device.type == "cuda" else None)
+    precision = cfg.runtime.precision
+    scaler = runtime.grad_scaler(device, precision)
+    own_writer = spec.writer is None and main
+    writer = spec.writer if spec.writer is not None else (_open_writer(cfg, spec.stage) if main else _NullWriter())
+    if not main:
+        writer = _NullWriter()
+
+    saved = {"step": start if state is not None else None}
+
+    def save_last(done: int) -> None:
+        rng_ranks = distributed.all_gather_object(runtime.rng_state()) if world > 1 else None
+        if main and saved["step"] != done:
+            extra = {**spec.describe, "best": best}
+            if rng_ranks is not None:
+                extra["rng_ranks"] = rng_ranks
+            checkpoint.save_training_state(last_path, model=model, optimizer=optimizer, scheduler=scheduler,
+                                           step=done, extra=extra)
+        saved["step"] = done
+
+    progress = tqdm(total=end, initial=start, desc=spec.stage, unit="step", disable=not main)
+    done = start
+    every = cfg.runtime.checkpoint_every
+    try:
+        with _StopSignals() as signals:
+            for batch in loader:
+                with runtime.autocast(device, precision):
+                    loss = spec.loss(network, batch, device)
+                # one all-reduce per step: the mean loss (NaN anywhere stops everyone) and any stop signal
+                shared = torch.tensor([loss.detach().float().item(), float(signals.received is not None)])
+                distributed.all_reduce_sum_(shared)
+                mean_loss = shared[0].item() / world
+                if not math.isfinite(mean_loss):
+                    kept = (f"the last good checkpoint {last_path} (step {saved['step']}) is kept"
+                            if saved["step"] is not None else "no checkpoint was written yet")
+                    raise TrainingError(
+                        f"{spec.stage}: the loss is {mean_loss} at step {done + 1}; training stopped before "
+                        f"that step's update and {kept}. Lower the learning rate, or use "
+                        f"runtime.precision=fp32 if it is {precision}")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if spec.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                with warnings.catch_warnings():
+                    # fp16: the scaler skips the update of a step with inf gradients (its first ones,
+                    # while it finds its scale); the schedule still counts that step, on purpose
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                    scheduler.step()
+                done += 1
+                progress.update(1)
+                if done % spec.log_every == 0 or done == end:
+                    writer.add_scalar("train/loss", mean_loss, done)
+                    for index, group in enumerate(optimizer.param_groups):
+                        writer.add_scalar(f"train/lr_group{index}", group["lr"], done)
+                    progress.set_postfix(loss=f"{mean_loss:.3f}")
+                validated = False
+                if spec.val_every and (done % spec.val_every == 0 or done == spec.steps):
+                    result = _validate(spec, model, done, writer)
+                    train_mode(model)
+                    validated = True
+                    if not (result[metric] <= best[metric]):  # NaN (nothing to score): keep the latest
+                        best = {**result, "step": done}
+                        if main:
+                            checkpoint.save_training_state(best_path, model=model, step=done,
+                                                           extra={**spec.describe, "best": best})
+                if validated or (every and done % every == 0) or done == end:
+                    save_last(done)
+                if shared[1].item() > 0:
+                    save_last(done)
+                    name = signal.Signals(signals.received).name if signals.received else "a stop signal"
+                    message = (f"{spec.stage}: {name} received: saved step {done} to {last_path}; "
+                               f"run again to resume")
+                    if main:
+                        progress.write(message, file=sys.stderr)
+                    raise SystemExit(128 + (signals.received or signal.SIGTERM))
+    finally:
+        progress.close()
+        if own_writer:
+            writer.close()
+    return Outcome(step=done, best=best, resumed_from=start)
+
+
+def _open_writer(cfg, stage: str):
+    from common import board
+
+    return board.open_writer(cfg, stage)
+
+
+def _validate(spec: TrainingSpec, model, done: int, writer) -> dict:
+    """Rank 0 validates; the others wait for its result, so every rank keeps the same ``best``."""
+    result = None
+    if distributed.is_main():
+        if spec.validate is None:
+            result = {spec.metric: float("nan")}
+        else:
+            result = spec.validate(model, done, writer)
+    return distributed.broadcast_object(result)
+
+
+def _restore_random_state(state: dict | None, seed: int, rank: int, world: int) -> None:
+    """The global random streams (dropout) where the checkpoint left them. Under several processes
+    each rank has its own stream (rank 0 keeps the single-process one) and its own saved state."""
+    if state is not None:
+        ranks = state.get("extra", {}).get("rng_ranks")
+        if ranks is not None and len(ranks) == world:
+            runtime.set_rng_state(ranks[rank])
+            return
+        if state.get("rng") is not None and rank == 0:  # rank 0's stream is the single-process one
+            runtime.set_rng_state(state["rng"])
+            return
+    if rank > 0:
+        runtime.seed_everything(seed + 1_000_003 * rank)

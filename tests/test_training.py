@@ -1,0 +1,309 @@
+"""The shared training loop (common/training.py) in the three trainings: resume after SIGKILL gives
+the weights of an uninterrupted run, SIGTERM saves and exits, settings are checked before weights
+load, a non-finite loss stops training and keeps the last good checkpoint, and two processes (gloo)
+train like one on the same global batch."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from common import training
+from common.layout import Layout
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+# Runs one training in a fresh process with one thread (bit-identical results need the same
+# summation order). Hooks, from the environment: KILL_AT=n writes a marker file and sleeps once
+# last.pt holds step n (the test then kills it); SIGTERM_AT=n sends itself SIGTERM during the
+# n-th step of this run; NO_DROPOUT=1 turns dropout off (ranks draw their own masks, which one
+# process cannot reproduce).
+RUNNER = r'''
+import importlib, json, os, signal, sys, time
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, os.environ["PROJECT"])
+import config
+from common import checkpoint, distributed, runtime, training
+
+module_name, overrides = sys.argv[1], json.loads(sys.argv[2])
+cfg = config.validate(config.build_config("demo", overrides))
+if os.environ.get("NO_DROPOUT"):
+    torch.nn.Dropout.forward = lambda self, x: x
+kill_at = int(os.environ.get("KILL_AT", 0))
+if kill_at:
+    save = checkpoint.save_training_state
+    def save_then_wait(path, **kwargs):
+        save(path, **kwargs)
+        if path.name == "last.pt" and kwargs.get("step") == kill_at:
+            (path.parent / "killable").write_text(str(kill_at))
+            time.sleep(600)
+    checkpoint.save_training_state = save_then_wait
+sigterm_at = int(os.environ.get("SIGTERM_AT", 0))
+if sigterm_at:
+    fit = training.fit
+    def fit_with_signal(cfg, spec, **kwargs):
+        loss, calls = spec.loss, [0]
+        def counted(network, batch, device):
+            calls[0] += 1
+            if calls[0] == sigterm_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return loss(network, batch, device)
+        spec.loss = counted
+        return fit(cfg, spec, **kwargs)
+    training.fit = fit_with_signal
+runtime.seed_everything(cfg.runtime.seed)  # as main.run_stages does before each stage
+importlib.import_module(module_name).run(cfg)
+distributed.destroy_process_group()
+'''
+
+TRAININGS = {
+    "classifier": ("classifier.train_classifier", "classifier", {
+        "classifier.steps": 6, "classifier.val_every": 3, "classifier.batch_size": 4,
+        "classifier.crop_size": 48}),
+    "saliency": ("saliency.train_saliency", "saliency", {
+        "saliency.steps": 6, "saliency.val_every": 3, "saliency.train_batch_size": 2,
+        "saliency.input_size": 64, "saliency.batch_size": 8}),
+    "deeplab": ("deeplab.train_deeplab", "deeplab", {
+        "deeplab.steps": 6, "deeplab.val_every": 3, "deeplab.batch_size": 2, "deeplab.crop_size": 48,
+        "deeplab.gt_percentage": 100.0}),
+}
+
+
+@pytest.fixture
+def runner(tmp_path, tiny_synthetic_root):
+    """``runner(name, folder, env=..., **overrides) -> Popen`` starts training ``name`` with its tmp,
+    runs and checkpoints under tmp_path/folder; ``wait`` it or kill it."""
+    script = tmp_path / "run_training.py"
+    script.write_text(RUNNER)
+
+    def start(name: str, folder: str, *, env: dict | None = None, processes: int = 1, **overrides):
+        module, _, settings = TRAININGS[name]
+        base = tmp_path / folder
+        values = {**settings, "dataset.root": str(tiny_synthetic_root), "synthetic.num_train": 48,
+                  "synthetic.num_val": 16, "synthetic.saliency_num_train": 24, "synthetic.saliency_num_val": 8,
+                  "paths.tmp": str(base / "tmp"), "paths.runs": str(base / "runs"),
+                  "paths.checkpoints": str(base / "checkpoints"), "runtime.num_workers": 0,
+                  "runtime.checkpoint_every": 2, "runtime.device": "cpu", **overrides}
+        assignments = json.dumps([f"{key}={value}" for key, value in values.items()])
+        environment = {**os.environ, "PROJECT": str(PROJECT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                       **(env or {})}
+        command = [sys.executable, str(script), module, assignments]
+        if processes > 1:
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                       f"--nproc_per_node={processes}", str(script), module, assignments]
+        return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=tmp_path)
+
+    return start
+
+
+def finished(process: subprocess.Popen, expected_rc: int = 0) -> str:
+    """Wait for ``process``; its stdout and stderr. Fails with them when the exit code is unexpected."""
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == expected_rc, f"exit {process.returncode}\n{out[-3000:]}\n{err[-3000:]}"
+    return out + err
+
+
+def last_state(base: Path, checkpoints: str) -> dict:
+    return torch.load(base / "checkpoints" / checkpoints / "last.pt", map_location="cpu", weights_only=False)
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
+    assert a["model"].keys() == b["model"].keys()
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    for key, state in a["optimizer"]["state"].items():
+        for field, value in state.items():
+            if torch.is_tensor(value):
+                assert torch.equal(value, b["optimizer"]["state"][key][field]), (key, field)
+    assert a["extra"]["best"] == b["extra"]["best"]
+
+
+def kill_when_saved(process: subprocess.Popen, marker: Path) -> None:
+    """SIGKILL ``process`` once its checkpoint_every save wrote ``marker`` (the runner then sleeps)."""
+    deadline = time.time() + 600
+    while not marker.exists():
+        if process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"training ended (exit {process.returncode}) before it could be killed\n{err[-3000:]}")
+        assert time.time() < deadline, "no checkpoint_every save within 10 minutes"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("name", ["classifier", "saliency", "deeplab"])
+def test_sigkill_then_rerun_gives_the_weights_of_an_uninterrupted_run(runner, tmp_path, name):
+    _, checkpoints, _ = TRAININGS[name]
+    finished(runner(name, "whole"))
+    # the classifier's interrupted run loads its batches in a worker process: same batches
+    workers = 1 if name == "classifier" else 0
+    killed = runner(name, "killed", env={"KILL_AT": "4"}, **{"runtime.num_workers": workers})
+    marker = tmp_path / "killed" / "checkpoints" / checkpoints / "killable"
+    kill_when_saved(killed, marker)
+    assert last_state(tmp_path / "killed", checkpoints)["step"] == 4  # saved between validations (3, 6)
+    output = finished(runner(name, "killed", **{"runtime.num_workers": workers}))
+    assert "resuming" in output and "at step 4" in output
+    whole, resumed = last_state(tmp_path / "whole", checkpoints), last_state(tmp_path / "killed", checkpoints)
+    assert resumed["step"] == 6
+    assert_same_training_state(whole, resumed)
+    if name == "classifier":  # SIGTERM: the step in progress finishes, is saved, and the process exits
+        err = finished(runner(name, "stopped", env={"SIGTERM_AT": "3"}), expected_rc=128 + signal.SIGTERM)
+        assert "SIGTERM received: saved step 3" in err
+        assert last_state(tmp_path / "stopped", checkpoints)["step"] == 3
+        finished(runner(name, "stopped"))
+        assert_same_training_state(whole, last_state(tmp_path / "stopped", checkpoints))
+
+
+def test_two_processes_train_like_one_on_the_same_global_batch(runner, tmp_path):
+    settings = {"classifier.steps": 4, "classifier.val_every": 4, "classifier.batch_size": 4}
+    env = {"NO_DROPOUT": "1"}
+    finished(runner("classifier", "one", env=env, **settings))
+    finished(runner("classifier", "two", env=env, processes=2, **settings))
+    one, two = last_state(tmp_path / "one", "classifier"), last_state(tmp_path / "two", "classifier")
+    assert one["step"] == two["step"] == 4
+    assert len(two["extra"]["rng_ranks"]) == 2  # each rank's random state, for an exact resume
+    largest = max((one["model"][k].float() - two["model"][k].float()).abs().max().item() for k in one["model"])
+    assert largest <= 1e-5
+    # rank 0 alone logs: one tensorboard event file, not one per process
+    assert len(list((tmp_path / "two" / "runs" / "train_seed").glob("events.out.tfevents.*"))) == 1
+
+
+# ---- in-process: the settings check and the non-finite stop ---------------------------------------
+
+def test_changed_settings_are_named_before_any_weights_load(tiny_cfg):
+    from classifier import train_classifier
+
+    cfg = tiny_cfg(**{"classifier.steps": 2, "classifier.val_every": 2, "classifier.batch_size": 2,
+                      "classifier.crop_size": 32, "runtime.device": "cpu"})
+    train_classifier.run(cfg)
+    path = Layout(cfg).checkpoint("classifier", "last")
+    state = torch.load(path, weights_only=False)
+    # a checkpoint trained on three classes: its head has another shape
+    state["model"]["classifier.weight"] = state["model"]["classifier.weight"][:3].clone()
+    state["model"]["classifier.bias"] = state["model"]["classifier.bias"][:3].clone()
+    state["extra"].update(num_classes=3, class_names=state["extra"]["class_names"][:3])
+    torch.save(state, path)
+    cfg.classifier.steps = 4
+    with pytest.raises(training.SettingsMismatch, match=r"num_classes: 3 there.*runtime.overwrite=true") as info:
+        train_classifier.run(cfg)
+    assert "size mismatch" not in str(info.value)
+    cfg.runtime.overwrite = True
+    assert train_classifier.run(cfg)["steps"] == 4
+
+
+def test_saliency_compares_its_settings_on_resume(tiny_cfg):
+    from saliency import train_saliency
+
+    cfg = tiny_cfg(**{"saliency.steps": 1, "saliency.val_every": 1, "saliency.train_batch_size": 2,
+                      "saliency.input_size": 64, "runtime.device": "cpu"})
+    train_saliency.run(cfg)
+    cfg.saliency.input_size = 96
+    cfg.saliency.steps = 2
+    with pytest.raises(training.SettingsMismatch, match=r"input_size: 64 there, 96 now.*runtime.overwrite=true"):
+        train_saliency.run(cfg)
+
+
+class _Numbers(torch.utils.data.Dataset):
+    """x -> 2x; the sample at stream position ``poison`` is NaN."""
+
+    def __init__(self, poison: int) -> None:
+        self.poison = poison
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, item):
+        index, position = training.split_item(item)
+        value = float("nan") if position == self.poison else float(index)
+        return torch.tensor([value]), torch.tensor([2.0 * index])
+
+
+def _toy_spec(poison: int, width: int = 1) -> training.TrainingSpec:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(1, width)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def loss(network, batch, device):
+        x, y = (t.to(device) for t in batch)
+        return ((network(x)[:, :1] - y) ** 2).mean()
+
+    return training.TrainingSpec(
+        stage="toy", checkpoints="toy", model=model, optimizer=optimizer,
+        scheduler=training.poly_schedule(optimizer, 10), steps=10, val_every=0, batch_size=2,
+        samples=_Numbers(poison), loss=loss, metric="score", describe={"width": width},
+        resume_keys=("width",), writer=training._NullWriter())
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(make_cfg):
+    cfg = make_cfg(**{"runtime.checkpoint_every": 2})
+    layout = Layout(cfg)
+    spec = _toy_spec(poison=11)  # step 5 (positions 10, 11) holds the NaN
+    with pytest.raises(training.TrainingError, match=r"toy: the loss is nan at step 6.*last good checkpoint "
+                                                     r".*last\.pt \(step 4\) is kept") as info:
+        training.fit(cfg, spec, device=torch.device("cpu"))
+    assert "\n" not in str(info.value)
+    state = torch.load(layout.checkpoint("toy", "last"), weights_only=False)
+    assert state["step"] == 4
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert all(torch.isfinite(p).all() for p in spec.model.parameters())  # the NaN step never updated
+
+
+def test_toy_settings_check_comes_before_the_shape_mismatch(make_cfg):
+    cfg = make_cfg()
+    training.fit(cfg, _toy_spec(poison=-1, width=1), device=torch.device("cpu"))
+    with pytest.raises(training.SettingsMismatch, match="width: 1 there, 2 now"):
+        training.fit(cfg, _toy_spec(poison=-1, width=2), device=torch.device("cpu"))
+
+
+def test_step_batches_depend_only_on_seed_and_step_and_split_over_ranks():
+    whole = list(training.StepBatches(10, 4, seed=3, start=0, total=6))
+    resumed = list(training.StepBatches(10, 4, seed=3, start=4, total=6))
+    assert resumed == whole[4:]
+    halves = [list(training.StepBatches(10, 4, seed=3, start=0, total=6, rank=r, world=2)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*halves)] == whole
+    # every image once per epoch (10 positions = one epoch)
+    first_epoch = [index for batch in whole for index, position in batch if position < 10]
+    assert sorted(first_epoch) == list(range(10))
+    with pytest.raises(ValueError, match="does not split evenly over 3"):
+        training.StepBatches(10, 4, seed=3, start=0, total=6, world=3)
+
+
+def test_precision_helpers_refuse_fp16_on_cpu_and_autocast_bf16():
+    from common import runtime
+
+    with pytest.raises(RuntimeError, match="runtime.precision = fp16 needs a CUDA device"):
+        runtime.autocast("cpu", "fp16")
+    with pytest.raises(ValueError, match="runtime.precision = 'fp8'"):
+        runtime.autocast("cpu", "fp8")
+    layer = torch.nn.Linear(4, 4)
+    with runtime.autocast("cpu", "bf16"):
+        assert layer(torch.ones(1, 4)).dtype == torch.bfloat16
+    with runtime.autocast("cpu", "fp32"):
+        assert layer(torch.ones(1, 4)).dtype == torch.float32
+    assert not runtime.grad_scaler("cpu", "bf16").is_enabled()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_toy_training_on_cuda_at_reduced_precision(make_cfg, precision):
+    cfg = make_cfg(**{"runtime.precision": precision, "runtime.device": "cuda"})
+    spec = _toy_spec(poison=-1)
+    spec.model.cuda()
+    spec.optimizer = torch.optim.SGD(spec.model.parameters(), lr=0.01)
+    spec.scheduler = training.poly_schedule(spec.optimizer, 10)
+    outcome = training.fit(cfg, spec, device=torch.device("cuda"))
+    assert outcome.step == 10
+    state = torch.load(Layout(cfg).checkpoint("toy", "last"), weights_only=False)
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
