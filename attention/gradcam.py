@@ -80,7 +80,9 @@ class GradCam:
             logits = self.model(images)
             activations = self._activations
             batch, channels, height, width = activations.shape
-            maps = [activations.new_zeros((len(c), height, width)) for c in classes]
+            # the CAM itself in float32 even when the forward ran under autocast (bf16/fp16):
+            # in 8 mantissa bits the channel sum loses the small maps' detail
+            maps = [activations.new_zeros((len(c), height, width), dtype=torch.float32) for c in classes]
             slots = max((len(c) for c in classes), default=0)
             for slot in range(slots):
                 selector = torch.zeros_like(logits)
@@ -89,8 +91,8 @@ class GradCam:
                         selector[index, image_classes[slot]] = 1.0
                 (gradients,) = torch.autograd.grad(logits, activations, grad_outputs=selector,
                                                    retain_graph=slot < slots - 1)
-                weights = gradients.mean(dim=(2, 3), keepdim=True)
-                cams = F.relu((weights * activations).sum(dim=1))
+                weights = gradients.float().mean(dim=(2, 3), keepdim=True)
+                cams = F.relu((weights * activations.float()).sum(dim=1))
                 for index, image_classes in enumerate(classes):
                     if slot < len(image_classes):
                         maps[index][slot] = cams[index].detach()

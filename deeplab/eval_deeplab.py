@@ -1,12 +1,15 @@
 """EVAL_DEEPLAB: segment every image of ``eval.split`` at its own size and score it.
 
-Images are batched with padding to a multiple of the output stride that is cut off before
-scoring; optional multi-scale + flip averaging and the original's CRF post-processing. Writes
-predictions (VOC palette PNGs, ``Layout.prediction``) and side-by-side overlays (image | ground
-truth | prediction, ``Layout.overlay``); where masks exist, the confusion matrix, mIoU, per-class
-IoU and pixel accuracy go to tensorboard and to runs/eval_deeplab/report.{json,md}. A folder of new
+Images of equal size are batched (each padded only to its own multiple of the output stride,
+cut off before scoring), in batches fixed over the whole split and shared between torchrun's
+processes, so a prediction never depends on the number of processes or on its neighbours.
+Optional multi-scale + flip averaging and the original's CRF post-processing. Writes predictions
+(VOC palette PNGs, ``Layout.prediction``) and side-by-side overlays (image | ground truth |
+prediction, ``Layout.overlay``); where masks exist, the confusion matrix, mIoU, per-class IoU and
+pixel accuracy go to tensorboard and to runs/eval_deeplab/report.{json,md}. A folder of new
 photos gets predictions only. Predictions made by the same checkpoint with the same settings are
-reused on a rerun (runs/eval_deeplab/predictions.json records which) unless runtime.overwrite.
+reused on a rerun (runs/eval_deeplab/predictions.json, and predictions.rank<N>.json of an interrupted
+run, record which) unless runtime.overwrite.
 """
 from __future__ import annotations
 
@@ -20,10 +23,10 @@ import torch
 from tqdm import tqdm
 
 import datasets
-from common import board, files, metrics, runtime
+from common import board, distributed, files, metrics, runtime, work
 from common.crf import CrfParams
 from common.layout import Layout
-from deeplab.inference import batch_probabilities, crf_refine, size_batches
+from deeplab.inference import batch_probabilities, crf_refine
 from deeplab.models import build_deeplab
 
 STAGE = "eval_deeplab"
@@ -106,14 +109,21 @@ def markdown_report(result: dict) -> str:
 
 def run(cfg) -> dict:
     """Evaluate the trained DeepLab on ``eval.split``; returns {"mIoU", "pixel_accuracy",
-    "per_class_IoU", "images", "weakly_supervised"} (scores only where masks exist)."""
+    "per_class_IoU", "images", "weakly_supervised"} (scores only where masks exist).
+
+    Under torchrun each process predicts and scores its share of fixed, equal-size batches (so
+    every prediction is the same bytes whatever the number of processes); rank 0 sums the
+    confusion matrices and alone writes the report and tensorboard. Every rank returns the same
+    summary."""
     settings = cfg.eval
-    device = runtime.select_device(cfg.runtime.device)
+    device = distributed.device_for_rank(runtime.select_device(cfg.runtime.device))
     layout = Layout(cfg)
+    run_dir = layout.run_dir(STAGE)
+    work.begin_stage(device, [layout.folder("deeplab"), run_dir])
     model, extra, digest = load_trained(cfg, device)
     weakly = extra.get("weakly_supervised", not extra.get("segmentation_pretrained", False))
     reasons = extra.get("not_weakly_supervised_because", [])
-    if not weakly:
+    if not weakly and distributed.is_main():
         print("WARNING: this DeepLab is NOT weakly supervised: " + "; ".join(reasons), flush=True)
     image_set = datasets.build(cfg, settings.split)
     if image_set.num_classes + 1 != extra["num_classes"]:
@@ -125,23 +135,32 @@ def run(cfg) -> dict:
                     bilateral_compat=settings.crf_bilateral_compat, iterations=settings.crf_iterations)
     method = {"checkpoint_sha1": digest, "scales": list(settings.scales), "flip": settings.flip,
               "crf": settings.crf, "crf_unary": settings.crf_unary, "crf_confidence": settings.crf_confidence,
-              "crf_params": dataclasses.asdict(crf) if settings.crf else None}
-    manifest_path = layout.run_dir(STAGE) / "predictions.json"
-    reusable = _reusable_predictions(manifest_path, method, cfg.runtime.overwrite)
-    todo = [i for i in image_set.ids if not (i in reusable and layout.prediction(i).exists())]
-    if len(todo) < len(image_set.ids):
-        print(f"{len(image_set.ids) - len(todo)} predictions by this checkpoint and settings are already in "
+              "crf_params": dataclasses.asdict(crf) if settings.crf else None,
+              "precision": cfg.runtime.precision}
+    reusable = _reusable_predictions(run_dir, method, cfg.runtime.overwrite)
+    distributed.barrier()  # every rank has read the manifests before any rewrites its own
+
+    def done(image_id: str) -> bool:
+        return image_id in reusable and layout.prediction(image_id).exists()
+
+    # equal-size batches: an image is padded only to its own multiple of the output stride, never
+    # to a neighbour's size, and the batches are cut from every id, not from those still to do
+    batches = work.fixed_batches(image_set.ids, settings.batch_size, group=image_set.image_size)
+    my_ids = [i for batch in work.shard(batches) for i in batch]
+    todo_batches = work.my_batches(batches, done, False)
+    todo = set(i for batch in todo_batches for i in batch if not done(i))
+    reused = [i for i in my_ids if i not in todo]
+    if reused:
+        print(f"{len(reused)} predictions by this checkpoint and settings are already in "
               f"{layout.prediction('x').parent}; reused (runtime.overwrite recomputes)")
-    done_ids = sorted(set(image_set.ids) - set(todo))
 
     matrix = metrics.ConfusionMatrix(num_classes)
-    writer = board.open_writer(cfg, STAGE)
     overlay_ids = set(image_set.ids if settings.overlays < 0 else image_set.ids[:settings.overlays])
-    scored, pictures = 0, 0
-    progress = tqdm(total=len(image_set.ids), desc=f"eval {settings.split}", unit="img")
+    scored = 0
+    progress = tqdm(total=len(my_ids), desc=f"eval {settings.split}", unit="img")
 
     def finish(image_id: str, image: np.ndarray | None, prediction: np.ndarray) -> None:
-        nonlocal scored, pictures
+        nonlocal scored
         mask = image_set.mask(image_id)
         if mask is not None:
             matrix.update(mask, prediction)
@@ -151,29 +170,36 @@ def run(cfg) -> dict:
             truth = files.colorize(mask) if mask is not None else np.full_like(image, 255)
             picture = np.concatenate([image, truth, files.colorize(prediction)], axis=1)
             files.write_rgb(layout.overlay(image_id), picture)
-            if pictures < TENSORBOARD_PICTURES:
-                writer.add_image(f"{settings.split}/{image_id}", picture, 0, dataformats="HWC")
-                pictures += 1
         progress.update(1)
 
-    for image_id in done_ids:
+    for image_id in reused:
         finish(image_id, None, files.read_label_png(layout.prediction(image_id)))
-    sizes = {i: image_set.image_size(i) for i in todo}
-    for group in size_batches(todo, sizes, settings.batch_size):
+    progress_path = run_dir / f"predictions.rank{distributed.rank()}.json"
+    finished = set(reusable)
+    for group in todo_batches:
         images = [image_set.image(i) for i in group]
-        for image_id, image, probs in zip(group, images, batch_probabilities(model, images, settings.scales,
-                                                                              settings.flip)):
+        with runtime.autocast(device, cfg.runtime.precision):
+            probabilities = batch_probabilities(model, images, settings.scales, settings.flip)
+        for image_id, image, probs in zip(group, images, probabilities):
+            if image_id not in todo:  # its batch is recomputed whole; its prediction stays as it is
+                continue
             prediction = probs.argmax(0).cpu().numpy().astype(np.uint8)
             if settings.crf:
                 unaries = probs.cpu().numpy() if settings.crf_unary == "softmax" else None
                 prediction = crf_refine(image, prediction, num_classes, settings.crf_confidence, crf, unaries)
             files.write_label_png(layout.prediction(image_id), prediction)
             finish(image_id, image, prediction)
-        # recorded as we go, so an interrupted evaluation keeps what it finished
-        reusable.update(group)
-        files.write_text(manifest_path, json.dumps({"method": method, "ids": sorted(reusable)}, indent=1))
+        # recorded as we go (one file per process), so an interrupted evaluation keeps what it finished
+        finished.update(group)
+        files.write_text(progress_path, json.dumps({"method": method, "ids": sorted(finished)}, indent=1))
     progress.close()
 
+    # integer counts: their sum over processes equals one process's matrix exactly
+    gathered = distributed.all_gather_object((matrix, scored, sorted(finished)))
+    matrix = metrics.ConfusionMatrix(num_classes)
+    for part, _, _ in gathered:
+        matrix.merge(part)
+    scored = sum(rank_scored for _, rank_scored, _ in gathered)
     summary = {"images": len(image_set.ids), "images_scored": scored, "weakly_supervised": weakly,
                "gt_percentage": extra.get("gt_percentage")}
     if scored:
@@ -186,32 +212,59 @@ def run(cfg) -> dict:
                   "not_weakly_supervised_because": reasons, "class_names": names,
                   "confusion_matrix": matrix.matrix.tolist(), "checkpoint": extra["checkpoint"],
                   "step": extra.get("step"), "backbone": extra["backbone"], "settings": method}
-        writer.add_scalar("eval/mIoU", result["mIoU"], 0)
-        writer.add_scalar("eval/pixel_accuracy", result["pixel_accuracy"], 0)
-        for name, iou in result["per_class_IoU"].items():
-            if math.isfinite(iou):
-                writer.add_scalar(f"eval_IoU/{name}", iou, 0)
-        writer.add_figure("eval/confusion_matrix", confusion_figure(matrix, names), 0)
-        board.write_report(cfg, STAGE, "report", result)
-        report = markdown_report(board.json_safe(result))
-        files.write_text(layout.run_dir(STAGE) / "report.md", report)
-        print(report)
         summary.update(mIoU=result["mIoU"], pixel_accuracy=result["pixel_accuracy"],
                        per_class_IoU=result["per_class_IoU"])
-    else:
-        print(f"{settings.split}: no ground truth, so no scores; predictions in {layout.prediction('x').parent}")
-    if not weakly:
-        writer.add_text("warning", "NOT weakly supervised: " + "; ".join(reasons), 0)
-    writer.close()
+    distributed.barrier()  # every overlay of every process is on disk (for tensorboard)
+    if distributed.is_main():
+        _write_manifest(run_dir, method, sorted(set().union(*(ids for _, _, ids in gathered))))
+        writer = board.open_writer(cfg, STAGE)
+        shown = [i for i in image_set.ids if i in overlay_ids and layout.overlay(i).exists()]
+        for image_id in shown[:TENSORBOARD_PICTURES]:
+            writer.add_image(f"{settings.split}/{image_id}", files.read_image(layout.overlay(image_id)), 0,
+                             dataformats="HWC")
+        if scored:
+            writer.add_scalar("eval/mIoU", result["mIoU"], 0)
+            writer.add_scalar("eval/pixel_accuracy", result["pixel_accuracy"], 0)
+            for name, iou in result["per_class_IoU"].items():
+                if math.isfinite(iou):
+                    writer.add_scalar(f"eval_IoU/{name}", iou, 0)
+            writer.add_figure("eval/confusion_matrix", confusion_figure(matrix, names), 0)
+            board.write_report(cfg, STAGE, "report", result)
+            report = markdown_report(board.json_safe(result))
+            files.write_text(run_dir / "report.md", report)
+            print(report)
+        else:
+            print(f"{settings.split}: no ground truth, so no scores; predictions in "
+                  f"{layout.prediction('x').parent}")
+        if not weakly:
+            writer.add_text("warning", "NOT weakly supervised: " + "; ".join(reasons), 0)
+        writer.close()
+    distributed.barrier()  # report and manifest written before any process moves on
     return summary
 
 
-def _reusable_predictions(manifest_path, method: dict, overwrite: bool) -> set[str]:
-    """Ids whose stored prediction came from this checkpoint and these settings."""
-    if overwrite or not manifest_path.exists():
+MANIFEST = "predictions.json"
+
+
+def _write_manifest(run_dir, method: dict, ids: list[str]) -> None:
+    """Rank 0, at the end: one manifest of every reusable prediction; the per-process progress
+    files it merges are removed."""
+    files.write_text(run_dir / MANIFEST, json.dumps({"method": method, "ids": sorted(ids)}, indent=1))
+    for progress in run_dir.glob("predictions.rank*.json"):
+        progress.unlink(missing_ok=True)
+
+
+def _reusable_predictions(run_dir, method: dict, overwrite: bool) -> set[str]:
+    """Ids whose stored prediction came from this checkpoint and these settings: from the manifest
+    of the last finished run and from the progress files of processes that were interrupted."""
+    if overwrite:
         return set()
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
-        return set()
-    return set(manifest.get("ids", [])) if manifest.get("method") == method else set()
+    ids: set[str] = set()
+    for path in [run_dir / MANIFEST, *sorted(run_dir.glob("predictions.rank*.json"))]:
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError):  # absent, or unreadable: those predictions are recomputed
+            continue
+        if isinstance(manifest, dict) and manifest.get("method") == method:
+            ids.update(manifest.get("ids", []))
+    return ids

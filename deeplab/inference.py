@@ -25,7 +25,8 @@ def _padded_logits(model, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     width = math.ceil(max(t.shape[2] for t in tensors) / stride) * stride
     batch = torch.stack([F.pad(t, (0, width - t.shape[2], 0, height - t.shape[1]), value=0.0)
                          for t in tensors])  # zero = the mean colour after normalisation
-    logits = model(batch)
+    # float32 from here on when the model ran under autocast (runtime.precision bf16/fp16)
+    logits = model(batch).float()
     return [logits[i, :, :t.shape[1], :t.shape[2]] for i, t in enumerate(tensors)]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Iterator
 
@@ -18,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 import datasets
-from common import board, files, metrics, work
+from common import board, distributed, files, metrics, work
 from common.layout import Layout
 from guide.rules import IGNORE, GuideParams, make_pseudo_label
 
@@ -75,7 +76,10 @@ def read_inputs(layout: Layout, image_set, image_id: str, saliency: np.ndarray |
 _state: dict = {}
 
 
-def _init_worker(cfg, split: str, params: GuideParams, single_threaded: bool) -> None:
+def _init_worker(cfg, split: str, params: GuideParams, single_threaded: bool,
+                 parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     if single_threaded:
         # two cores are shared by the pool: one thread per worker
         import cv2
@@ -83,6 +87,38 @@ def _init_worker(cfg, split: str, params: GuideParams, single_threaded: bool) ->
         cv2.setNumThreads(1)
         torch.set_num_threads(1)
     _state.update(layout=Layout(cfg), image_set=datasets.build(cfg, split), params=params)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this pool worker end when the stage's process does, however that one ends.
+
+    A parent killed with SIGKILL runs no clean-up, and the worker's end of the task queue never
+    reports the parent gone, so without this the workers (and multiprocessing's resource tracker,
+    which waits for them) would live for ever. On Linux the kernel sends SIGTERM at the parent's
+    death (prctl PR_SET_PDEATHSIG); elsewhere, and for a parent that died before that was set, a
+    daemon thread polls the parent's pid."""
+    import signal
+    import sys
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc to call: the thread below still works
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    if os.getppid() != parent_pid:  # the parent died while this worker started
+        os._exit(1)
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def _label_one(image_id: str) -> tuple[str, np.ndarray]:
@@ -106,7 +142,8 @@ def compute_pseudo_labels(cfg, split: str, ids: list[str], params: GuideParams,
     # multiprocessing.Pool: a worker that dies (e.g. out of memory) raises BrokenProcessPool
     # instead of leaving the stage waiting forever.
     executor = ProcessPoolExecutor(min(workers, len(ids)), mp_context=mp.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(cfg, split, params, True))
+                                   initializer=_init_worker,
+                                   initargs=(cfg, split, params, True, os.getpid()))
     try:
         futures = [executor.submit(_label_one, image_id) for image_id in ids]
         for future in as_completed(futures):
@@ -210,28 +247,55 @@ def preview(layout: Layout, image_set, image_id: str) -> np.ndarray:
 
 def run(cfg) -> dict:
     """Pseudo labels for the images of ``guide.splits``; returns their scores over all splits:
-    {"mIoU", "precision", "recall" (means over classes), "ignore_fraction", "images", ...}."""
+    {"mIoU", "precision", "recall" (means over classes), "ignore_fraction", "images", ...}.
+
+    Under torchrun each process labels and scores its share of the ids; once all are done, rank 0
+    merges the (integer) scores, so they equal one process's, and alone writes reports, previews
+    and tensorboard. Every rank returns the same summary."""
     layout = Layout(cfg)
+    work.begin_stage(None, [layout.folder("guide"), layout.run_dir(STAGE)])
     params = GuideParams.from_config(cfg)
     image_sets = {split: datasets.build(cfg, split) for split in cfg.guide.splits}
     # all labelling happens before the tensorboard writer (and its thread) exists
     for split, image_set in image_sets.items():
         todo = work.pending(work.shard(image_set.ids), lambda i: layout.pseudo_label(i).exists(),
                             cfg.runtime.overwrite)
-        print(f"{split}: {len(image_set) - len(todo)} pseudo labels done before, {len(todo)} to do "
-              f"(rule {params.rule}, {cfg.guide.workers} workers)")
+        print(f"{split}: {len(image_set) - len(todo)} pseudo labels done before or by other processes, "
+              f"{len(todo)} to do here (rule {params.rule}, {cfg.guide.workers} workers)")
         write_pseudo_labels(cfg, split, todo, params, cfg.guide.workers)
+    split_scores = {split: merged_scores(score_split(layout, image_set, work.shard(image_set.ids)))
+                    for split, image_set in image_sets.items()}
+    distributed.barrier()  # every pseudo label of every process is on disk (for the previews)
 
-    writer = board.open_writer(cfg, STAGE)
     total = Scores(next(iter(image_sets.values())).class_names if image_sets else [])
+    for scores in split_scores.values():
+        total.merge(scores)
+    if distributed.is_main():
+        _report(cfg, image_sets, split_scores)
+    distributed.barrier()  # reports written before any process moves on
+    result = total.result()
+    return {key: result[key] for key in (*SUMMARY_KEYS, "images", "images_with_masks")}
+
+
+def merged_scores(scores: Scores) -> Scores:
+    """Every process's :class:`Scores` summed (integer counts: exact in any order); on every rank."""
+    gathered = distributed.all_gather_object(scores)
+    merged = Scores(scores.class_names[1:])
+    for part in gathered:
+        merged.merge(part)
+    return merged
+
+
+def _report(cfg, image_sets: dict, split_scores: dict[str, Scores]) -> None:
+    """Rank 0: previews, tensorboard, printed tables and the JSON report of each split."""
+    layout = Layout(cfg)
+    writer = board.open_writer(cfg, STAGE)
     for split, image_set in image_sets.items():
         for image_id in image_set.ids[:max(0, cfg.guide.previews)]:
             picture = preview(layout, image_set, image_id)
             files.write_rgb(layout.guide_preview(image_id), picture)
             writer.add_image(f"{split}/{image_id}", picture, 0, dataformats="HWC")
-        scores = score_split(layout, image_set, work.shard(image_set.ids))
-        total.merge(scores)
-        result = scores.result()
+        result = split_scores[split].result()
         for key in (*SUMMARY_KEYS, "pixel_accuracy"):
             if key in result and not math.isnan(result[key]):
                 writer.add_scalar(f"{split}/{key}", result[key], 0)
@@ -247,5 +311,3 @@ def run(cfg) -> dict:
               f"({result['images']} images)")
         board.write_report(cfg, STAGE, f"pseudo_labels_{split}", result)
     writer.close()
-    result = total.result()
-    return {key: result[key] for key in (*SUMMARY_KEYS, "images", "images_with_masks")}

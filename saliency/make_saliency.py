@@ -5,6 +5,10 @@ back to its image's own size (bilinear) and is stored as an 8-bit probability PN
 binarisation threshold (saliency.threshold) is applied where it is used and can change without
 rerunning the network. A 0/255 view at the current threshold is rewritten from the stored maps at
 the end of every run (tmp/saliency/binary/), for inspection only.
+
+Under torchrun every process takes its share of fixed batches (common/work.py), so each map is
+the same bytes whatever the number of processes or the images done before; rank 0 alone scores
+and writes tensorboard, once every process has finished.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import datasets
-from common import board, files, metrics, runtime, work
+from common import board, distributed, files, metrics, runtime, work
 from common.layout import Layout
 from saliency.data import image_tensor, resize
 from saliency.picanet import PiCANet, load_picanet
@@ -53,27 +57,29 @@ def load_network(cfg, device) -> PiCANet:
                         map_location=device).to(device)
 
 
-class _Images(Dataset):
-    def __init__(self, image_set, ids: list[str], size: int) -> None:
-        self.image_set, self.ids, self.size = image_set, ids, size
+class _Batches(Dataset):
+    """The fixed batches of :func:`common.work.fixed_batches`, decoded and resized in loader workers."""
+
+    def __init__(self, image_set, batches: list[list[str]], size: int) -> None:
+        self.image_set, self.batches, self.size = image_set, batches, size
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.batches)
 
     def __getitem__(self, index: int):
-        image_id = self.ids[index]
-        image = image_tensor(self.image_set.image(image_id))
-        return image_id, resize(image, (self.size, self.size)), tuple(image.shape[1:])
+        ids = self.batches[index]
+        images = [image_tensor(self.image_set.image(i)) for i in ids]
+        resized = torch.stack([resize(image, (self.size, self.size)) for image in images])
+        return ids, resized, [tuple(image.shape[1:]) for image in images]
 
 
-def _collate(batch):
-    return [b[0] for b in batch], torch.stack([b[1] for b in batch]), [b[2] for b in batch]
-
-
-def saliency_maps(model: PiCANet, images: torch.Tensor, sizes, minmax: bool) -> list[np.ndarray]:
-    """Probabilities at each image's own size from a batch resized to the network's size."""
-    with torch.no_grad():
+def saliency_maps(model: PiCANet, images: torch.Tensor, sizes, minmax: bool,
+                  precision: str = "fp32") -> list[np.ndarray]:
+    """Probabilities at each image's own size from a batch resized to the network's size; the
+    network runs at ``precision`` (runtime.precision), everything after it in float32."""
+    with torch.no_grad(), runtime.autocast(images.device, precision):
         probs = model(model.prepare(images))[-1]
+    probs = probs.float()
     maps = []
     for prob, size in zip(probs, sizes):
         full = F.interpolate(prob[None], size=size, mode="bilinear", align_corners=False)[0, 0]
@@ -93,39 +99,62 @@ def write_binary_views(cfg, ids) -> None:
 
 
 def run(cfg) -> dict:
+    """Saliency maps of every image of both splits; this process writes its share of the fixed
+    batches (torchrun), rank 0 then scores every map and writes the previews and tensorboard."""
     settings = cfg.saliency
-    device = runtime.select_device(cfg.runtime.device)
+    device = distributed.device_for_rank(runtime.select_device(cfg.runtime.device))
     layout = Layout(cfg)
+    work.begin_stage(device, [layout.folder("saliency"), layout.run_dir(STAGE)])
     model = load_network(cfg, device)
+    image_sets = [datasets.build(cfg, split) for split in SPLITS]
+
+    def done(image_id: str) -> bool:
+        return layout.saliency_prob(image_id).exists()
+
+    for image_set in image_sets:
+        batches = work.fixed_batches(image_set.ids, settings.batch_size)
+        mine = work.my_batches(batches, done, cfg.runtime.overwrite)
+        todo = set(work.pending([i for batch in mine for i in batch], done, cfg.runtime.overwrite))
+        print(f"{image_set.split}: {len(image_set) - len(todo)} saliency maps done before or by other "
+              f"processes, {len(todo)} to do here")
+        loader = DataLoader(_Batches(image_set, mine, settings.input_size), batch_size=None,
+                            num_workers=cfg.runtime.num_workers, pin_memory=device.type == "cuda")
+        for ids, images, sizes in tqdm(loader, desc=f"saliency {image_set.split}"):
+            maps = saliency_maps(model, runtime.to_device(images, device), sizes,
+                                 settings.minmax_normalise, cfg.runtime.precision)
+            # a batch is recomputed whole, but maps finished before are left as they are
+            for image_id, prob in zip(ids, maps):
+                if image_id in todo:
+                    layout.write_saliency(image_id, prob)
+        write_binary_views(cfg, [i for batch in work.shard(batches) for i in batch])
+    distributed.barrier()  # every map of every process is on disk
+
+    summary: dict = {"images": sum(len(image_set) for image_set in image_sets)}
+    if distributed.is_main():
+        summary.update(_score_and_show(cfg, image_sets))
+    return distributed.broadcast_object(summary)
+
+
+def _score_and_show(cfg, image_sets) -> dict:
+    """Rank 0, once every map exists: tensorboard pictures and the indicative scores, read back
+    from disk in id order so they are the same whatever the number of processes."""
+    layout = Layout(cfg)
     writer = board.open_writer(cfg, STAGE)
     scores = metrics.SaliencyScores()
-    total = 0
-    for split in SPLITS:
-        image_set = datasets.build(cfg, split)
-        todo = work.pending(work.shard(image_set.ids), lambda i: layout.saliency_prob(i).exists(),
-                            cfg.runtime.overwrite)
-        print(f"{split}: {len(image_set) - len(todo)} saliency maps done before, {len(todo)} to do")
-        loader = DataLoader(_Images(image_set, todo, settings.input_size), batch_size=settings.batch_size,
-                            num_workers=cfg.runtime.num_workers, collate_fn=_collate)
-        for ids, images, sizes in tqdm(loader, desc=f"saliency {split}"):
-            for image_id, prob in zip(ids, saliency_maps(model, images.to(device), sizes, settings.minmax_normalise)):
-                layout.write_saliency(image_id, prob)
-        write_binary_views(cfg, image_set.ids)
+    for image_set in image_sets:
         for image_id in image_set.ids[:4]:
             prob = layout.read_saliency(image_id)
             picture = np.concatenate([image_set.image(image_id),
                                       np.repeat((prob * 255).astype(np.uint8)[..., None], 3, 2)], axis=1)
-            writer.add_image(f"{split}/{image_id}", picture, 0, dataformats="HWC")
+            writer.add_image(f"{image_set.split}/{image_id}", picture, 0, dataformats="HWC")
         # indicative only: class masks leave out salient objects of no class of interest
         for image_id in image_set.ids:
             if image_set.has_mask(image_id):
                 mask = image_set.mask(image_id)
                 scores.update(layout.read_saliency(image_id), ((mask > 0) & (mask < 255)).astype(np.uint8))
-        total += len(image_set)
     writer.close()
-    summary = {"images": total}
-    if scores.count:
-        result = scores.result()
-        summary.update(dataset_max_F=result["max_F"], dataset_MAE=result["MAE"])
-        print(f"saliency vs object masks (indicative): max F {result['max_F']:.3f}, MAE {result['MAE']:.3f}")
-    return summary
+    if not scores.count:
+        return {}
+    result = scores.result()
+    print(f"saliency vs object masks (indicative): max F {result['max_F']:.3f}, MAE {result['MAE']:.3f}")
+    return {"dataset_max_F": result["max_F"], "dataset_MAE": result["MAE"]}
