@@ -21,22 +21,14 @@ import sys
 import time
 
 import config as config_module
+from common.stages import NAMES, STAGES
+from common.stages import get as get_stage
 
-# flag name -> (stage name, module with run(cfg))
-STAGES = {
-    "TRAIN_SALIENCY": ("train_saliency", "saliency.train_saliency"),
-    "CREATE_SALIENCY": ("create_saliency", "saliency.make_saliency"),
-    "TRAIN_SEED": ("train_seed", "classifier.train_classifier"),
-    "CREATE_ATTENTION": ("create_attention", "attention.make_cam"),
-    "CREATE_GUIDE": ("create_guide", "guide.make_guide"),
-    "TRAIN_DEEPLAB": ("train_deeplab", "deeplab.train_deeplab"),
-    "EVAL_DEEPLAB": ("eval_deeplab", "deeplab.eval_deeplab"),
-}
-STAGE_NAMES = [name for name, _ in STAGES.values()]
+STAGE_NAMES = list(NAMES)
 
 
 def flagged_stages() -> list[str]:
-    return [name for flag, (name, _) in STAGES.items() if globals()[flag]]
+    return [stage.name for stage in STAGES if globals()[stage.flag]]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,13 +36,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="stages, in order:\n  " + "\n  ".join(STAGE_NAMES)
         + "\n\npresets:\n" + config_module.preset_help()
+        + "\n\nsettings (--set SECTION.KEY=VALUE; lists as a,b,c):\n" + config_module.settings_help()
         + "\n\nexample: python main.py --preset demo --stages train_seed,create_attention "
           "--set classifier.steps=200")
     parser.add_argument("--stages", default=None,
                         help="comma-separated stages to run instead of the flags in main.py")
     parser.add_argument("--preset", default="demo", choices=list(config_module.PRESETS))
+    parser.add_argument("--config", default=None, metavar="PATH",
+                        help="start from a saved config.json (e.g. runs/config.json) instead of a preset")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the full traceback of an error instead of its one-line message")
     return parser.parse_args(argv)
 
 
@@ -65,82 +62,167 @@ def select_stages(text: str | None) -> list[str]:
     return [s for s in STAGE_NAMES if s in wanted]
 
 
-def preflight(cfg, stages: list[str]) -> None:
-    """Let every selected stage refuse to start (e.g. a missing network) before any work is done."""
-    modules = {name: module for name, module in STAGES.values()}
+def data_splits(cfg, stages: list[str]) -> list[str]:
+    """The splits the selected stages read ("train"/"val" mean the configured training and
+    validation splits, as datasets.build takes them)."""
+    wanted: list[str] = []
+    if {"train_seed", "train_deeplab", "create_saliency"} & set(stages):
+        wanted += ["train", "val"]
+    if "create_attention" in stages:
+        wanted += list(cfg.attention.splits)
+    if "create_guide" in stages:
+        wanted += list(cfg.guide.splits)
+    if "eval_deeplab" in stages:
+        wanted.append(cfg.eval.split)
+    return list(dict.fromkeys(wanted))
+
+
+def check_data(cfg, stages: list[str]) -> dict:
+    """The data check (datasets/check.py) over every split the stages read: stops with the full list
+    of problems, or with ``dataset.on_bad_image=skip`` lists the dropped images in runs/."""
+    from common.layout import Layout
+    from datasets import check
+
+    splits = data_splits(cfg, stages)
+    if not splits:
+        return {}
+    started = time.time()
+    result = check.check_data(cfg, splits)
+    check.write_report(result, Layout(cfg).data_check())
+    dropped = check.enforce(cfg, result)
+    count = sum(len(ids) for ids in dropped.values()) if isinstance(dropped, dict) else len(dropped or ())
+    print(f"data check: {len(result.problems)} problems in {time.time() - started:.1f} s"
+          + (f"; {count} images skipped (listed in {Layout(cfg).data_check()})" if count else ""), flush=True)
+    return {"skipped_images": count}
+
+
+def preflight(cfg, stages: list[str]) -> dict:
+    """Everything that can refuse a run before any work: the data check, each stage's own checks,
+    and the inputs that earlier stages must have made."""
+    from common import provenance
+
+    if cfg.dataset.kind == "synthetic" and stages:
+        from datasets import synthetic
+
+        synthetic.ensure_generated(cfg)
     for stage in stages:
-        check = getattr(importlib.import_module(modules[stage]), "preflight", None)
+        check = getattr(importlib.import_module(get_stage(stage).module), "preflight", None)
         if check is not None:
             check(cfg, stages)
+    provenance.check_inputs(cfg, stages)
+    return check_data(cfg, stages) if stages else {}
 
 
 def run_stages(cfg, stages: list[str]) -> dict[str, dict]:
-    """Run ``stages`` in pipeline order; returns each stage's summary and wall time."""
-    from common import files
+    """Run ``stages`` in pipeline order; returns each stage's summary and wall time. Under torchrun
+    every process runs every stage (each takes its share); rank 0 alone keeps the records."""
+    from common import board, distributed, files, provenance
     from common.layout import Layout
     from common.runtime import seed_everything
 
+    distributed.init_process_group_if_needed()
     layout = Layout(cfg)
-    files.write_text(layout.runs / "config.json", cfg.to_json())
+    if distributed.is_main():
+        files.write_text(layout.runs / "config.json", cfg.to_json())
     summaries: dict[str, dict] = {}
-    modules = {name: module for name, module in STAGES.values()}
     for stage in stages:
         seed_everything(cfg.runtime.seed)
         print(f"\n=== {stage} ===", flush=True)
         started = time.time()
-        summary = importlib.import_module(modules[stage]).run(cfg) or {}
+        if distributed.is_main():
+            provenance.begin(cfg, stage)
+        distributed.barrier()
+        summary = importlib.import_module(get_stage(stage).module).run(cfg) or {}
+        distributed.barrier()
         summary["seconds"] = round(time.time() - started, 1)
         summaries[stage] = summary
+        if distributed.is_main():
+            provenance.finish(cfg, stage)
+            board.write_hparams(cfg, stage, summary)
         print(f"=== {stage} done in {summary['seconds']:.0f} s", flush=True)
     return summaries
 
 
-# what the closing table shows: (stage, summary key, label)
-TABLE_ROWS = [
-    ("train_saliency", "max_F", "saliency max F (val)"),
-    ("train_saliency", "MAE", "saliency MAE (val)"),
-    ("train_seed", "mAP", "classifier mAP (val)"),
-    ("create_attention", "seed_mIoU", "CAM seed mIoU (train)"),
-    ("create_guide", "mIoU", "pseudo-label mIoU (train)"),
-    ("train_deeplab", "val_mIoU", "DeepLab best val mIoU while training"),
-    ("eval_deeplab", "mIoU", "DeepLab mIoU (val)"),
-]
-
-
-def summary_table(summaries: dict[str, dict]) -> str:
+def summary_table(summaries: dict[str, dict], data_report: dict | None = None) -> str:
     lines = ["| stage output | value | seconds |", "|---|---|---|"]
-    for stage, key, label in TABLE_ROWS:
-        value = summaries.get(stage, {}).get(key)
-        if isinstance(value, (int, float)) and not math.isnan(value):
-            lines.append(f"| {label} | {value:.3f} | {summaries[stage]['seconds']:.0f} |")
-    for stage, summary in summaries.items():
-        if not any(row[0] == stage for row in TABLE_ROWS if row[1] in summary):
-            lines.append(f"| {stage} | (no score) | {summary['seconds']:.0f} |")
+    for stage in STAGES:
+        for key, label in stage.table:
+            value = summaries.get(stage.name, {}).get(key)
+            if isinstance(value, (int, float)) and not math.isnan(value):
+                lines.append(f"| {label} | {value:.3f} | {summaries[stage.name]['seconds']:.0f} |")
+    for name, summary in summaries.items():
+        if not any(key in summary for key, _ in get_stage(name).table):
+            lines.append(f"| {name} | (no score) | {summary['seconds']:.0f} |")
+    if data_report and data_report.get("skipped_images"):
+        lines.append(f"| images skipped by the data check (runs/data_check.json) | "
+                     f"{data_report['skipped_images']} | |")
     return "\n".join(lines)
+
+
+def user_errors() -> tuple[type, ...]:
+    """Errors a user can cause and fix (a setting, a file, an earlier stage to run): printed as one
+    line naming the stage and the file, not as a traceback."""
+    from common import provenance
+
+    kinds: list[type] = [config_module.ConfigError, OSError, provenance.StaleOutputs]
+    for module, name in (("datasets.check", "DataError"), ("common.training", "TrainingError"),
+                         ("common.errors", "InputError")):
+        try:
+            kinds.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(kinds)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    errors = user_errors()
+    stage = "configuration"
     try:
         stages = select_stages(args.stages)
-        cfg = config_module.build_config(args.preset, args.overrides)
+        if args.config:
+            cfg = config_module.load_config(args.config, args.overrides)
+        else:
+            cfg = config_module.build_config(args.preset, args.overrides)
         config_module.validate(cfg, stages)
-        preflight(cfg, stages)
-    except (config_module.ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        stage = "preflight"
+        data_report = preflight(cfg, stages)
+        if not stages:
+            print("no stage selected: switch a flag on in main.py or pass --stages")
+            return 0
+        stage = "run"
+        summaries = run_stages(cfg, stages)
+    except errors as err:
+        if args.traceback:
+            raise
+        where = _failing_stage(err) or stage
+        print(f"error ({where}): {err}", file=sys.stderr)
         return 2
-    if not stages:
-        print("no stage selected: switch a flag on in main.py or pass --stages")
-        return 0
-    summaries = run_stages(cfg, stages)
-    table = summary_table(summaries)
-    print("\n" + table)
-    from common import files
+    from common import distributed, files
     from common.layout import Layout
-    runs = Layout(cfg).runs
-    files.write_text(runs / "summary.md", table + "\n")
-    files.write_text(runs / "summary.json", json.dumps(summaries, indent=2, default=float))
+
+    table = summary_table(summaries, data_report)
+    if distributed.is_main():
+        print("\n" + table)
+        runs = Layout(cfg).runs
+        files.write_text(runs / "summary.md", table + "\n")
+        files.write_text(runs / "summary.json", json.dumps({**summaries, "data_check": data_report},
+                                                           indent=2, default=float))
+    distributed.destroy_process_group()
     return 0
+
+
+def _failing_stage(err: BaseException) -> str | None:
+    """The stage whose module raised ``err`` (from the traceback), for the one-line message."""
+    tb = err.__traceback__
+    found = None
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        for stage in STAGES:
+            if module == stage.module:
+                found = stage.name
+        tb = tb.tb_next
+    return found
 
 
 if __name__ == "__main__":

@@ -37,3 +37,30 @@ def write_report(cfg, stage: str, name: str, payload: dict) -> None:
     """A JSON report next to the stage's tensorboard events (runs/<stage>/<name>.json); NaN and
     infinite values are written as null (json.dumps would write NaN, which is not JSON)."""
     files.write_text(Layout(cfg).run_dir(stage) / f"{name}.json", json.dumps(json_safe(payload), indent=2))
+
+
+def _hparam_value(value):
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(value)
+
+
+def write_hparams(cfg, stage: str, summary: dict) -> None:
+    """The configuration and the stage's final numbers as tensorboard hparams, in runs/<stage>/ itself
+    (so each experiment and stage is one run that the HParams tab can compare)."""
+    from torch.utils.tensorboard.summary import hparams
+
+    flat = {f"{section}.{key}": _hparam_value(value)
+            for section, values in cfg.to_dict().items() if isinstance(values, dict)
+            for key, value in values.items()}
+    flat["class_names"] = ",".join(cfg.class_names)
+    metrics = {f"final/{key}": float(value) for key, value in summary.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+    run_dir = Layout(cfg).run_dir(stage)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(log_dir=str(run_dir))
+    for summary_proto in hparams(flat, metrics):
+        writer.file_writer.add_summary(summary_proto)
+    for key, value in metrics.items():
+        writer.add_scalar(key, value, 0)
+    writer.close()

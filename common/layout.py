@@ -27,10 +27,6 @@ import torch.nn.functional as F
 
 from common import files
 
-STAGES = ("train_saliency", "create_saliency", "train_seed", "create_attention", "create_guide",
-          "train_deeplab", "eval_deeplab")
-
-
 def check_id(image_id: str) -> str:
     if not image_id or "/" in image_id or "\\" in image_id or image_id.startswith("."):
         raise ValueError(f"image id {image_id!r} cannot name a file (no slashes, no leading dot)")
@@ -56,12 +52,19 @@ STAGE_FOLDERS = ("saliency", "attention", "guide", "deeplab")
 
 
 class Layout:
-    """Paths of everything a stage reads or writes, from the config's ``paths`` section."""
+    """Paths of everything a stage reads or writes, from the config's ``paths`` section.
+
+    With ``runtime.experiment = NAME`` the three folders are ``paths.experiments/NAME/{tmp,runs,
+    checkpoints}``, so one configuration's outputs stay together and another's never mix in."""
 
     def __init__(self, cfg) -> None:
-        self.tmp = cfg.path(cfg.paths.tmp)
-        self.runs = cfg.path(cfg.paths.runs)
-        self.checkpoints = cfg.path(cfg.paths.checkpoints)
+        if cfg.runtime.experiment:
+            base = cfg.path(cfg.paths.experiments) / check_id(cfg.runtime.experiment)
+            self.tmp, self.runs, self.checkpoints = base / "tmp", base / "runs", base / "checkpoints"
+        else:
+            self.tmp = cfg.path(cfg.paths.tmp)
+            self.runs = cfg.path(cfg.paths.runs)
+            self.checkpoints = cfg.path(cfg.paths.checkpoints)
 
     def folder(self, stage: str) -> Path:
         """The tmp/ folder that holds everything one stage writes."""
@@ -133,5 +136,27 @@ class Layout:
             raise ValueError(f"checkpoint {which!r}: expected best or last")
         return self.checkpoints / stage / f"{which}.pt"
 
+    def trained_network(self, folder: str) -> Path | None:
+        """The network a trained stage hands on: its best checkpoint, else its last, else None."""
+        for which in ("best", "last"):
+            if self.checkpoint(folder, which).exists():
+                return self.checkpoint(folder, which)
+        return None
+
     def run_dir(self, stage: str) -> Path:
         return self.runs / stage
+
+    # ---- what made a stage's outputs (common/provenance.py)
+    def record(self, stage) -> Path:
+        """``record.json`` beside a stage's outputs: its tmp/ folder, or its checkpoints/ folder."""
+        if stage.tmp_folder:
+            return self.folder(stage.tmp_folder) / "record.json"
+        return self.checkpoints / stage.checkpoint_folder / "record.json"
+
+    def outputs(self, stage) -> Path:
+        """The folder that holds everything a stage hands on."""
+        return self.folder(stage.tmp_folder) if stage.tmp_folder else self.checkpoints / stage.checkpoint_folder
+
+    def data_check(self) -> Path:
+        """The data check's list of problems (runs/data_check.json)."""
+        return self.runs / "data_check.json"

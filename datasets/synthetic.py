@@ -518,15 +518,20 @@ GENERATED_FILES = ("ImageSets/Segmentation/train.txt", "ImageSets/Segmentation/v
 
 
 def _check_foreign(root: Path) -> None:
-    """Refuse to generate over images the generator did not write (dataset.root is wrong)."""
-    images = root / "JPEGImages"
-    if (root / MARKER).exists() or not images.is_dir():
+    """Refuse to generate into a folder that holds anything the generator did not write: a wrong
+    dataset.root must never cost a user's files (class_names.txt, images, lists are all overwritten)."""
+    if (root / MARKER).exists() or not root.is_dir():
         return
-    foreign = [p.name for p in images.iterdir() if not _is_generated_file(p.name)]
+    known = {Path(f).parts[0] for f in (*GENERATED_FOLDERS, *GENERATED_FILES)} | {LOCK}
+    foreign = [p.name for p in root.iterdir() if p.name not in known]
+    for folder in GENERATED_FOLDERS:
+        if (root / folder).is_dir():
+            foreign += [f"{folder}/{p.name}" for p in (root / folder).iterdir()
+                        if not (p.is_file() and _is_generated_file(p.name))]
     if foreign:
         raise FileExistsError(
-            f"dataset.kind = synthetic, but dataset.root {root} already holds other images "
-            f"(e.g. JPEGImages/{foreign[0]}); point dataset.root at an empty folder or set dataset.kind")
+            f"dataset.kind = synthetic, but dataset.root {root} already holds files the generator did not "
+            f"write (e.g. {sorted(foreign)[0]}); point dataset.root at an empty folder or set dataset.kind")
 
 
 def remove_generated(root: Path) -> None:
@@ -609,12 +614,18 @@ def _generation_lock(root: Path):
 
 def ensure_generated(cfg) -> Path:
     """Generate the set into ``dataset.root`` unless a marker with the same settings is there;
-    return the root. Deterministic from ``synthetic.seed`` and ``synthetic.saliency_seed``."""
+    return the root. Deterministic from ``synthetic.seed`` and ``synthetic.saliency_seed``.
+
+    Only for ``dataset.kind = synthetic``: nothing else may write under a data set's root."""
+    if cfg.dataset.kind != "synthetic":
+        raise ValueError(f"the synthetic set is generated only for dataset.kind = synthetic, not into the "
+                         f"{cfg.dataset.kind} set at {cfg.path(cfg.dataset.root)}")
     root = cfg.path(cfg.dataset.root)
     settings = _settings(cfg)
     marker = _read_marker(root)
     if marker is not None and marker.get("settings") == settings:
         return root
+    _check_foreign(root)  # before the lock file: a folder the generator did not write gets nothing
     with _generation_lock(root):
         marker = _read_marker(root)  # another process may have finished meanwhile
         if marker is not None and marker.get("settings") == settings:

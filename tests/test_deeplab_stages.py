@@ -11,7 +11,7 @@ import torch
 
 import datasets
 import main
-from common import files
+from common import files, provenance
 from common.layout import Layout
 from deeplab import eval_deeplab, train_deeplab
 from test_deeplab import ColourModel, paint
@@ -57,6 +57,7 @@ def write_pseudo_labels(cfg, split: str = "train", skip: tuple[str, ...] = ()) -
             label = image_set.mask(image_id).copy()
             label[label == 2] = 255
             files.write_label_png(Layout(cfg).pseudo_label(image_id), label)
+    provenance.record_made_elsewhere(cfg, "create_guide", {"written_by": "tests", "skipped": list(skip)})
 
 
 # ---- TRAIN_DEEPLAB + EVAL_DEEPLAB ----------------------------------------------------------------
@@ -252,6 +253,7 @@ def test_eval_without_a_checkpoint_says_what_to_run(voc_cfg):
         eval_deeplab.run(cfg)
     with pytest.raises(FileNotFoundError, match="checkpoints/deeplab"):
         main.preflight(cfg, ["eval_deeplab"])
+    write_pseudo_labels(cfg)  # TRAIN_DEEPLAB reads CREATE_GUIDE's labels
     main.preflight(cfg, ["train_deeplab", "eval_deeplab"])  # it will be trained first
 
 

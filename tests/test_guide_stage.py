@@ -170,12 +170,28 @@ def test_worker_pool_gives_the_labels_of_one_process(voc_cfg):
     assert all(np.array_equal(pooled[i], in_process[i]) for i in SCENES)
 
 
-def test_whole_image_crf_switch_gives_the_same_labels_here(voc_cfg):
-    cfg = voc_cfg(**{"guide.workers": 1})
+def test_whole_image_crf_switch_gives_the_same_labels_here(voc_cfg, monkeypatch):
+    from guide import rules
+
+    windows: dict[str, list[tuple[int, int]]] = {"box": [], "whole": []}
+    variant = {"name": "box"}
+    real_crf = rules.dense_crf
+
+    def counting_crf(image, probabilities, params):
+        windows[variant["name"]].append(image.shape[:2])
+        return real_crf(image, probabilities, params)
+
+    monkeypatch.setattr(rules, "dense_crf", counting_crf)
+    # a margin small enough that the box is smaller than these small test images
+    cfg = voc_cfg(**{"guide.workers": 1, "guide.crf_margin": 2})
     ids = list(SCENES)
     box = dict(make_guide.compute_pseudo_labels(cfg, "train", ids, GuideParams.from_config(cfg), 1))
+    variant["name"] = "whole"
     whole = dict(make_guide.compute_pseudo_labels(
         cfg, "train", ids, GuideParams.from_config(cfg, crf_whole_image=True), 1))
+    # the CRF split a shared region in both variants, on a box smaller than the whole image
+    assert windows["box"] and len(windows["box"]) == len(windows["whole"])
+    assert any(b[0] * b[1] < w[0] * w[1] for b, w in zip(windows["box"], windows["whole"]))
     assert all(np.array_equal(box[i], whole[i]) for i in ids)
 
 

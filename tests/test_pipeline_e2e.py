@@ -9,6 +9,7 @@ import datasets
 import main
 from common import files
 from common.layout import Layout
+from common.stages import STAGES
 
 TINY_ALL = {
     "saliency.steps": 4, "saliency.val_every": 2, "saliency.train_batch_size": 4,
@@ -37,10 +38,14 @@ def test_main_runs_every_stage_and_reports_each_score(tiny_cfg, monkeypatch, cap
         assert files.read_label_png(layout.prediction(image_id)).shape == val_set.image_size(image_id)
 
     summaries = json.loads((layout.runs / "summary.json").read_text())
-    assert list(summaries) == main.STAGE_NAMES
+    assert [name for name in summaries if name != "data_check"] == main.STAGE_NAMES
     table = (layout.runs / "summary.md").read_text()
-    for _, key, label in main.TABLE_ROWS:
+    rows = [(stage.name, key, label) for stage in STAGES for key, label in stage.table]
+    assert len(rows) == 7
+    for _, key, label in rows:
         assert label in table, f"{label} missing from the closing table"
     assert table in capsys.readouterr().out
-    for stage, key, _ in main.TABLE_ROWS:
+    for stage, key, _ in rows:
         assert 0.0 <= summaries[stage][key] <= 1.0 or key == "MAE"
+    for stage in STAGES:  # every stage left a complete record of what made its outputs
+        assert json.loads(layout.record(stage).read_text())["complete"] is True

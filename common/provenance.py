@@ -1,0 +1,234 @@
+"""What made a stage's outputs: a record beside them, so a rerun never reuses stale files.
+
+Each stage's ``record.json`` (path from :meth:`Layout.record`) holds its *inputs*: the settings its
+outputs depend on (declared in common/stages.py), a digest of each upstream stage's outputs (the
+upstream record's inputs for a per-image stage, the handed-on network file for a training), and a
+digest of the data (the data set's settings and every file's size and modification time). Before a
+stage runs, :func:`begin` compares them with the stored record:
+
+- equal: the stage runs as usual and skips what it already computed (seconds when nothing changed);
+- different, per-image stage: its outputs are stale, so its folder is emptied and the stage redone;
+- different, training: retraining would discard a trained network, so the run stops with a message
+  naming what changed, unless ``runtime.overwrite`` (retrain) is set.
+
+:func:`finish` marks the record complete; a downstream stage may only start from complete records.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from common import files
+from common.layout import Layout
+from common.stages import BY_NAME, Stage
+
+
+class StaleOutputs(RuntimeError):
+    """A trained network was made from other inputs than the configuration now gives."""
+
+
+class MissingInput(FileNotFoundError):
+    """A stage's input is not there (or not finished): an earlier stage must run first."""
+
+
+_digest_cache: dict[tuple, str] = {}
+
+
+def _sha1(payload) -> str:
+    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha1 of a file's bytes, cached by (path, size, mtime) within the process."""
+    stat = path.stat()
+    key = ("file", str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _digest_cache:
+        sha = hashlib.sha1()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+        _digest_cache[key] = sha.hexdigest()
+    return _digest_cache[key]
+
+
+def tree_digest(root: Path) -> str:
+    """Digest of every file's relative path, size and modification time under ``root`` (hidden
+    files aside: lock files and temporaries change without the data changing)."""
+    root = Path(root)
+    entries = []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = Path(folder) / name
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            entries.append((str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns))
+    return _sha1([str(root), entries])
+
+
+def _setting(cfg, key: str):
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value.__dict__ if hasattr(value, "__dataclass_fields__") else value
+
+
+def settings_of(cfg, stage: Stage) -> dict:
+    """The settings a stage's outputs depend on, flattened to ``section.key`` entries."""
+    flat: dict = {}
+    for key in stage.depends_on:
+        value = _setting(cfg, key)
+        if isinstance(value, dict):
+            flat.update({f"{key}.{name}": item for name, item in value.items()})
+        else:
+            flat[key] = value
+    for key in stage.ignores:
+        flat.pop(key, None)
+    # a path setting names a file: what matters is the file
+    for key in ("saliency.checkpoint", "saliency.weights_path", "classifier.weights_path",
+                "deeplab.weights_path", "deeplab.segmentation_weights_path"):
+        if flat.get(key):
+            flat[key] = {"path": flat[key], "sha1": file_digest(cfg.path(flat[key]))}
+    return flat
+
+
+def data_digest(cfg, which: str | None) -> str | None:
+    if which is None:
+        return None
+    if which == "saliency_data":
+        roots = [cfg.saliency.train_root, cfg.saliency.val_root]
+        if not any(roots):  # the synthetic saliency set, fixed by the generator's settings
+            return _sha1(["synthetic", cfg.synthetic.__dict__, str(cfg.path(cfg.dataset.root))])
+        return _sha1([tree_digest(cfg.path(r)) if r else None for r in roots])
+    parts = [cfg.dataset.__dict__, cfg.class_names, tree_digest(cfg.path(cfg.dataset.root))]
+    if cfg.dataset.train_list:
+        parts.append(file_digest(cfg.path(cfg.dataset.train_list)))
+    if cfg.dataset.kind == "synthetic":
+        parts.append(cfg.synthetic.__dict__)
+    return _sha1(parts)
+
+
+def read_record(cfg, stage: Stage) -> dict | None:
+    path = Layout(cfg).record(stage)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"inputs": None, "complete": False}  # unreadable: treated as made by something else
+
+
+def output_digest(cfg, name: str) -> str:
+    """What downstream stages depend on from stage ``name``: its handed-on network (trainings; or
+    the configured ready network) or its record's inputs (per-image stages)."""
+    stage = BY_NAME[name]
+    layout = Layout(cfg)
+    if stage.trains:
+        network = layout.trained_network(stage.checkpoint_folder)
+        if network is None:
+            raise MissingInput(f"{stage.name} has not trained a network yet "
+                               f"({layout.outputs(stage)} holds no best.pt or last.pt): run {stage.name} first")
+        return file_digest(network)
+    record = read_record(cfg, stage)
+    if record is None or not record.get("complete"):
+        state = "did not finish" if record else "has not run"
+        raise MissingInput(f"{stage.name} {state} ({layout.record(stage)}): run it first "
+                           f"(python main.py --stages {stage.name})")
+    return _sha1(record["inputs"])
+
+
+def inputs_of(cfg, stage: Stage) -> dict:
+    return {"settings": settings_of(cfg, stage),
+            "upstream": {name: output_digest(cfg, name) for name in stage.upstream(cfg)},
+            "data": data_digest(cfg, stage.data)}
+
+
+def check_inputs(cfg, stages: list[str]) -> None:
+    """Preflight: every upstream output a selected stage reads, and no selected stage makes, is
+    there and finished; raises :class:`MissingInput` naming the stage to run first."""
+    selected = set(stages)
+    for name in stages:
+        for upstream in BY_NAME[name].upstream(cfg):
+            if upstream not in selected:
+                try:
+                    output_digest(cfg, upstream)
+                except MissingInput as err:
+                    raise MissingInput(f"{name} reads the outputs of {upstream}, but {err}") from None
+
+
+def _changes(old: dict | None, new: dict) -> list[str]:
+    if not old:
+        return ["(no readable record)"]
+    changed = [key for key in sorted(set(old.get("settings", {})) | set(new["settings"]))
+               if old.get("settings", {}).get(key) != new["settings"].get(key)]
+    changed += [f"outputs of {name}" for name in sorted(set(old.get("upstream", {})) | set(new["upstream"]))
+                if old.get("upstream", {}).get(name) != new["upstream"].get(name)]
+    if old.get("data") != new["data"]:
+        changed.append("the data set's files or settings")
+    return changed
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _empty(folder: Path) -> None:
+    if folder.is_symlink():
+        raise StaleOutputs(f"{folder} is a link to outputs made elsewhere and its inputs changed; "
+                           "remove the link or point the stage at its own folder")
+    if folder.is_dir():
+        shutil.rmtree(folder)
+
+
+def begin(cfg, name: str) -> dict:
+    """Compare a stage's inputs with its record before it runs (module docstring); returns
+    ``{"redone": [what changed] or []}``. Call on one process only (rank 0)."""
+    stage = BY_NAME[name]
+    if not stage.active(cfg):
+        return {"redone": []}
+    layout = Layout(cfg)
+    inputs = inputs_of(cfg, stage)
+    record = read_record(cfg, stage)
+    changed: list[str] = []
+    if record is not None and record.get("inputs") != inputs:
+        changed = _changes(record.get("inputs"), inputs)
+        if stage.trains:
+            if not cfg.runtime.overwrite and layout.trained_network(stage.checkpoint_folder) is not None:
+                raise StaleOutputs(
+                    f"{layout.outputs(stage)} was trained from other inputs than this configuration gives "
+                    f"(changed: {', '.join(changed)}); set runtime.overwrite=true to retrain from scratch "
+                    f"(the network there is replaced), or runtime.experiment=NAME to keep both")
+        else:
+            print(f"{name}: its inputs changed since {layout.outputs(stage)} was made "
+                  f"({', '.join(changed)}): redoing it", flush=True)
+            _empty(layout.outputs(stage))
+            _empty(layout.run_dir(name))
+    files.write_text(layout.record(stage), json.dumps(
+        {"stage": name, "inputs": inputs, "complete": False, "started": _now()}, indent=2, default=str))
+    return {"redone": changed}
+
+
+def finish(cfg, name: str) -> None:
+    """Mark the stage's outputs complete (downstream stages may now read them)."""
+    stage = BY_NAME[name]
+    if not stage.active(cfg):
+        return
+    path = Layout(cfg).record(stage)
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record.update(complete=True, finished=_now())
+    files.write_text(path, json.dumps(record, indent=2, default=str))
+
+
+def record_made_elsewhere(cfg, name: str, inputs: dict, complete: bool = True) -> None:
+    """The record of outputs made outside the stage (labels written by hand or by a self-training
+    round): ``inputs`` says what they were made from, so stages reading them notice a change."""
+    files.write_text(Layout(cfg).record(BY_NAME[name]), json.dumps(
+        {"stage": name, "inputs": inputs, "complete": complete, "finished": _now()}, indent=2, default=str))

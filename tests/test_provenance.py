@@ -1,0 +1,149 @@
+"""Records of what made each stage's outputs: reuse when nothing changed, redo or refuse when it did;
+missing inputs refused at preflight; experiments kept apart; hparams in tensorboard."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import main
+from common import files, provenance
+from common.layout import Layout
+from common.stages import BY_NAME, STAGES
+
+
+@pytest.fixture
+def folder_cfg(make_cfg, tmp_path):
+    """A two-image folder data set (nothing is trained: records are written by hand)."""
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for image_id in ("a", "b"):
+        files.write_rgb(root / "images" / f"{image_id}.jpg", rng.integers(0, 255, (16, 20, 3)))
+    (root / "labels.csv").write_text("id,names\na,cat\nb,dog\n")
+    return make_cfg("folder", **{"dataset.root": str(root), "saliency.checkpoint": ""})
+
+
+def _fake_network(cfg, folder: str, content: bytes = b"weights") -> None:
+    path = Layout(cfg).checkpoint(folder, "best")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+
+
+def _run(cfg, name: str) -> dict:
+    """What main.run_stages does around a stage, without the stage's work."""
+    result = provenance.begin(cfg, name)
+    provenance.finish(cfg, name)
+    return result
+
+
+def test_unchanged_inputs_keep_outputs_and_changed_ones_redo_the_stage(folder_cfg):
+    cfg, layout = folder_cfg, Layout(folder_cfg)
+    _fake_network(cfg, "saliency")
+    assert _run(cfg, "create_saliency") == {"redone": []}
+    kept = layout.saliency_prob("a")
+    files.write_gray_png(kept, np.zeros((16, 20)))
+    assert _run(cfg, "create_saliency") == {"redone": []} and kept.exists()
+
+    cfg.saliency.input_size = 96  # changes every map
+    assert _run(cfg, "create_saliency")["redone"] == ["saliency.input_size"]
+    assert not kept.exists()
+    record = json.loads(layout.record(BY_NAME["create_saliency"]).read_text())
+    assert record["complete"] and record["inputs"]["settings"]["saliency.input_size"] == 96
+
+    cfg.saliency.threshold = 0.3  # read where the maps are used (CREATE_GUIDE), not by this stage
+    files.write_gray_png(kept, np.zeros((16, 20)))
+    assert _run(cfg, "create_saliency") == {"redone": []} and kept.exists()
+
+
+def test_changed_data_redoes_per_image_stages(folder_cfg):
+    cfg, layout = folder_cfg, Layout(folder_cfg)
+    _fake_network(cfg, "saliency")
+    _run(cfg, "create_saliency")
+    files.write_gray_png(layout.saliency_prob("a"), np.zeros((16, 20)))
+    image = cfg.path(cfg.dataset.root) / "images" / "a.jpg"
+    files.write_rgb(image, np.zeros((20, 16, 3)))  # the photo was replaced
+    os.utime(image, ns=(1, 1))
+    assert _run(cfg, "create_saliency")["redone"] == ["the data set's files or settings"]
+    assert not layout.saliency_prob("a").exists()
+
+
+def test_a_trained_network_is_never_silently_reused_or_discarded(folder_cfg, capsys):
+    cfg = folder_cfg
+    _run(cfg, "train_seed")
+    _fake_network(cfg, "classifier")
+    cfg.classifier.steps += 50  # training longer resumes: same inputs
+    assert _run(cfg, "train_seed") == {"redone": []}
+    cfg.classifier.lr = 0.5
+    with pytest.raises(provenance.StaleOutputs, match=r"changed: classifier.lr\).*runtime.overwrite=true"):
+        provenance.begin(cfg, "train_seed")
+    assert Layout(cfg).checkpoint("classifier", "best").exists()
+    cfg.runtime.overwrite = True
+    assert _run(cfg, "train_seed")["redone"] == ["classifier.lr"]
+
+
+def test_downstream_stages_follow_a_retrained_network(folder_cfg):
+    cfg = folder_cfg
+    _fake_network(cfg, "classifier", b"first")
+    _run(cfg, "create_attention")
+    assert _run(cfg, "create_attention") == {"redone": []}
+    _fake_network(cfg, "classifier", b"second, trained longer")
+    assert _run(cfg, "create_attention")["redone"] == ["outputs of train_seed"]
+    _fake_network(cfg, "saliency")
+    _run(cfg, "create_saliency")
+    _run(cfg, "create_guide")
+    cfg.attention.threshold = 0.6  # changes the attention masks, hence the pseudo labels
+    assert _run(cfg, "create_attention")["redone"] == ["attention.threshold"]
+    assert set(_run(cfg, "create_guide")["redone"]) == {"attention.threshold", "outputs of create_attention"}
+
+
+def test_missing_or_unfinished_inputs_are_refused_before_any_work(folder_cfg, monkeypatch, capsys):
+    cfg = folder_cfg
+    with pytest.raises(provenance.MissingInput, match="create_guide reads the outputs of create_saliency"):
+        provenance.check_inputs(cfg, ["create_guide"])
+    provenance.check_inputs(cfg, ["train_saliency", "create_saliency", "train_seed", "create_attention",
+                                  "create_guide"])  # each will be made first
+    _fake_network(cfg, "saliency")
+    provenance.begin(cfg, "create_saliency")  # started, never finished (killed)
+    _fake_network(cfg, "classifier")
+    _run(cfg, "create_attention")
+    with pytest.raises(provenance.MissingInput, match="create_saliency did not finish"):
+        provenance.check_inputs(cfg, ["create_guide"])
+
+    monkeypatch.setattr(main.config_module, "build_config", lambda preset, overrides: cfg)
+    assert main.main(["--stages", "create_guide", "--set", "guide.workers=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "create_saliency did not finish" in err
+    assert "Traceback" not in err
+
+
+def test_experiments_keep_their_outputs_apart(make_cfg, tmp_path):
+    cfg = make_cfg("demo", **{"runtime.experiment": "lr_high", "paths.experiments": str(tmp_path / "exp")})
+    layout = Layout(cfg)
+    base = tmp_path / "exp" / "lr_high"
+    assert (layout.tmp, layout.runs, layout.checkpoints) == (base / "tmp", base / "runs", base / "checkpoints")
+    assert layout.record(BY_NAME["train_seed"]) == base / "checkpoints" / "classifier" / "record.json"
+    assert layout.record(BY_NAME["create_guide"]) == base / "tmp" / "guide" / "record.json"
+
+
+def test_hparams_hold_the_configuration_and_final_numbers(make_cfg):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from common import board
+
+    cfg = make_cfg("demo")
+    board.write_hparams(cfg, "train_seed", {"mAP": 0.75, "steps": 10, "AP": {"x": 1.0}, "seconds": 3.0})
+    events = EventAccumulator(str(Layout(cfg).run_dir("train_seed")))
+    events.Reload()
+    assert events.Scalars("final/mAP")[0].value == pytest.approx(0.75)
+    plugin = events.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" in plugin and "_hparams_/session_start_info" in plugin
+    assert b"classifier.lr" in plugin["_hparams_/session_start_info"]
+
+
+def test_every_stage_declares_where_its_outputs_live():
+    for stage in STAGES:
+        assert (stage.tmp_folder is None) != (stage.checkpoint_folder is None), stage.name
+        for key in stage.depends_on + stage.ignores:
+            provenance._setting(__import__("config").build_config("demo"), key)  # every key exists
