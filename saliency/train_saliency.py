@@ -142,13 +142,28 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
                                       batch_size=settings.batch_size, num_workers=cfg.runtime.num_workers,
                                       device=device, seed=cfg.runtime.seed, collate_fn=_collate_val)
     precision = cfg.runtime.precision
+    # a second validation set of other objects shows what the first one cannot: how the network
+    # does on kinds it was not trained on; the best checkpoint is still chosen on the first
+    second_loader = None
+    if settings.second_val_root:
+        second_loader = training.eval_loader(
+            SaliencyPairs(find_pairs(cfg.path(settings.second_val_root), "val"), settings.input_size, train=False),
+            batch_size=settings.batch_size, num_workers=cfg.runtime.num_workers, device=device,
+            seed=cfg.runtime.seed, collate_fn=_collate_val)
 
     def validate_and_log(net, step: int, writer) -> dict:
         result, samples = validate(net, val_loader, device, precision)
         writer.add_scalar("val/max_F", result["max_F"], step)
         writer.add_scalar("val/MAE", result["MAE"], step)
         writer.add_image("val/image_truth_prediction", _sample_grid(samples), step)
-        print(f"step {step}: val max F {result['max_F']:.3f}, MAE {result['MAE']:.3f}", flush=True)
+        line = f"step {step}: val max F {result['max_F']:.3f}, MAE {result['MAE']:.3f}"
+        if second_loader is not None:
+            second, _ = validate(net, second_loader, device, precision)
+            writer.add_scalar("val_second/max_F", second["max_F"], step)
+            writer.add_scalar("val_second/MAE", second["MAE"], step)
+            result = {**result, "second_max_F": second["max_F"], "second_MAE": second["MAE"]}
+            line += f"; second val max F {second['max_F']:.3f}, MAE {second['MAE']:.3f}"
+        print(line, flush=True)
         return result
 
     def train_mode(net) -> None:
@@ -169,4 +184,7 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         print(f"saliency network already trained for {outcome.step} steps; best val max F {best['max_F']:.3f}")
     elif distributed.is_main() and "step" in best:
         print(f"saliency: best val max F {best['max_F']:.3f}, MAE {best['MAE']:.3f} at step {best['step']}")
-    return {"max_F": best["max_F"], "MAE": best.get("MAE"), "steps": outcome.step}
+    summary = {"max_F": best["max_F"], "MAE": best.get("MAE"), "steps": outcome.step}
+    if "second_max_F" in best:
+        summary.update(second_max_F=best["second_max_F"], second_MAE=best["second_MAE"])
+    return summary

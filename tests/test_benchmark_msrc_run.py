@@ -1,0 +1,85 @@
+"""benchmarks.msrc end to end on a tiny stand-in for ../shared (the synthetic set in MSRC's VOC
+layout, its saliency set as DUTS and as DAVIS val), a few steps per training: every part runs,
+shares its upstream outputs, and the report, curves and sheet come out of one command."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import config as config_module
+from benchmarks import msrc
+
+TINY = {"synthetic.num_train": 24, "synthetic.num_val": 8, "synthetic.min_size": 64, "synthetic.max_size": 72,
+        "synthetic.saliency_num_train": 6, "synthetic.saliency_num_val": 4}
+STEPS = {"runtime.device": "cpu", "runtime.num_workers": 0, "saliency.steps": 2, "saliency.val_every": 1,
+         "saliency.input_size": 64, "saliency.train_batch_size": 2, "saliency.batch_size": 4,
+         "classifier.steps": 2, "classifier.val_every": 2, "classifier.crop_size": 64, "classifier.batch_size": 4,
+         "attention.batch_size": 4, "guide.workers": 1, "guide.previews": 0, "deeplab.steps": 5,
+         "deeplab.val_every": 1, "deeplab.crop_size": 64, "deeplab.batch_size": 2, "eval.overlays": 0}
+
+
+@pytest.fixture
+def tiny_shared(tmp_path):
+    """A folder laid out as ../shared, holding links to a freshly generated tiny synthetic set."""
+    from datasets import synthetic
+
+    root = tmp_path / "synthetic"
+    cfg = config_module.build_config("demo")
+    cfg.dataset.root = str(root)
+    for key, value in TINY.items():
+        setattr(cfg.synthetic, key.split(".")[1], value)
+    synthetic.ensure_generated(cfg)
+    shared = tmp_path / "shared" / "data"
+    (shared / "duts_saliency").mkdir(parents=True)
+    (shared / "davis_saliency").mkdir()
+    (shared / "msrc_objects").symlink_to(root)
+    for split in ("train", "val"):
+        (shared / "duts_saliency" / split).symlink_to(root / "saliency" / split)
+    (shared / "davis_saliency" / "val").symlink_to(root / "saliency" / "val")
+    return shared.parent
+
+
+@pytest.mark.slow
+def test_quick_profile_with_every_part(tiny_shared, tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    docs, out = tmp_path / "docs", tmp_path / "bench"
+    args = ["--quick", "--self-training", "--seeds", "0,1", "--saliency-lengths", "1,2",
+            "--shared", str(tiny_shared), "--out", str(out), "--docs", str(docs)]
+    args += [a for k, v in STEPS.items() for a in ("--set", f"{k}={v}")]
+    assert msrc.main_cli(args) == 0
+    results = json.loads((out / "quick" / "results.json").read_text())
+    assert set(results["seeds"]) == {"0", "1"} and results["weak_over_full"] is not None
+    deeplab_runs = set(results["curves"]["train_deeplab"])
+    assert deeplab_runs == {"gt0", "gt100", "gt0_seed1", "gt100_seed1", "selftrain"}
+    assert [p[1] for p in results["curves"]["train_deeplab"]["gt100"]["val/mIoU"]] == [1, 2, 3, 4, 5]
+    assert results["second_saliency_val"]["name"] == "davis_saliency/val"
+    assert results["self_training"]["labels"]["images"] == 24
+    lengths = results["saliency_lengths"]
+    assert set(lengths) == {"1", "2"} and all(0 <= row["mIoU"] <= 1 for row in lengths.values())
+    assert lengths["2"]["train_minutes"] >= lengths["1"]["train_minutes"]
+    # variants read the base run's outputs through links, never a copy
+    assert (out / "quick" / "gt100_seed1" / "tmp" / "guide").is_symlink()
+    assert (out / "quick" / "selftrain_predict" / "checkpoints" / "deeplab").is_symlink()
+    assert not (out / "quick" / "selftrain" / "tmp" / "guide").is_symlink()
+    report = (docs / "BENCHMARKS.md").read_text()
+    assert "| DeepLab val mIoU gain over its last 20 % of steps, gt100_seed1 (every real mask) | " in report
+    assert "## One step beyond the thesis: a self-training round" in report
+    assert "## The saliency network's training length" in report
+    for picture in ("benchmark_curves.png", "benchmark_worst_classes.png", "benchmark_gt_percentage.png"):
+        assert (docs / picture).stat().st_size > 1000
+    # a rerun trains nothing again: the same networks give the same numbers (the sweep's passed
+    # lengths read back, not re-scored with the longer training's network)
+    checkpoint = out / "quick" / "gt100_seed1" / "checkpoints" / "deeplab" / "last.pt"
+    stamp = checkpoint.stat().st_mtime_ns
+    assert msrc.main_cli(args) == 0
+    again = json.loads((out / "quick" / "results.json").read_text())
+    assert checkpoint.stat().st_mtime_ns == stamp
+    assert again["seeds"] == results["seeds"] and again["saliency_lengths"] == lengths
+    assert again["self_training"]["labels"] == results["self_training"]["labels"]
+    # the report can be rewritten from results.json alone
+    report = (docs / "BENCHMARKS.md").read_text()
+    assert msrc.main_cli(args + ["--report-only"]) == 0
+    assert (docs / "BENCHMARKS.md").read_text() == report
