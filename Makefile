@@ -39,8 +39,8 @@ gpu-check:
 bench-weak-full: venv  ## pipeline on pseudo labels vs DeepLab on all real masks: the weak/full ratio
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.weak_vs_full $(ARGS)
 
-lint: venv
-	$(PY) -m compileall -q main.py config.py common datasets classifier attention saliency guide deeplab benchmarks
+lint: venv  ## ruff's checks (settings in pyproject.toml)
+	$(PY) -m ruff check .
 
 clean-tmp:  ## forget computed stage outputs (keeps checkpoints and data)
 	rm -rf tmp runs

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +142,9 @@ class SaliencyConfig:
                               path="dir")
     val_root: str = setting("", "validation pairs; empty: DUTS-TE beside DUTS-TR, else 10% of the training "
                                 "images", path="dir")
+    second_val_root: str = setting("", "a second validation set (images/ + masks/) of other objects, scored at "
+                                       "every validation beside val_root (the best network is chosen on val_root)",
+                                   path="dir")
     train_batch_size: int = setting(8, "training batch", positive=True)
     steps: int = setting(100, "training steps", **COUNT)
     optimizer: str = setting("adam", "sgd (the checkpoint's recipe) | adam (converges in fewer CPU steps)",
@@ -361,6 +365,8 @@ def _msrc(cfg: Config) -> None:
     # (benchmarks/msrc.py scores it)
     cfg.saliency.train_root = str((PROJECT_ROOT / ".." / "shared" / "data" / "duts_saliency" / "train").resolve())
     cfg.saliency.val_root = str((PROJECT_ROOT / ".." / "shared" / "data" / "duts_saliency" / "val").resolve())
+    davis_val = (PROJECT_ROOT / ".." / "shared" / "data" / "davis_saliency" / "val").resolve()
+    cfg.saliency.second_val_root = str(davis_val) if davis_val.is_dir() else ""
     cfg.saliency.input_size = 224
     # chosen for the DAVIS network (under-confident on MSRC's objects; MSRC train pseudo labels 0.538
     # at 0.5, 0.594 at 0.2, docs/RESULTS.md); kept until the benchmark's threshold sweep on MSRC
@@ -368,6 +374,9 @@ def _msrc(cfg: Config) -> None:
     cfg.saliency.threshold = 0.2
     cfg.classifier.crop_size = 224
     cfg.deeplab.crop_size = 224
+    # bf16 autocast at these sizes, this CPU: training steps 1.12x (saliency) to 1.20x (DeepLab) faster
+    # (python -m benchmarks.precision_speed --preset msrc; docs/RESULTS.md)
+    cfg.runtime.precision = "bf16"
 
 
 PRESETS: dict[str, typing.Callable[[Config], None]] = {
@@ -488,6 +497,8 @@ def _rule_problems(key: str, value: Any, rules: dict) -> list[str]:
     if choices is not None and value not in choices:
         problems.append(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
     low, high = rules.get("low"), rules.get("high")
+    if isinstance(value, float) and not math.isfinite(value):
+        return problems + [f"{key}: {value} is not a finite number"]
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if low == 0.0 and high == 1.0 and not 0.0 <= value <= 1.0:
             problems.append(f"{key}: {value} is outside [0, 1]")
@@ -562,7 +573,9 @@ def validate(cfg: Config, stages: typing.Iterable[str] = ()) -> Config:
                 path = cfg.path(value)
                 if kind == "file" and not path.is_file():
                     problems.append(f"{key}: {path} does not exist")
-                if kind == "dir" and not path.is_dir() and (section != "saliency" or "train_saliency" in stages):
+                # the saliency sets are read by TRAIN_SALIENCY only, which a ready network skips
+                needed = section != "saliency" or ("train_saliency" in stages and not cfg.saliency.checkpoint)
+                if kind == "dir" and not path.is_dir() and needed:
                     problems.append(f"{key}: {path} is not a folder"
                                     + (f"; {SALIENCY_DATA_HELP}" if section == "saliency" else ""))
     device_problem = _device_problem(cfg.runtime.device)

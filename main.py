@@ -113,19 +113,25 @@ def preflight(cfg, stages: list[str]) -> dict:
     return check_data(cfg, stages) if stages else {}
 
 
+# the stage now running, named in the one-line message of an error it raises
+_running: dict = {"stage": None}
+
+
 def run_stages(cfg, stages: list[str]) -> dict[str, dict]:
     """Run ``stages`` in pipeline order; returns each stage's summary and wall time. Under torchrun
     every process runs every stage (each takes its share); rank 0 alone keeps the records."""
     from common import board, distributed, files, provenance
     from common.layout import Layout
-    from common.runtime import seed_everything
+    from common.runtime import seed_everything, select_device
 
-    distributed.init_process_group_if_needed()
+    # the backend follows the configured device (NCCL for CUDA, gloo for the CPU), not the machine
+    distributed.init_process_group_if_needed(select_device(cfg.runtime.device))
     layout = Layout(cfg)
     if distributed.is_main():
         files.write_text(layout.runs / "config.json", cfg.to_json())
     summaries: dict[str, dict] = {}
     for stage in stages:
+        _running["stage"] = stage
         seed_everything(cfg.runtime.seed)
         print(f"\n=== {stage} ===", flush=True)
         started = time.time()
@@ -140,6 +146,7 @@ def run_stages(cfg, stages: list[str]) -> dict[str, dict]:
             provenance.finish(cfg, stage)
             board.write_hparams(cfg, stage, summary)
         print(f"=== {stage} done in {summary['seconds']:.0f} s", flush=True)
+    _running["stage"] = None
     return summaries
 
 
@@ -178,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     errors = user_errors()
     stage = "configuration"
+    _running["stage"] = None
     try:
         stages = select_stages(args.stages)
         if args.config:
@@ -195,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     except errors as err:
         if args.traceback:
             raise
-        where = _failing_stage(err) or stage
-        print(f"error ({where}): {err}", file=sys.stderr)
+        print(f"error ({_running['stage'] or stage}): {err}", file=sys.stderr)
         return 2
     from common import distributed, files
     from common.layout import Layout
@@ -210,19 +217,6 @@ def main(argv: list[str] | None = None) -> int:
                                                            indent=2, default=float))
     distributed.destroy_process_group()
     return 0
-
-
-def _failing_stage(err: BaseException) -> str | None:
-    """The stage whose module raised ``err`` (from the traceback), for the one-line message."""
-    tb = err.__traceback__
-    found = None
-    while tb is not None:
-        module = tb.tb_frame.f_globals.get("__name__", "")
-        for stage in STAGES:
-            if module == stage.module:
-                found = stage.name
-        tb = tb.tb_next
-    return found
 
 
 if __name__ == "__main__":

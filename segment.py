@@ -99,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, metavar="DIR", help="where predictions go")
     parser.add_argument("--checkpoint", default=None, metavar="FILE",
                         help="DeepLab checkpoint (default: checkpoints/deeplab/best.pt, else last.pt)")
+    parser.add_argument("--experiment", default="", metavar="NAME",
+                        help="take the default checkpoint from experiments/NAME/ (runtime.experiment)")
     parser.add_argument("--scales", type=_float_list, default=[1.0], help="e.g. 1.0,0.75 (default 1.0)")
     parser.add_argument("--flip", action="store_true", help="average with the mirrored image")
     parser.add_argument("--crf", action="store_true", help="dense-CRF post-processing")
@@ -112,12 +114,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def default_checkpoint() -> Path:
-    """checkpoints/deeplab/best.pt, else last.pt, where the pipeline's config puts them."""
+def default_checkpoint(experiment: str = "") -> Path:
+    """checkpoints/deeplab/best.pt, else last.pt, where the pipeline's config puts them (under
+    experiments/<experiment>/ with an experiment's name)."""
     import config
     from common.layout import Layout
 
-    layout = Layout(config.build_config())
+    layout = Layout(config.build_config("demo", [f"runtime.experiment={experiment}"] if experiment else []))
     for which in ("best", "last"):
         if layout.checkpoint("deeplab", which).is_file():
             return layout.checkpoint("deeplab", which)
@@ -251,7 +254,7 @@ def segment_files(segmenter, images: list[Found], out: Path, progress) -> tuple[
             files.write_rgb(out / "overlays" / f"{found.name}.jpg", overlay(image, labels, segmenter))
             rows.append((found.relative, class_shares(labels, segmenter.num_classes)))
             progress.update(1)
-    for path, reason in skipped:
+    for _path, reason in skipped:
         progress.write(f"skipped: {reason}")
     return sorted(rows, key=lambda row: row[0]), skipped
 
@@ -274,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         images = find_images(args.paths, out)
         if args.paths and not images:
             raise UsageError(f"no images (.jpg .jpeg .png .bmp) found in {', '.join(args.paths)}")
-        checkpoint = Path(args.checkpoint).expanduser() if args.checkpoint else default_checkpoint()
+        checkpoint = (Path(args.checkpoint).expanduser() if args.checkpoint
+                      else default_checkpoint(args.experiment))
         if not checkpoint.is_file():
             raise UsageError(f"DeepLab checkpoint {checkpoint} does not exist")
         # imported after the cheap checks: importing torch takes seconds

@@ -12,18 +12,20 @@ that alone makes the forward about five times faster.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from common.errors import InputError
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
     if name not in modules:
         candidates = [n for n in modules if n][-8:]
-        raise ValueError(f"attention.target_layer {name!r} is not a module of the classifier "
+        raise InputError(f"attention.target_layer {name!r} is not a module of the classifier "
                          f"(last module names: {', '.join(candidates)})")
     return modules[name]
 
@@ -42,7 +44,7 @@ class GradCam:
         self._activations: torch.Tensor | None = None
         self._requires_grad: list[tuple[nn.Parameter, bool]] = []
 
-    def __enter__(self) -> "GradCam":
+    def __enter__(self) -> GradCam:
         self._requires_grad = [(p, p.requires_grad) for p in self.model.parameters()]
         for param, _ in self._requires_grad:
             param.requires_grad_(False)

@@ -165,7 +165,7 @@ def run(cfg) -> dict:
             model = load_trained(cfg, image_set.class_names, device)
         target = settings.target_layer or model.default_target_layer
 
-        def done(image_id: str) -> bool:
+        def done(image_id: str, image_set=image_set) -> bool:
             return layout.cams(image_id).exists() and all(
                 layout.cam_mask(image_id, c).exists() for c in image_set.class_ids(image_id))
 

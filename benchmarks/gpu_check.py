@@ -161,7 +161,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['training']} | {r['precision']} | {r['channels_last']} | {r['pin_memory']} | "
                      f"{r['steps_per_s']:.2f} | {r['peak_memory_mib']:.0f} |")
     lines += ["", "## Short stage trainings (synthetic set, validation included)", "",
-              "| stage | precision | steps | seconds | steps/s | peak MiB | score | error |", "|---|---|---|---|---|---|---|---|"]
+              "| stage | precision | steps | seconds | steps/s | peak MiB | score | error |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in report["stages"]:
         rate = f"{r['steps_per_s']:.2f}" if r["steps_per_s"] else ""
         score = f"{r['score_name']} {r['score']:.3f}" if isinstance(r["score"], float) else ""

@@ -11,8 +11,9 @@ stage freezes it).
     python -m benchmarks.precision_speed --device cuda --precisions fp32,bf16,fp16 --channels-last
 
 Prints a markdown table (median steps/s over ``--rounds`` rounds in which the precisions take
-turns, speed-up over fp32, peak GPU memory) and writes it as JSON to bench/precision_speed.json. The speed says nothing of quality: compare the trainings' validation
-numbers at each precision over several seeds before changing ``runtime.precision``'s default.
+turns, speed-up over fp32, peak GPU memory) and writes it as JSON to bench/precision_speed.json.
+The speed says nothing of quality: compare the trainings' validation numbers at each precision
+over several seeds before changing ``runtime.precision``'s default.
 """
 from __future__ import annotations
 
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{name} {precision} channels_last={memory_format} round {round_index + 1}: "
                           f"{result['steps_per_s']:.2f} steps/s", flush=True)
                     rounds[precision].append(result)
-            for precision, measured in rounds.items():
+            for measured in rounds.values():
                 ordered = sorted(measured, key=lambda r: r["steps_per_s"])
                 median = dict(ordered[len(ordered) // 2])
                 median["rounds_steps_per_s"] = [r["steps_per_s"] for r in measured]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from classifier.models import MultiLabelClassifier, build_classifier
+from common.errors import InputError
 from common.layout import Layout
 
 
@@ -21,7 +22,7 @@ def load_trained(cfg, class_names: list[str], device: torch.device) -> MultiLabe
     state = torch.load(path, map_location="cpu", weights_only=False)
     extra = state.get("extra", {})
     if extra.get("class_names") != list(class_names):
-        raise ValueError(f"{path} was trained on classes {extra.get('class_names')}, "
+        raise InputError(f"{path} was trained on classes {extra.get('class_names')}, "
                          f"but the data set has {list(class_names)}")
     model = build_classifier(backbone=extra["backbone"], num_classes=extra["num_classes"],
                              pretrained=False, output_stride=extra["output_stride"])

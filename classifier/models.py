@@ -66,7 +66,7 @@ class MultiLabelClassifier(nn.Module):
                     param.requires_grad_(False)
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "MultiLabelClassifier":
+    def train(self, mode: bool = True) -> MultiLabelClassifier:
         super().train(mode)
         if getattr(self, "batchnorm_frozen", False):
             for module in self.features.modules():

@@ -17,6 +17,7 @@ import datasets
 from classifier.data import ClassificationSamples
 from classifier.models import MultiLabelClassifier, build_classifier
 from common import distributed, runtime, training
+from common.errors import InputError
 
 STAGE = "train_seed"
 CHECKPOINTS = "classifier"
@@ -77,7 +78,7 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
     train_set = datasets.build(cfg, "train")
     val_set = datasets.build(cfg, "val")
     if len(train_set) == 0:
-        raise ValueError(f"training split {cfg.dataset.train_split!r} of {cfg.dataset.root} is empty")
+        raise InputError(f"training split {cfg.dataset.train_split!r} of {cfg.dataset.root} is empty")
     model = build_classifier(backbone=settings.backbone, num_classes=train_set.num_classes,
                              pretrained=settings.pretrained, weights_path=settings.weights_path,
                              output_stride=settings.output_stride).to(device)

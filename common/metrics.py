@@ -32,7 +32,7 @@ class ConfusionMatrix:
                                    minlength=self.num_classes ** 2).reshape(self.num_classes, -1)
         self.missed += np.bincount(truth[~valid], minlength=self.num_classes)
 
-    def merge(self, other: "ConfusionMatrix") -> None:
+    def merge(self, other: ConfusionMatrix) -> None:
         self.matrix += other.matrix
         self.missed += other.missed
 

@@ -71,7 +71,7 @@ def tree_digest(root: Path) -> str:
             except OSError:
                 continue
             entries.append((str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns))
-    return _sha1([str(root), entries])
+    return _sha1(entries)  # relative paths: a moved or renamed project keeps its records
 
 
 def _setting(cfg, key: str):
@@ -106,7 +106,7 @@ def data_digest(cfg, which: str | None) -> str | None:
     if which == "saliency_data":
         roots = [cfg.saliency.train_root, cfg.saliency.val_root]
         if not any(roots):  # the synthetic saliency set, fixed by the generator's settings
-            return _sha1(["synthetic", cfg.synthetic.__dict__, str(cfg.path(cfg.dataset.root))])
+            return _sha1(["synthetic", cfg.synthetic.__dict__])
         return _sha1([tree_digest(cfg.path(r)) if r else None for r in roots])
     parts = [cfg.dataset.__dict__, cfg.class_names, tree_digest(cfg.path(cfg.dataset.root))]
     if cfg.dataset.train_list:
@@ -146,22 +146,39 @@ def output_digest(cfg, name: str) -> str:
 
 
 def inputs_of(cfg, stage: Stage) -> dict:
-    return {"settings": settings_of(cfg, stage),
-            "upstream": {name: output_digest(cfg, name) for name in stage.upstream(cfg)},
-            "data": data_digest(cfg, stage.data)}
+    """What a stage's outputs depend on, as JSON gives it back (tuples as lists, paths as text), so
+    a stored record and a fresh one compare equal exactly when nothing changed."""
+    inputs = {"settings": settings_of(cfg, stage),
+              "upstream": {name: output_digest(cfg, name) for name in stage.upstream(cfg)},
+              "data": data_digest(cfg, stage.data)}
+    return json.loads(json.dumps(inputs, default=str))
 
 
 def check_inputs(cfg, stages: list[str]) -> None:
     """Preflight: every upstream output a selected stage reads, and no selected stage makes, is
-    there and finished; raises :class:`MissingInput` naming the stage to run first."""
+    there, finished, and made from what this configuration gives that stage; raises
+    :class:`MissingInput` naming the stage to run (again) first."""
     selected = set(stages)
+    checked: set[str] = set()
     for name in stages:
         for upstream in BY_NAME[name].upstream(cfg):
-            if upstream not in selected:
-                try:
-                    output_digest(cfg, upstream)
-                except MissingInput as err:
-                    raise MissingInput(f"{name} reads the outputs of {upstream}, but {err}") from None
+            if upstream in selected or upstream in checked:
+                continue
+            checked.add(upstream)
+            try:
+                output_digest(cfg, upstream)
+                record = read_record(cfg, BY_NAME[upstream])
+                if record is not None:  # a network placed by hand has none: taken as it is
+                    if not record.get("complete"):
+                        raise MissingInput(f"{upstream} did not finish ({Layout(cfg).record(BY_NAME[upstream])}): "
+                                           f"run it again (python main.py --stages {upstream})")
+                    changed = _changes(record.get("inputs"), inputs_of(cfg, BY_NAME[upstream]))
+                    if changed:
+                        raise MissingInput(f"{upstream}'s outputs were made from other inputs than this "
+                                           f"configuration gives it (changed: {', '.join(changed)}): run it "
+                                           f"again (python main.py --stages {upstream},{name})")
+            except MissingInput as err:
+                raise MissingInput(f"{name} reads the outputs of {upstream}, but {err}") from None
 
 
 def _changes(old: dict | None, new: dict) -> list[str]:
@@ -177,7 +194,7 @@ def _changes(old: dict | None, new: dict) -> list[str]:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _empty(folder: Path) -> None:
@@ -198,14 +215,19 @@ def begin(cfg, name: str) -> dict:
     inputs = inputs_of(cfg, stage)
     record = read_record(cfg, stage)
     changed: list[str] = []
+    if stage.trains and cfg.runtime.overwrite:
+        # training starts from scratch: the old network must not be handed on meanwhile
+        for which in ("best", "last"):
+            layout.checkpoint(stage.checkpoint_folder, which).unlink(missing_ok=True)
     if record is not None and record.get("inputs") != inputs:
         changed = _changes(record.get("inputs"), inputs)
         if stage.trains:
             if not cfg.runtime.overwrite and layout.trained_network(stage.checkpoint_folder) is not None:
                 raise StaleOutputs(
                     f"{layout.outputs(stage)} was trained from other inputs than this configuration gives "
-                    f"(changed: {', '.join(changed)}); set runtime.overwrite=true to retrain from scratch "
-                    f"(the network there is replaced), or runtime.experiment=NAME to keep both")
+                    f"(changed: {', '.join(changed)}); retrain it from scratch (the network there is "
+                    f"replaced) with: --stages {name},... --set runtime.overwrite=true (runtime.overwrite "
+                    f"recomputes every selected stage), or keep both with runtime.experiment=NAME")
         else:
             print(f"{name}: its inputs changed since {layout.outputs(stage)} was made "
                   f"({', '.join(changed)}): redoing it", flush=True)

@@ -66,7 +66,7 @@ def autocast(device: torch.device | str, precision: str):
     return torch.autocast(device_type, dtype=dtype)
 
 
-def grad_scaler(device: torch.device | str, precision: str) -> "torch.amp.GradScaler":
+def grad_scaler(device: torch.device | str, precision: str) -> torch.amp.GradScaler:
     """Loss scaler for training: active only for fp16 (bf16 has float32's range and needs none).
 
     A disabled scaler passes ``scale(loss)``, ``step(optimizer)`` and ``update()`` straight through,

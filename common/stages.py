@@ -4,7 +4,7 @@ rows it adds to the closing table. main.py, the provenance records and the bench
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("train_saliency", "TRAIN_SALIENCY", "saliency.train_saliency", checkpoint_folder="saliency",
           depends_on=("saliency", "runtime.seed", "runtime.precision"),
           ignores=("saliency.threshold", "saliency.batch_size", "saliency.minmax_normalise", "saliency.steps",
-                   "saliency.val_every", "saliency.checkpoint"),
+                   "saliency.val_every", "saliency.checkpoint", "saliency.second_val_root"),
           data="saliency_data", active=lambda cfg: not cfg.saliency.checkpoint,
           table=(("max_F", "saliency max F (val)"), ("MAE", "saliency MAE (val)"))),
     Stage("create_saliency", "CREATE_SALIENCY", "saliency.make_saliency", tmp_folder="saliency",

@@ -31,7 +31,8 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -307,7 +308,9 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
                 with runtime.autocast(device, precision):
                     loss = spec.loss(network, batch, device)
                 # one all-reduce per step: the mean loss (NaN anywhere stops everyone) and any stop signal
-                shared = torch.tensor([loss.detach().float().item(), float(signals.received is not None)])
+                # on the training device: NCCL all-reduces CUDA tensors only
+                shared = torch.tensor([loss.detach().float().item(), float(signals.received is not None)],
+                                      device=device)
                 distributed.all_reduce_sum_(shared)
                 mean_loss = shared[0].item() / world
                 if not math.isfinite(mean_loss):

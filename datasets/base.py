@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import files
+
 # kind of problem -> whether dropping the image fixes it (dataset.on_bad_image = skip can), and
 # what it means. The others are set-level: the label source or the file listing is inconsistent,
 # and no choice of images repairs that.
@@ -165,11 +167,18 @@ class ImageSet(ABC):
         self.ids = [i for i in self.ids if i not in unwanted]
 
 
+def _list_id(word: str) -> str:
+    """The id in an id list's first word: the word, or the file stem of a path such as DeepLab's
+    ``/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png`` lines."""
+    return Path(word).stem if "/" in word or "\\" in word else word
+
+
 def read_id_lines(path) -> list[tuple[int, str]]:
-    """(line number, id) of an id list: the first word of each line; blank lines skipped."""
+    """(line number, id) of an id list: the first word of each line (a path's file stem); blank
+    lines skipped."""
     try:
         with open(path, encoding="utf-8") as handle:
-            return [(line_no, line.split()[0]) for line_no, line in enumerate(handle, start=1)
+            return [(line_no, _list_id(line.split()[0])) for line_no, line in enumerate(handle, start=1)
                     if line.strip()]
     except (OSError, UnicodeDecodeError) as err:
         raise OSError(f"cannot read id list {path}: {err}") from err
@@ -191,6 +200,30 @@ def unique_ids(id_lines: list[tuple[int, str]], source: Path, split: str) -> tup
                         image_id, split)
                 for image_id, at in lines.items() if len(at) > 1]
     return list(lines), problems
+
+
+class FolderOfImages(ImageSet):
+    """An image set whose images are files in one folder, ``image_folder``, listed by
+    :func:`list_images` into ``_images`` (id -> its files) by the subclass."""
+
+    image_folder: Path
+    _images: dict[str, list[Path]]
+
+    def image_path(self, image_id: str) -> Path | None:
+        found = self._images.get(image_id)
+        return found[0] if found else None
+
+    def _existing_image(self, image_id: str) -> Path:
+        path = self.image_path(image_id)
+        if path is None:
+            raise FileNotFoundError(f"no image for id {image_id!r} in {self.image_folder}")
+        return path
+
+    def image(self, image_id: str) -> np.ndarray:
+        return files.read_image(self._existing_image(image_id))
+
+    def image_size(self, image_id: str) -> tuple[int, int]:
+        return files.image_size(self._existing_image(image_id))
 
 
 def list_images(folder: Path, suffixes) -> dict[str, list[Path]]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from common import files
-from datasets.base import (ImageSet, Problem, list_images, nearest_class_name, read_id_lines,
+from datasets.base import (FolderOfImages, Problem, list_images, nearest_class_name, read_id_lines,
                            suspicious_names, two_file_problems, unique_ids)
 from datasets.voc import IMAGE_SUFFIXES, names_to_vector, read_class_names, xml_object_names
 
@@ -153,7 +153,7 @@ def class_name_problems(rows: LabelRows, class_names: list[str], given: bool) ->
     return problems
 
 
-class FolderImageSet(ImageSet):
+class FolderImageSet(FolderOfImages):
     def __init__(self, root: Path, split: str, class_names: list[str] | None, label_source: str):
         self.root = Path(root)
         if label_source == "csv":
@@ -172,7 +172,8 @@ class FolderImageSet(ImageSet):
         self._names = rows.names
         given = class_names or read_class_names(self.root)
         class_names = given or sorted({n for names in rows.names.values() for n in names if n})
-        self._images = list_images(self.root / "images", IMAGE_SUFFIXES)
+        self.image_folder = self.root / "images"
+        self._images = list_images(self.image_folder, IMAGE_SUFFIXES)
         id_list = self.root / f"{split}.txt"
         if id_list.is_file():
             ids, duplicates = unique_ids(read_id_lines(id_list), id_list, split)
@@ -196,22 +197,6 @@ class FolderImageSet(ImageSet):
                 self.problems.append(Problem(
                     "label_without_image", str(source[0]),
                     f"{_where(source)}: id {image_id!r} has no image in images/{hint}", image_id))
-
-    def image_path(self, image_id: str) -> Path | None:
-        found = self._images.get(image_id)
-        return found[0] if found else None
-
-    def _existing_image(self, image_id: str) -> Path:
-        path = self.image_path(image_id)
-        if path is None:
-            raise FileNotFoundError(f"no image for id {image_id!r} in {self.root / 'images'}")
-        return path
-
-    def image(self, image_id: str) -> np.ndarray:
-        return files.read_image(self._existing_image(image_id))
-
-    def image_size(self, image_id: str) -> tuple[int, int]:
-        return files.image_size(self._existing_image(image_id))
 
     def labels(self, image_id: str) -> np.ndarray:
         if image_id not in self._names:

@@ -209,7 +209,7 @@ class ShapeParams:
     wobble: list
 
     @staticmethod
-    def draw(rng: np.random.Generator) -> "ShapeParams":
+    def draw(rng: np.random.Generator) -> ShapeParams:
         return ShapeParams(aspect=float(rng.uniform(0.55, 0.9)), inner=float(rng.uniform(0.42, 0.6)),
                            arm=float(rng.uniform(0.24, 0.34)),
                            wobble=[(k, float(rng.uniform(0.1, 0.2)), float(rng.uniform(0, 2 * np.pi)))
@@ -440,7 +440,8 @@ def make_scene(rng: np.random.Generator, min_side: int, max_side: int) -> Scene:
                 previous = objects[-1]
                 direction = rng.uniform(0, 2 * np.pi)
                 distance = (previous.radius + radius) * rng.uniform(0.55, 0.95)
-                cy, cx = previous.centre[0] + distance * np.sin(direction), previous.centre[1] + distance * np.cos(direction)
+                cy = previous.centre[0] + distance * np.sin(direction)
+                cx = previous.centre[1] + distance * np.cos(direction)
             else:
                 cy, cx = rng.uniform(0, height), rng.uniform(0, width)
             # mostly inside the image: the centre at least 0.65 radius from every border

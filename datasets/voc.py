@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common import files
-from datasets.base import ImageSet, list_images, read_id_lines, two_file_problems, unique_ids
+from datasets.base import FolderOfImages, list_images, read_id_lines, two_file_problems, unique_ids
 
 # the order decides which file an id uses when it has two (a problem the data check reports)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp", ".tif", ".tiff")
@@ -41,7 +41,7 @@ def names_to_vector(names, class_names: list[str], source: Path, unknown: set) -
             vector[index[name]] = 1.0
         elif name and name not in unknown:
             unknown.add(name)
-            warnings.warn(f"{source}: class {name!r} is not in the configured class names; skipped")
+            warnings.warn(f"{source}: class {name!r} is not in the configured class names; skipped", stacklevel=2)
     return vector
 
 
@@ -55,7 +55,7 @@ def read_class_names(root: Path) -> list[str] | None:
     return names
 
 
-class VOCImageSet(ImageSet):
+class VOCImageSet(FolderOfImages):
     def __init__(self, root: Path, split: str, class_names: list[str], id_list: Path | None = None):
         self.root = Path(root)
         # ids of ImageSets/Segmentation lists promise a mask each; Main lists and extra lists
@@ -75,24 +75,9 @@ class VOCImageSet(ImageSet):
         mask_dirs = [self.root / "SegmentationClass", self.root / "SegmentationClassAug"]
         self._mask_dirs = [d for d in mask_dirs if d.is_dir()]
         self._masks_promised = from_segmentation_list and bool(self._mask_dirs)
-        self._images = list_images(self.root / "JPEGImages", IMAGE_SUFFIXES)
+        self.image_folder = self.root / "JPEGImages"
+        self._images = list_images(self.image_folder, IMAGE_SUFFIXES)
         self.problems += duplicates + two_file_problems(self._images, self.ids, split)
-
-    def image_path(self, image_id: str) -> Path | None:
-        found = self._images.get(image_id)
-        return found[0] if found else None
-
-    def _existing_image(self, image_id: str) -> Path:
-        path = self.image_path(image_id)
-        if path is None:
-            raise FileNotFoundError(f"no image for id {image_id!r} in {self.root / 'JPEGImages'}")
-        return path
-
-    def image(self, image_id: str) -> np.ndarray:
-        return files.read_image(self._existing_image(image_id))
-
-    def image_size(self, image_id: str) -> tuple[int, int]:
-        return files.image_size(self._existing_image(image_id))
 
     def mask_path(self, image_id: str) -> Path | None:
         return self._mask_path(image_id)

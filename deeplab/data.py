@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from common import files
+from common.errors import InputError
 from common.training import StepBatches, sample_rng, split_item  # noqa: F401  (StepBatches lived here)
 
 IGNORE = 255
@@ -60,7 +61,7 @@ class SegmentationSamples(Dataset):
         image = to_tensor(self.image_set.image(image_id), self.mean, self.std)
         label = torch.from_numpy(self.sources[image_id]().astype(np.int64))
         if label.shape != image.shape[1:]:
-            raise ValueError(f"label of {image_id} is {tuple(label.shape)}, its image {tuple(image.shape[1:])}")
+            raise InputError(f"label of {image_id} is {tuple(label.shape)}, its image {tuple(image.shape[1:])}")
         scale = rng.uniform(*self.scales)
         size = (max(8, round(image.shape[1] * scale)), max(8, round(image.shape[2] * scale)))
         image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]

@@ -25,6 +25,7 @@ from tqdm import tqdm
 import datasets
 from common import board, distributed, files, metrics, runtime, work
 from common.crf import CrfParams
+from common.errors import InputError
 from common.layout import Layout
 from deeplab.inference import batch_probabilities, crf_refine
 from deeplab.models import build_deeplab
@@ -127,7 +128,7 @@ def run(cfg) -> dict:
         print("WARNING: this DeepLab is NOT weakly supervised: " + "; ".join(reasons), flush=True)
     image_set = datasets.build(cfg, settings.split)
     if image_set.num_classes + 1 != extra["num_classes"]:
-        raise ValueError(f"{extra['checkpoint']} predicts {extra['num_classes'] - 1} classes, the "
+        raise InputError(f"{extra['checkpoint']} predicts {extra['num_classes'] - 1} classes, the "
                          f"{settings.split} split of {cfg.path(cfg.dataset.root)} has {image_set.num_classes}")
     num_classes = extra["num_classes"]
     crf = CrfParams(gaussian_sxy=settings.crf_gaussian_sxy, gaussian_compat=settings.crf_gaussian_compat,

@@ -54,7 +54,7 @@ class DeepLab(nn.Module):
         self.batchnorm_frozen = frozen
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "DeepLab":
+    def train(self, mode: bool = True) -> DeepLab:
         super().train(mode)
         if self.batchnorm_frozen:
             for module in self.backbone.modules():

@@ -24,7 +24,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -187,7 +187,7 @@ class Segmenter:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto", precision: str = "fp32",
-                        **options) -> "Segmenter":
+                        **options) -> Segmenter:
         """The network of a TRAIN_DEEPLAB checkpoint (``best.pt`` or ``last.pt``) with its class
         names; ``options`` as in the constructor. Raises :class:`CheckpointError` naming the file."""
         model, description = load_checkpoint(path)

@@ -13,13 +13,14 @@ import math
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 import datasets
 from common import board, distributed, files, metrics, work
+from common.errors import InputError
 from common.layout import Layout
 from guide.rules import IGNORE, GuideParams, make_pseudo_label
 
@@ -45,7 +46,7 @@ def read_inputs(layout: Layout, image_set, image_id: str, saliency: np.ndarray |
             raise missing_input(saliency_path, "CREATE_SALIENCY")
         saliency = layout.read_saliency(image_id)
     if saliency.shape != image.shape[:2]:
-        raise ValueError(f"{saliency_path} is {saliency.shape}, the image {image_id} is {image.shape[:2]}: "
+        raise InputError(f"{saliency_path} is {saliency.shape}, the image {image_id} is {image.shape[:2]}: "
                          "recompute it (CREATE_SALIENCY with runtime.overwrite=true)")
     class_ids = image_set.class_ids(image_id)
     class_masks: dict[int, np.ndarray] = {}
@@ -57,7 +58,7 @@ def read_inputs(layout: Layout, image_set, image_id: str, saliency: np.ndarray |
         class_cams = layout.read_cams(image_id)
         stored = class_cams.class_ids.tolist()
         if tuple(class_cams.image_size) != saliency.shape or not set(class_ids) <= set(stored):
-            raise ValueError(f"{cam_path} holds classes {stored} for a {class_cams.image_size} image; "
+            raise InputError(f"{cam_path} holds classes {stored} for a {class_cams.image_size} image; "
                              f"image {image_id} is {saliency.shape} with classes {class_ids}: recompute it "
                              "(CREATE_ATTENTION with runtime.overwrite=true)")
         upsampled = class_cams.upsampled()
@@ -67,7 +68,7 @@ def read_inputs(layout: Layout, image_set, image_id: str, saliency: np.ndarray |
                 raise missing_input(mask_path, "CREATE_ATTENTION")
             class_masks[class_id] = layout.read_cam_mask(image_id, class_id)
             if class_masks[class_id].shape != saliency.shape:
-                raise ValueError(f"{mask_path} is {class_masks[class_id].shape}, the image {saliency.shape}")
+                raise InputError(f"{mask_path} is {class_masks[class_id].shape}, the image {saliency.shape}")
             cams[class_id] = upsampled[stored.index(class_id)]
     return {"image": image, "saliency_prob": saliency, "class_masks": class_masks, "cams": cams}
 
@@ -177,11 +178,11 @@ class Scores:
         self.images += 1
         if truth is not None:
             if truth.shape != label.shape:
-                raise ValueError(f"ground truth {truth.shape} and pseudo label {label.shape} differ in size")
+                raise InputError(f"ground truth {truth.shape} and pseudo label {label.shape} differ in size")
             self.matrix.update(truth, label)
             self.scored += 1
 
-    def merge(self, other: "Scores") -> None:
+    def merge(self, other: Scores) -> None:
         self.matrix.merge(other.matrix)
         self.ignored += other.ignored
         self.pixels += other.pixels

@@ -70,7 +70,7 @@ class GuideParams:
                 raise ValueError(f"guide.{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
 
     @classmethod
-    def from_config(cls, cfg, **changes) -> "GuideParams":
+    def from_config(cls, cfg, **changes) -> GuideParams:
         """The parameters of ``cfg`` (guide section, saliency and attention thresholds);
         ``changes`` override single fields, e.g. ``crf_whole_image=True``."""
         guide = cfg.guide

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from common import files
+from common.errors import InputError
 from common.training import sample_rng, split_item
 from datasets.voc import IMAGE_SUFFIXES
 
@@ -70,7 +71,7 @@ class SaliencyPairs(Dataset):
         image = image_tensor(files.read_image(image_path))
         mask = torch.from_numpy((files.read_label_png(mask_path) > 127).astype(np.float32))[None]
         if mask.shape[1:] != image.shape[1:]:
-            raise ValueError(f"{mask_path} is {tuple(mask.shape[1:])}, its image {tuple(image.shape[1:])}")
+            raise InputError(f"{mask_path} is {tuple(mask.shape[1:])}, its image {tuple(image.shape[1:])}")
         if not self.train:
             return resize(image, (self.size, self.size)), mask
         big = self.size + self.size // 7

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import imagenet
+from common.errors import InputError
 
 ENCODERS = ("vgg16", "efficientnet_lite0")
 
@@ -280,6 +281,6 @@ def load_picanet(path: str | Path, *, encoder: str = "vgg16", paper_attention: b
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path} does not fit PiCANet with encoder {encoder!r} "
+        raise InputError(f"{path} does not fit PiCANet with encoder {encoder!r} "
                          f"(saliency.encoder): {str(err)[:400]}") from err
     return model.eval()

@@ -191,3 +191,15 @@ def test_help_lists_stages_and_presets(capsys):
         for name, info in config_module.declared(type(getattr(defaults, section))).items():
             assert f"{section}.{name}" in out
             assert info["help"], f"{section}.{name} has no help text"
+
+
+def test_non_finite_numbers_are_refused():
+    with pytest.raises(ConfigError, match="classifier.lr: nan is not a finite number"):
+        validate(build_config("demo", ["classifier.lr=nan"]))
+
+
+def test_a_ready_saliency_network_needs_no_saliency_training_data(tmp_path):
+    checkpoint = tmp_path / "picanet.ckpt"
+    checkpoint.write_bytes(b"x")
+    cfg = build_config("voc", [f"dataset.root={tmp_path}", f"saliency.checkpoint={checkpoint}"])
+    validate(cfg, ["train_saliency", "create_saliency"])  # data/DUTS is absent, and not needed

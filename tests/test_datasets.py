@@ -119,3 +119,12 @@ def test_msrc_objects_from_shared(make_cfg):
     assert mask.shape == train.image_size(train.ids[0])
     assert set(np.unique(mask)) <= set(range(16)) | {255}
     assert root.is_dir()
+
+
+def test_id_lists_of_paths_give_the_file_stems(tmp_path):
+    """DeepLab's train_aug.txt names the image and mask paths on each line."""
+    from datasets.base import read_id_list
+
+    listed = tmp_path / "train_aug.txt"
+    listed.write_text("/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png\n\n2007_000039\n")
+    assert read_id_list(listed) == ["2007_000032", "2007_000039"]

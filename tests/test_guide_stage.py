@@ -72,7 +72,7 @@ def voc_cfg(make_cfg, tmp_path):
 
 def write_inputs(cfg, scenes) -> None:
     layout = Layout(cfg)
-    for image_id, (image, mask) in scenes.items():
+    for image_id, (_image, mask) in scenes.items():
         salient = (mask > 0).astype(np.float32)
         if image_id == "empty":
             salient[EMPTY_BLOB] = 1.0

@@ -15,16 +15,10 @@ import datasets
 import main
 from common import files
 from datasets.voc import read_class_names
+from test_pipeline_e2e import TINY_ALL as TINY_STAGES
 
-TINY_ALL = {
-    "saliency.steps": 2, "saliency.val_every": 2, "saliency.train_batch_size": 4,
-    "saliency.input_size": 64, "saliency.batch_size": 8,
-    "classifier.steps": 4, "classifier.val_every": 4, "classifier.batch_size": 4,
-    "classifier.crop_size": 64, "attention.batch_size": 4,
-    "guide.workers": 1, "guide.previews": 1,
-    "deeplab.steps": 2, "deeplab.val_every": 2, "deeplab.batch_size": 2, "deeplab.crop_size": 64,
-    "runtime.num_workers": 0, "eval.overlays": 2,
-}
+# the tiny stage settings of the every-stage test, with eval overlays and no loader processes
+TINY_ALL = {**TINY_STAGES, "runtime.num_workers": 0, "eval.overlays": 2}
 
 
 def make_folder_set(synthetic_root, root, count: int = 12) -> None:

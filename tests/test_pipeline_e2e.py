@@ -42,7 +42,7 @@ def test_main_runs_every_stage_and_reports_each_score(tiny_cfg, monkeypatch, cap
     table = (layout.runs / "summary.md").read_text()
     rows = [(stage.name, key, label) for stage in STAGES for key, label in stage.table]
     assert len(rows) == 7
-    for _, key, label in rows:
+    for _, _key, label in rows:
         assert label in table, f"{label} missing from the closing table"
     assert table in capsys.readouterr().out
     for stage, key, _ in rows:

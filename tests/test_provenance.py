@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,3 +148,61 @@ def test_every_stage_declares_where_its_outputs_live():
         assert (stage.tmp_folder is None) != (stage.checkpoint_folder is None), stage.name
         for key in stage.depends_on + stage.ignores:
             provenance._setting(__import__("config").build_config("demo"), key)  # every key exists
+
+
+def test_a_problem_a_user_can_fix_inside_a_stage_is_one_line_naming_the_stage(folder_cfg, monkeypatch, capsys):
+    from common.errors import InputError
+    from saliency import make_saliency
+
+    cfg = folder_cfg
+    _fake_network(cfg, "saliency")
+
+    def fails(cfg):
+        raise InputError("/photos/masks/a.png is 40 x 50, its image 50 x 40")
+
+    monkeypatch.setattr(make_saliency, "run", fails)
+    monkeypatch.setattr(make_saliency, "preflight", lambda cfg, stages: None)
+    monkeypatch.setattr(main.config_module, "build_config", lambda preset, overrides: cfg)
+    assert main.main(["--stages", "create_saliency"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error (create_saliency): /photos/masks/a.png is 40 x 50, its image 50 x 40"
+    with pytest.raises(InputError):  # --traceback shows where
+        main.main(["--stages", "create_saliency", "--traceback"])
+
+
+def test_a_stage_run_alone_refuses_upstream_outputs_made_from_other_settings(folder_cfg):
+    cfg = folder_cfg
+    _fake_network(cfg, "saliency")
+    _run(cfg, "create_saliency")
+    _fake_network(cfg, "classifier")
+    _run(cfg, "create_attention")
+    provenance.check_inputs(cfg, ["create_guide"])  # both finished from this configuration
+    cfg.saliency.minmax_normalise = True  # CREATE_SALIENCY would now make other maps
+    with pytest.raises(provenance.MissingInput, match=r"create_saliency's outputs were made from other inputs "
+                                                      r"than this configuration gives it \(changed: "
+                                                      r"saliency.minmax_normalise\)"):
+        provenance.check_inputs(cfg, ["create_guide"])
+    provenance.check_inputs(cfg, ["create_saliency", "create_guide"])  # redone first: fine
+
+
+def test_retraining_from_scratch_removes_the_old_network_first(folder_cfg):
+    cfg = folder_cfg
+    _run(cfg, "train_seed")
+    _fake_network(cfg, "classifier")
+    cfg.runtime.overwrite = True
+    provenance.begin(cfg, "train_seed")  # the training that follows starts from nothing
+    assert Layout(cfg).trained_network("classifier") is None
+    cfg.runtime.overwrite = False
+    with pytest.raises(provenance.MissingInput, match="train_seed has not trained a network yet"):
+        provenance.check_inputs(cfg, ["create_attention"])
+
+
+def test_records_survive_a_moved_project(folder_cfg, tmp_path):
+    """The data digest holds paths relative to the data set's root: a copy elsewhere, with the same
+    files and times, compares equal."""
+    import shutil
+
+    root = Path(folder_cfg.dataset.root)
+    copy = tmp_path / "moved" / "photos"
+    shutil.copytree(root, copy)  # copies modification times too
+    assert provenance.tree_digest(root) == provenance.tree_digest(copy)

@@ -98,7 +98,7 @@ def test_segmenter_from_checkpoint_matches_the_network(trained):
     with torch.no_grad():
         plain = model(to_tensor(images[0], model.mean, model.std)[None])[0].argmax(0).numpy()
     assert (labels[0] == plain).all()
-    assert len(np.unique(np.concatenate([l.ravel() for l in labels]))) > 1  # not a constant map
+    assert len(np.unique(np.concatenate([label.ravel() for label in labels]))) > 1  # not a constant map
     # one image in, one array out, the same as in company
     alone = segmenter.segment(images[1])
     assert isinstance(alone, np.ndarray) and (alone == labels[1]).all()
@@ -193,7 +193,8 @@ def test_segment_command_on_a_folder(trained, tmp_path, capsys):
                          "--batch-size", "2"])
     captured = capsys.readouterr()
     assert code == 0
-    assert "broken.jpg" in captured.out + captured.err and f"segmented {len(images)} of {len(images) + 1}" in captured.out
+    assert "broken.jpg" in captured.out + captured.err
+    assert f"segmented {len(images)} of {len(images) + 1}" in captured.out
     segmenter = Segmenter.from_checkpoint(path, device="cpu")
     expected_names = {"a.jpg": "a", "sub/a.jpg": "sub/a", "sub/deeper/b.PNG": "sub/deeper/b", "c.bmp": "c",
                       "twin.png": "twin.png", "twin.jpg": "twin.jpg", "sub/portrait.jpg": "sub/portrait"}
