@@ -121,9 +121,9 @@ def default_checkpoint(experiment: str = "") -> Path:
     from common.layout import Layout
 
     layout = Layout(config.build_config("demo", [f"runtime.experiment={experiment}"] if experiment else []))
-    for which in ("best", "last"):
-        if layout.checkpoint("deeplab", which).is_file():
-            return layout.checkpoint("deeplab", which)
+    path = layout.trained_network("deeplab")
+    if path is not None:
+        return path
     raise UsageError(f"no trained DeepLab in {layout.checkpoint('deeplab').parent} (best.pt or last.pt): "
                      f"train one (python main.py --stages train_deeplab) or pass --checkpoint FILE")
 

@@ -13,12 +13,10 @@ def load_trained(cfg, class_names: list[str], device: torch.device) -> MultiLabe
 
     Raises a clear error when TRAIN_SEED has not run or was trained on other classes."""
     layout = Layout(cfg)
-    path = layout.checkpoint("classifier", "best")
-    if not path.exists():
-        path = layout.checkpoint("classifier", "last")
-    if not path.exists():
-        raise FileNotFoundError(f"no trained classifier at {path.parent}: run TRAIN_SEED first "
-                                f"(python main.py --stages train_seed)")
+    path = layout.trained_network("classifier")
+    if path is None:
+        raise FileNotFoundError(f"no trained classifier at {layout.checkpoint('classifier').parent}: run "
+                                f"TRAIN_SEED first (python main.py --stages train_seed)")
     state = torch.load(path, map_location="cpu", weights_only=False)
     extra = state.get("extra", {})
     if extra.get("class_names") != list(class_names):

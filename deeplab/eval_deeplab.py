@@ -37,9 +37,9 @@ TENSORBOARD_PICTURES = 8
 def checkpoint_path(cfg):
     """checkpoints/deeplab/best.pt, else last.pt; FileNotFoundError naming the folder if neither."""
     layout = Layout(cfg)
-    for which in ("best", "last"):
-        if layout.checkpoint("deeplab", which).exists():
-            return layout.checkpoint("deeplab", which)
+    path = layout.trained_network("deeplab")
+    if path is not None:
+        return path
     raise FileNotFoundError(f"no trained DeepLab in {layout.checkpoint('deeplab').parent} (best.pt or "
                             f"last.pt): run TRAIN_DEEPLAB first (python main.py --stages train_deeplab)")
 

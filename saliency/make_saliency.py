@@ -32,11 +32,7 @@ def network_path(cfg):
     """The PiCANet file CREATE_SALIENCY will use, or None."""
     if cfg.saliency.checkpoint:
         return cfg.path(cfg.saliency.checkpoint)
-    layout = Layout(cfg)
-    for which in ("best", "last"):
-        if layout.checkpoint("saliency", which).exists():
-            return layout.checkpoint("saliency", which)
-    return None
+    return Layout(cfg).trained_network("saliency")
 
 
 def preflight(cfg, stages: list[str]) -> None:
