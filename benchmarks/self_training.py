@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import datasets  # noqa: E402
-from common import files  # noqa: E402
+from common import files, provenance  # noqa: E402
 from common.layout import Layout  # noqa: E402
 from common.metrics import IGNORE  # noqa: E402
 from common.stages import BY_NAME  # noqa: E402
@@ -96,8 +96,7 @@ def write_labels(predict_cfg, retrain_cfg) -> dict:
                          f"needs a folder of its own")
     if folder.exists():
         shutil.rmtree(folder)
-    files.write_text(record_path, json.dumps({"stage": stage.name, "inputs": inputs, "complete": False},
-                                             indent=2))
+    provenance.record_made_elsewhere(retrain_cfg, stage.name, inputs, complete=False)
     image_set = datasets.build(retrain_cfg, "train")
     scores = Scores(image_set.class_names)
     missing = []
@@ -115,6 +114,5 @@ def write_labels(predict_cfg, retrain_cfg) -> dict:
                                 f"segment the whole training split")
     result = {k: v for k, v in scores.result().items() if k != "per_class"}
     files.write_text(scores_path, json.dumps(result, indent=2, default=float))
-    files.write_text(record_path, json.dumps({"stage": stage.name, "inputs": inputs, "complete": True},
-                                             indent=2))
+    provenance.record_made_elsewhere(retrain_cfg, stage.name, inputs)
     return result
