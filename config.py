@@ -1,9 +1,9 @@
 """Every setting of the pipeline, typed and grouped per stage.
 
 Edit the defaults here, pick a preset (``python main.py --preset voc``) or override single keys
-(``--set classifier.steps=200``). The whole configuration is validated by :func:`validate` before any
-stage starts; an unknown key, a wrong type, a value out of range or a missing path is reported in one
-error that names the setting.
+(``--set classifier.steps=200``; a setting of a group as ``--set guide.crf.bilateral_sxy=60``). The
+whole configuration is validated by :func:`validate` before any stage starts; an unknown key, a wrong
+type, a value out of range or a missing path is reported in one error that names the setting.
 
 Class ids: masks and pseudo labels hold 0 for background, 1..C for the classes (in the order of
 ``Config.class_names``) and 255 for ignore. Image-level label vectors have C entries, entry c-1 for
@@ -16,6 +16,7 @@ import json
 import math
 import typing
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,34 @@ def setting(default: Any, help: str = "", *, choices: tuple | None = None, low: 
     return field(default=default, metadata=metadata)
 
 
+def group(cls: type, help: str = "", **defaults: Any) -> Any:
+    """A group of settings declared once in the dataclass ``cls`` and used in several sections
+    (``section.name.key``), each with its own defaults: ``defaults`` replace the class's."""
+    unknown = set(defaults) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no setting {', '.join(sorted(unknown))}")
+    return field(default_factory=lambda: cls(**defaults), metadata={"help": help})
+
+
 UNIT = dict(low=0.0, high=1.0)
 COUNT = dict(low=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Groups of settings shared by several sections
+# --------------------------------------------------------------------------------------------
+@dataclass
+class CrfConfig:
+    """A fully connected CRF's kernels (Kraehenbuehl & Koltun; common/crf.py): a smoothness term over
+    pixel positions and an appearance term over positions and colours. The defaults are
+    CREATE_GUIDE's; EVAL_DEEPLAB's post-processing has the original's (``EvalConfig.crf``)."""
+
+    gaussian_sxy: float = setting(3.0, "smoothness kernel width (pixels)", positive=True)
+    gaussian_compat: float = setting(3.0, "smoothness weight", low=0.0)
+    bilateral_sxy: float = setting(80.0, "appearance kernel width (pixels)", positive=True)
+    bilateral_srgb: float = setting(13.0, "appearance kernel colour width", positive=True)
+    bilateral_compat: float = setting(10.0, "appearance weight", low=0.0)
+    iterations: int = setting(10, "mean-field iterations", **COUNT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,14 +241,9 @@ class GuideConfig:
                                          choices=("background", "ignore"))
     isolated_class_regions: str = setting("class", "class region touching no saliency region: class | ignore",
                                           choices=("class", "ignore"))
-    # dense CRF for saliency regions shared by several classes (unaries: -log of normalised CAMs)
     crf_background_channel: bool = setting(False, "add a 1 - max(CAM) background channel to the CRF unaries")
-    crf_gaussian_sxy: float = setting(3.0, "CRF smoothness kernel width (pixels)", positive=True)
-    crf_gaussian_compat: float = setting(3.0, "CRF smoothness weight", low=0.0)
-    crf_bilateral_sxy: float = setting(80.0, "CRF appearance kernel width (pixels)", positive=True)
-    crf_bilateral_srgb: float = setting(13.0, "CRF appearance kernel colour width", positive=True)
-    crf_bilateral_compat: float = setting(10.0, "CRF appearance weight", low=0.0)
-    crf_iterations: int = setting(10, "CRF mean-field iterations", **COUNT)
+    crf: CrfConfig = group(CrfConfig, "the dense CRF that splits a saliency region shared by several classes "
+                                      "(unaries: -log of normalised CAMs)")
     crf_margin: int = setting(16, "pixels around a region's bounding box given to the CRF", **COUNT)
     workers: int = setting(2, "processes; 1 = in this process", positive=True)
     splits: list[str] = setting(["train"], "splits that get pseudo labels", nonempty=True)
@@ -272,16 +294,12 @@ class EvalConfig:
     scales: list[float] = setting([1.0], "image scales whose class probabilities are averaged", nonempty=True,
                                   each_positive=True)
     flip: bool = setting(False, "average with the horizontally flipped image")
-    crf: bool = setting(False, "the original's CRF post-processing")
+    use_crf: bool = setting(False, "the original's dense-CRF post-processing (its kernels: eval.crf)")
     crf_unary: str = setting("labels", "labels (the original: crf_confidence on the predicted label) | softmax",
                              choices=("labels", "softmax"))
     crf_confidence: float = setting(0.9, "probability given to the predicted label in the CRF unaries", **UNIT)
-    crf_gaussian_sxy: float = setting(3.0, "CRF smoothness kernel width (pixels)", positive=True)
-    crf_gaussian_compat: float = setting(3.0, "CRF smoothness weight", low=0.0)
-    crf_bilateral_sxy: float = setting(121.0, "CRF appearance kernel width (pixels)", positive=True)
-    crf_bilateral_srgb: float = setting(5.0, "CRF appearance kernel colour width", positive=True)
-    crf_bilateral_compat: float = setting(4.0, "CRF appearance weight", low=0.0)
-    crf_iterations: int = setting(10, "CRF mean-field iterations", **COUNT)
+    crf: CrfConfig = group(CrfConfig, "the post-processing CRF's kernels, the original's values",
+                           bilateral_sxy=121.0, bilateral_srgb=5.0, bilateral_compat=4.0)
     overlays: int = setting(16, "side-by-side images written (0 = none, -1 = all)", low=-1)
 
 
@@ -311,6 +329,11 @@ class Config:
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name not in ("preset", "class_names")]
+
+# settings that moved: an old --set or saved config.json is told the new name instead of "unknown"
+RENAMED = {"eval.crf": "eval.use_crf",
+           **{f"{section}.crf_{f.name}": f"{section}.crf.{f.name}"
+              for section in ("guide", "eval") for f in dataclasses.fields(CrfConfig)}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,6 +419,90 @@ def _field_types(section_cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
 
 
+def _is_group(kind: Any) -> bool:
+    """Whether a declared type holds settings (a section or a :func:`group`) rather than being one."""
+    return isinstance(kind, type) and dataclasses.is_dataclass(kind)
+
+
+def _walk(values: Any, prefix: str = "", groups: bool = False) -> Iterator[tuple[str, Any, dict]]:
+    """(dotted key, value, {"help": ..., "rules": {...}}) of every setting in a section or group, a
+    group's settings after it as ``group.name``; with ``groups`` the groups themselves too."""
+    types = _field_types(type(values))
+    for f in dataclasses.fields(values):
+        key, value = f"{prefix}.{f.name}" if prefix else f.name, getattr(values, f.name)
+        info = {"help": f.metadata.get("help", ""), "rules": dict(f.metadata.get("rules", {}))}
+        if _is_group(types[f.name]):
+            if groups:
+                yield key, value, info
+            yield from _walk(value, key, groups)
+        else:
+            yield key, value, info
+
+
+def declared(section_cls: type) -> dict[str, dict]:
+    """{name: {"help": ..., "rules": {...}}} of every setting of a section as :func:`setting` declared
+    them; a group's settings as ``group.name``."""
+    return {key: info for key, _, info in _walk(section_cls())}
+
+
+def get_setting(cfg: Config, key: str) -> Any:
+    """The value of ``section.name`` or ``section.group.name``."""
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _declared_type(key: str) -> Any:
+    """The declared type of ``key`` in :class:`Config`, or None when there is no such setting or group."""
+    kind: Any = Config
+    for part in key.split("."):
+        kind = _field_types(kind).get(part) if _is_group(kind) else None
+    return kind
+
+
+def _renamed(key: str) -> str:
+    message = f"{key} is now {RENAMED[key]}"
+    kind = _declared_type(key)
+    if _is_group(kind):  # the old name now means something else: say what
+        message += f" ({key}.* now holds a group of settings: {', '.join(declared(kind))})"
+    return message
+
+
+def _resolve(cfg: Config, key: str) -> tuple[Any, str, Any]:
+    """(the object holding setting ``key``, the setting's name there, its declared type) for ``key`` =
+    ``name`` (top level), ``section.name`` or ``section.group.name``; a ConfigError naming the key
+    when no setting has that name."""
+    if key in RENAMED:
+        raise ConfigError(_renamed(key))
+    parts = key.split(".")
+    if len(parts) > 1 and parts[0] not in SECTIONS:
+        raise ConfigError(f"{key}: unknown section {parts[0]!r} (sections: {', '.join(SECTIONS)})")
+    target: Any = cfg
+    for depth, name in enumerate(parts):
+        types = _field_types(type(target))
+        if len(parts) == 1:  # a top-level setting: a section is not one
+            types = {n: kind for n, kind in types.items() if n not in SECTIONS}
+        if name not in types:
+            raise ConfigError(f"{key}: unknown setting (known here: {', '.join(types)})")
+        last = depth == len(parts) - 1
+        if last and _is_group(types[name]):
+            raise ConfigError(f"{key}: a group of settings; set one of them: "
+                              + ", ".join(f"{key}.{n}" for n in declared(types[name])))
+        if last:
+            return target, name, types[name]
+        if not _is_group(types[name]):
+            raise ConfigError(f"{key}: {'.'.join(parts[:depth + 1])} is a setting, not a group of settings")
+        target = getattr(target, name)
+    raise AssertionError("unreachable")
+
+
+def set_setting(cfg: Config, key: str, value: Any) -> None:
+    """Set ``key`` (as :func:`apply_override` names it) to ``value`` as it is; :func:`validate` checks it."""
+    target, name, _ = _resolve(cfg, key)
+    setattr(target, name, value)
+
+
 def _parse_value(text: str, kind: Any, key: str) -> Any:
     origin = typing.get_origin(kind)
     if origin is list:
@@ -421,27 +528,14 @@ def _parse_value(text: str, kind: Any, key: str) -> Any:
 
 
 def apply_override(cfg: Config, assignment: str) -> None:
-    """Apply ``section.key=value`` (or ``key=value`` for top-level keys) to ``cfg``."""
+    """Apply ``section.key=value``, ``section.group.key=value`` (or ``key=value`` for top-level keys)
+    to ``cfg``, the value read as the setting's type."""
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected section.key=value")
     key, text = assignment.split("=", 1)
     key = key.strip()
-    target: Any = cfg
-    parts = key.split(".")
-    if len(parts) == 2:
-        section, name = parts
-        if section not in SECTIONS:
-            raise ConfigError(f"{key}: unknown section {section!r} (sections: {', '.join(SECTIONS)})")
-        target = getattr(cfg, section)
-    elif len(parts) == 1:
-        name = parts[0]
-    else:
-        raise ConfigError(f"{key}: expected section.key")
-    types = _field_types(type(target))
-    if name not in types or (target is cfg and name in SECTIONS):
-        known = ", ".join(n for n in types if not (target is cfg and n in SECTIONS))
-        raise ConfigError(f"{key}: unknown setting (known here: {known})")
-    setattr(target, name, _parse_value(text, types[name], key))
+    target, name, kind = _resolve(cfg, key)
+    setattr(target, name, _parse_value(text, kind, key))
 
 
 def build_config(preset: str = "demo", overrides: typing.Iterable[str] = ()) -> Config:
@@ -455,26 +549,21 @@ def build_config(preset: str = "demo", overrides: typing.Iterable[str] = ()) -> 
     return cfg
 
 
-def declared(section_cls: type) -> dict[str, dict]:
-    """{field name: {"help": ..., "rules": {...}}} as :func:`setting` declared them."""
-    return {f.name: {"help": f.metadata.get("help", ""), "rules": dict(f.metadata.get("rules", {}))}
-            for f in dataclasses.fields(section_cls)}
-
-
 def settings_help() -> str:
     """Every setting with its default and meaning, for ``--help``."""
     lines = []
     defaults = Config()
     for section in SECTIONS:
         lines.append(f"  [{section}]")
-        value = getattr(defaults, section)
-        for name, info in declared(type(value)).items():
-            default = getattr(value, name)
+        for key, default, info in _walk(getattr(defaults, section), section, groups=True):
+            if dataclasses.is_dataclass(default):
+                lines.append(f"    {key + '.*':<34} {'':<14} {info['help']}")
+                continue
             if isinstance(default, list):
                 default = ",".join(map(str, default))
             allowed = info["rules"].get("choices")
             text = info["help"] + (f" [{' | '.join(map(str, allowed))}]" if allowed and "|" not in info["help"] else "")
-            lines.append(f"    {section + '.' + name:<34} {default!s:<14} {text}")
+            lines.append(f"    {key:<34} {default!s:<14} {text}")
     return "\n".join(lines)
 
 
@@ -540,33 +629,33 @@ SALIENCY_DATA_HELP = (
     "(e.g. DUTS-TR from the DUTS data set's page; README 'Saliency for your own photos')")
 
 
+def _type_problems(values: Any, prefix: str = "") -> list[str]:
+    problems = []
+    for name, kind in _field_types(type(values)).items():
+        key, value = f"{prefix}.{name}" if prefix else name, getattr(values, name)
+        if _is_group(kind):
+            if not isinstance(value, kind):
+                problems.append(f"{key}: expected a {kind.__name__}")
+            else:
+                problems += _type_problems(value, key)
+        elif not _type_ok(value, kind):
+            problems.append(f"{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    return problems
+
+
 def validate(cfg: Config, stages: typing.Iterable[str] = ()) -> Config:
     """Check every setting by its declaration; raise one :class:`ConfigError` listing all problems.
 
     ``stages`` are the stages about to run: paths they need must exist.
     """
     stages = set(stages)
-    problems: list[str] = []
-    # types, including sections replaced wholesale by a caller
-    for name, kind in _field_types(Config).items():
-        value = getattr(cfg, name)
-        if name in SECTIONS:
-            if not isinstance(value, kind):
-                problems.append(f"{name}: expected a {kind.__name__}")
-                continue
-            for key, item_kind in _field_types(kind).items():
-                if not _type_ok(getattr(value, key), item_kind):
-                    problems.append(f"{name}.{key}: expected {getattr(item_kind, '__name__', item_kind)},"
-                                    f" got {getattr(value, key)!r}")
-        elif not _type_ok(value, kind):
-            problems.append(f"{name}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    # types, including sections and groups replaced wholesale by a caller
+    problems = _type_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
     for section in SECTIONS:
-        values = getattr(cfg, section)
-        for name, info in declared(type(values)).items():
-            key, value = f"{section}.{name}", getattr(values, name)
+        for key, value, info in _walk(getattr(cfg, section), section):
             problems += _rule_problems(key, value, info["rules"])
             kind = info["rules"].get("path")
             if kind and value:
@@ -610,9 +699,28 @@ def validate(cfg: Config, stages: typing.Iterable[str] = ()) -> Config:
     return cfg
 
 
+def _load_group(target: Any, saved: dict, prefix: str, problems: list[str]) -> None:
+    """Copy a section or group of a saved config.json into ``target``; what is unknown goes to ``problems``."""
+    types = _field_types(type(target))
+    for name, item in saved.items():
+        key, kind = f"{prefix}.{name}", types.get(name)
+        if _is_group(kind) and isinstance(item, dict):
+            _load_group(getattr(target, name), item, key, problems)
+        elif key in RENAMED:
+            problems.append(_renamed(key))
+        elif kind is None:
+            problems.append(f"{key}: unknown setting")
+        elif _is_group(kind):
+            problems.append(f"{key}: expected a group of settings ({', '.join(declared(kind))}), got {item!r}")
+        else:
+            setattr(target, name, float(item) if kind is float and isinstance(item, int)
+                    and not isinstance(item, bool) else item)
+
+
 def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Config:
     """A configuration saved as config.json (runs/config.json, runs/<stage>/config.json), then
-    ``section.key=value`` overrides. Unknown keys in the file are errors, missing ones keep defaults."""
+    ``section.key=value`` overrides. Unknown keys in the file are errors (a renamed one names its new
+    name), missing ones keep defaults."""
     path = Path(path)
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -621,21 +729,14 @@ def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Confi
     if not isinstance(saved, dict):
         raise ConfigError(f"--config {path}: expected a JSON object of sections")
     cfg = Config(preset=str(saved.get("preset", "demo")))
-    problems = []
+    problems: list[str] = []
     for name, value in saved.items():
         if name in ("preset",):
             continue
         if name == "class_names":
             cfg.class_names = value
         elif name in SECTIONS and isinstance(value, dict):
-            section = getattr(cfg, name)
-            known = _field_types(type(section))
-            for key, item in value.items():
-                if key not in known:
-                    problems.append(f"{name}.{key}: unknown setting")
-                else:
-                    setattr(section, key, float(item) if known[key] is float and isinstance(item, int)
-                            and not isinstance(item, bool) else item)
+            _load_group(getattr(cfg, name), value, name, problems)
         else:
             problems.append(f"{name}: unknown section")
     if problems:

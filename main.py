@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="stages, in order:\n  " + "\n  ".join(STAGE_NAMES)
         + "\n\npresets:\n" + config_module.preset_help()
-        + "\n\nsettings (--set SECTION.KEY=VALUE; lists as a,b,c):\n" + config_module.settings_help()
+        + "\n\nsettings (--set SECTION.KEY=VALUE or SECTION.GROUP.KEY=VALUE; lists as a,b,c):\n"
+        + config_module.settings_help()
         + "\n\nexample: python main.py --preset demo --stages train_seed,create_attention "
           "--set classifier.steps=200")
     parser.add_argument("--stages", default=None,

@@ -167,8 +167,7 @@ def run_variant(cfg, stages: list[str]) -> dict:
 
 
 def matches_config(cfg, settings: dict) -> bool:
-    return all(str(getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1])) == str(v)
-               for k, v in settings.items())
+    return all(str(config_module.get_setting(cfg, k)) == str(v) for k, v in settings.items())
 
 
 # ---- validation curves and the plateau check ---------------------------------------------------
@@ -561,7 +560,7 @@ def markdown(results: dict) -> str:
         labels = self_training.get("labels", {})
         lines += ["", "## One step beyond the thesis: a self-training round", "",
                   "The base DeepLab (gt 0, seed 0) segments the MSRC training images, refined by the dense CRF "
-                  "on the image (`eval.split=train`, `eval.crf=true`); pixels of a class the image is not "
+                  "on the image (`eval.split=train`, `eval.use_crf=true`); pixels of a class the image is not "
                   "tagged with become ignore; a second DeepLab (same recipe, seed 0) trains on those labels. "
                   "Image-level labels only, as the base run. Pseudo labels scored on MSRC train, DeepLab on "
                   "MSRC val.", "",

@@ -37,7 +37,7 @@ from common.metrics import IGNORE  # noqa: E402
 from common.stages import BY_NAME  # noqa: E402
 
 # EVAL_DEEPLAB on the training images, refined by the CRF; no overlay pictures
-PREDICT_SETTINGS = {"eval.split": "train", "eval.crf": True, "eval.overlays": 0}
+PREDICT_SETTINGS = {"eval.split": "train", "eval.use_crf": True, "eval.overlays": 0}
 # bump when the way predictions become labels changes: the retrain run's record then changes
 FILTER_VERSION = "untagged-classes-ignore/1"
 

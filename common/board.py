@@ -45,14 +45,24 @@ def _hparam_value(value):
     return json.dumps(value)
 
 
+def _flat_settings(prefix: str, values: dict) -> dict:
+    """{"section.key": value} of a section, a group of settings in it as "section.group.key"."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat_settings(f"{prefix}.{key}", value))
+        else:
+            flat[f"{prefix}.{key}"] = value
+    return flat
+
+
 def write_hparams(cfg, stage: str, summary: dict) -> None:
     """The configuration and the stage's final numbers as tensorboard hparams, in runs/<stage>/ itself
     (so each experiment and stage is one run that the HParams tab can compare)."""
     from torch.utils.tensorboard.summary import hparams
 
-    flat = {f"{section}.{key}": _hparam_value(value)
-            for section, values in cfg.to_dict().items() if isinstance(values, dict)
-            for key, value in values.items()}
+    flat = {key: _hparam_value(value) for section, values in cfg.to_dict().items() if isinstance(values, dict)
+            for key, value in _flat_settings(section, values).items()}
     flat["class_names"] = ",".join(cfg.class_names)
     metrics = {f"final/{key}": float(value) for key, value in summary.items()
                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}

@@ -1,25 +1,20 @@
 """Fully connected CRF (Kraehenbuehl & Koltun) over an RGB image, via pydensecrf (pydensecrf2)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from config import CrfConfig
 
-@dataclass(frozen=True)
-class CrfParams:
-    gaussian_sxy: float = 3.0
-    gaussian_compat: float = 3.0
-    bilateral_sxy: float = 80.0
-    bilateral_srgb: float = 13.0
-    bilateral_compat: float = 10.0
-    iterations: int = 10
+# the kernels are declared once, as settings (config.CrfConfig: guide.crf, eval.crf); the old name
+# stays for callers that import it from here (deeplab/inference.py)
+CrfParams = CrfConfig
 
 
-def dense_crf(image: np.ndarray, probabilities: np.ndarray, params: CrfParams) -> np.ndarray:
+def dense_crf(image: np.ndarray, probabilities: np.ndarray, params: CrfConfig) -> np.ndarray:
     """Refine per-pixel class probabilities (K, H, W) on ``image`` (H, W, 3 uint8 RGB).
 
-    Unaries are -log(p); returns the CRF's marginals, float32 (K, H, W)."""
+    Unaries are -log(p); ``params`` are the kernels (``cfg.guide.crf``, ``cfg.eval.crf``). Returns the
+    CRF's marginals, float32 (K, H, W)."""
     import pydensecrf.densecrf as dcrf
 
     probabilities = np.asarray(probabilities, dtype=np.float32)

@@ -7,6 +7,7 @@ digest of the data (the data set's settings and every file's size and modificati
 stage runs, :func:`begin` compares them with the stored record:
 
 - equal: the stage runs as usual and skips what it already computed (seconds when nothing changed);
+  a setting renamed since the record was written (config.RENAMED) is the same setting;
 - different, per-image stage: its outputs are stale, so its folder is emptied and the stage redone;
 - different, training: retraining would discard a trained network, so the run stops with a message
   naming what changed, unless ``runtime.overwrite`` (retrain) is set.
@@ -15,6 +16,7 @@ stage runs, :func:`begin` compares them with the stored record:
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -25,6 +27,7 @@ from pathlib import Path
 from common import files
 from common.layout import Layout
 from common.stages import BY_NAME, Stage
+from config import RENAMED
 
 
 class StaleOutputs(RuntimeError):
@@ -75,23 +78,33 @@ def tree_digest(root: Path) -> str:
 
 
 def _setting(cfg, key: str):
+    """The value of ``section``, ``section.key`` or ``section.group.key``: a setting, or a section
+    or group of them."""
     value = cfg
     for part in key.split("."):
         value = getattr(value, part)
-    return value.__dict__ if hasattr(value, "__dataclass_fields__") else value
+    return value
+
+
+def _flatten(key: str, value) -> dict:
+    """{dotted key: value} of every setting under ``key``; one entry when ``value`` is a setting."""
+    if not dataclasses.is_dataclass(value):
+        return {key: value}
+    flat: dict = {}
+    for item in dataclasses.fields(value):
+        flat.update(_flatten(f"{key}.{item.name}", getattr(value, item.name)))
+    return flat
 
 
 def settings_of(cfg, stage: Stage) -> dict:
-    """The settings a stage's outputs depend on, flattened to ``section.key`` entries."""
+    """The settings a stage's outputs depend on, flattened to ``section.key`` (and
+    ``section.group.key``) entries."""
     flat: dict = {}
     for key in stage.depends_on:
-        value = _setting(cfg, key)
-        if isinstance(value, dict):
-            flat.update({f"{key}.{name}": item for name, item in value.items()})
-        else:
-            flat[key] = value
-    for key in stage.ignores:
-        flat.pop(key, None)
+        flat.update(_flatten(key, _setting(cfg, key)))
+    for ignored in stage.ignores:
+        for key in [key for key in flat if key == ignored or key.startswith(ignored + ".")]:
+            del flat[key]
     # a path setting names a file: what matters is the file
     for key in ("saliency.checkpoint", "saliency.weights_path", "classifier.weights_path",
                 "deeplab.weights_path", "deeplab.segmentation_weights_path"):
@@ -174,13 +187,22 @@ def check_inputs(cfg, stages: list[str]) -> None:
                                            f"run it again (python main.py --stages {upstream})")
                     # outputs made outside the stage (record_made_elsewhere) are taken as they are
                     made_here = isinstance(record.get("inputs"), dict) and "settings" in record["inputs"]
-                    changed = _changes(record.get("inputs"), inputs_of(cfg, BY_NAME[upstream])) if made_here else []
+                    changed = (_changes(_current_names(record["inputs"]), inputs_of(cfg, BY_NAME[upstream]))
+                               if made_here else [])
                     if changed:
                         raise MissingInput(f"{upstream}'s outputs were made from other inputs than this "
                                            f"configuration gives it (changed: {', '.join(changed)}): run it "
                                            f"again (python main.py --stages {upstream},{name})")
             except MissingInput as err:
                 raise MissingInput(f"{name} reads the outputs of {upstream}, but {err}") from None
+
+
+def _current_names(inputs):
+    """A record's inputs with the settings renamed since it was written (config.RENAMED) under their
+    new names, so a rename alone changes nothing."""
+    if not isinstance(inputs, dict) or not isinstance(inputs.get("settings"), dict):
+        return inputs
+    return {**inputs, "settings": {RENAMED.get(key, key): value for key, value in inputs["settings"].items()}}
 
 
 def _changes(old: dict | None, new: dict) -> list[str]:
@@ -221,8 +243,12 @@ def begin(cfg, name: str) -> dict:
         # training starts from scratch: the old network must not be handed on meanwhile
         for which in ("best", "last"):
             layout.checkpoint(stage.checkpoint_folder, which).unlink(missing_ok=True)
-    if record is not None and record.get("inputs") != inputs:
-        changed = _changes(record.get("inputs"), inputs)
+    stored = _current_names(record.get("inputs")) if record is not None else None
+    if record is not None and stored == inputs:
+        # the record stays as written, old names and all: the stages after this one hold its digest
+        inputs = record["inputs"]
+    elif record is not None:
+        changed = _changes(stored, inputs)
         if stage.trains:
             if not cfg.runtime.overwrite and layout.trained_network(stage.checkpoint_folder) is not None:
                 raise StaleOutputs(

@@ -15,8 +15,9 @@ class Stage:
     # where its outputs live: a tmp/ folder (per-image stages) or a checkpoints/ folder (trainings)
     tmp_folder: str | None = None
     checkpoint_folder: str | None = None
-    # config keys ("section" or "section.key") its outputs depend on; keys in `ignores` do not
-    # change any output (batch sizes, report sizes, training lengths that resume)
+    # config keys ("section", "section.key", a group "section.group" or "section.group.key") its
+    # outputs depend on; keys in `ignores` do not change any output (batch sizes, report sizes,
+    # training lengths that resume)
     depends_on: tuple[str, ...] = ()
     ignores: tuple[str, ...] = ()
     # which data its outputs depend on: "dataset" (its settings, class names and every file's size and

@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 import datasets
 from common import board, distributed, files, metrics, runtime, work
-from common.crf import CrfParams
 from common.errors import InputError
 from common.layout import Layout
 from deeplab.inference import batch_probabilities, crf_refine
@@ -131,12 +130,10 @@ def run(cfg) -> dict:
         raise InputError(f"{extra['checkpoint']} predicts {extra['num_classes'] - 1} classes, the "
                          f"{settings.split} split of {cfg.path(cfg.dataset.root)} has {image_set.num_classes}")
     num_classes = extra["num_classes"]
-    crf = CrfParams(gaussian_sxy=settings.crf_gaussian_sxy, gaussian_compat=settings.crf_gaussian_compat,
-                    bilateral_sxy=settings.crf_bilateral_sxy, bilateral_srgb=settings.crf_bilateral_srgb,
-                    bilateral_compat=settings.crf_bilateral_compat, iterations=settings.crf_iterations)
+    # keys as recorded before the switch was named eval.use_crf: earlier predictions stay reusable
     method = {"checkpoint_sha1": digest, "scales": list(settings.scales), "flip": settings.flip,
-              "crf": settings.crf, "crf_unary": settings.crf_unary, "crf_confidence": settings.crf_confidence,
-              "crf_params": dataclasses.asdict(crf) if settings.crf else None,
+              "crf": settings.use_crf, "crf_unary": settings.crf_unary, "crf_confidence": settings.crf_confidence,
+              "crf_params": dataclasses.asdict(settings.crf) if settings.use_crf else None,
               "precision": cfg.runtime.precision}
     reusable = _reusable_predictions(run_dir, method, cfg.runtime.overwrite)
     distributed.barrier()  # every rank has read the manifests before any rewrites its own
@@ -185,9 +182,10 @@ def run(cfg) -> dict:
             if image_id not in todo:  # its batch is recomputed whole; its prediction stays as it is
                 continue
             prediction = probs.argmax(0).cpu().numpy().astype(np.uint8)
-            if settings.crf:
+            if settings.use_crf:
                 unaries = probs.cpu().numpy() if settings.crf_unary == "softmax" else None
-                prediction = crf_refine(image, prediction, num_classes, settings.crf_confidence, crf, unaries)
+                prediction = crf_refine(image, prediction, num_classes, settings.crf_confidence, settings.crf,
+                                        unaries)
             files.write_label_png(layout.prediction(image_id), prediction)
             finish(image_id, image, prediction)
         # recorded as we go (one file per process), so an interrupted evaluation keeps what it finished

@@ -32,7 +32,7 @@ import torch.nn as nn
 from PIL import Image, ImageOps
 
 from common import files, runtime
-from common.crf import CrfParams
+from config import CrfConfig, EvalConfig
 from deeplab.inference import batch_probabilities, crf_refine
 from deeplab.models import DeepLab, build_deeplab
 
@@ -50,15 +50,10 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or lacks what rebuilding DeepLab needs (names the file)."""
 
 
-def eval_crf_defaults() -> tuple[CrfParams, str, float]:
+def eval_crf_defaults() -> tuple[CrfConfig, str, float]:
     """EVAL_DEEPLAB's CRF settings (config.EvalConfig defaults), so both paths refine alike."""
-    import config
-
-    settings = config.EvalConfig()
-    params = CrfParams(gaussian_sxy=settings.crf_gaussian_sxy, gaussian_compat=settings.crf_gaussian_compat,
-                       bilateral_sxy=settings.crf_bilateral_sxy, bilateral_srgb=settings.crf_bilateral_srgb,
-                       bilateral_compat=settings.crf_bilateral_compat, iterations=settings.crf_iterations)
-    return params, settings.crf_unary, settings.crf_confidence
+    settings = EvalConfig()
+    return settings.crf, settings.crf_unary, settings.crf_confidence
 
 
 def load_checkpoint(path: str | Path) -> tuple[DeepLab, dict]:
@@ -149,7 +144,7 @@ class Segmenter:
 
     def __init__(self, model: DeepLab, class_names: Sequence[str], *, device: str | torch.device = "auto",
                  precision: str = "fp32", scales: Sequence[float] = (1.0,), flip: bool = False,
-                 crf: bool = False, crf_params: CrfParams | None = None, crf_unary: str | None = None,
+                 crf: bool = False, crf_params: CrfConfig | None = None, crf_unary: str | None = None,
                  crf_confidence: float | None = None, batch_size: int = 4,
                  description: dict | None = None) -> None:
         """``class_names``: the C foreground names (background is added as id 0). ``device``: auto

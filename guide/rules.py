@@ -34,12 +34,14 @@ reaches it are ignore (255); other pixels are background. Class masks are not us
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from common.crf import CrfParams, dense_crf
+from common.crf import dense_crf
+from config import CrfConfig
 
 IGNORE = 255
 BACKGROUND = 0
@@ -60,7 +62,7 @@ class GuideParams:
     crf_background_channel: bool = False
     crf_margin: int = 16
     crf_whole_image: bool = False  # reference variant: CRF over the whole image per region
-    crf: CrfParams = field(default_factory=CrfParams)
+    crf: CrfConfig = field(default_factory=CrfConfig)  # the kernels (guide.crf)
 
     def __post_init__(self) -> None:
         checks = {"rule": ("region", "pixel"), "unlabelled_foreground": ("background", "ignore"),
@@ -81,9 +83,8 @@ class GuideParams:
             unlabelled_foreground=guide.unlabelled_foreground,
             isolated_class_regions=guide.isolated_class_regions,
             crf_background_channel=guide.crf_background_channel, crf_margin=guide.crf_margin,
-            crf=CrfParams(gaussian_sxy=guide.crf_gaussian_sxy, gaussian_compat=guide.crf_gaussian_compat,
-                          bilateral_sxy=guide.crf_bilateral_sxy, bilateral_srgb=guide.crf_bilateral_srgb,
-                          bilateral_compat=guide.crf_bilateral_compat, iterations=guide.crf_iterations))
+            # a copy: the settings stay editable, these parameters must not change under a running stage
+            crf=dataclasses.replace(guide.crf))
         params.update(changes)
         return cls(**params)
 

@@ -17,8 +17,8 @@ import config as config_module  # noqa: E402
 
 @pytest.fixture
 def make_cfg(tmp_path):
-    """``make_cfg(preset="demo", **{"section.key": value})``: a validated config whose tmp, runs,
-    checkpoints and data live under the test's own folder."""
+    """``make_cfg(preset="demo", **{"section.key": value})`` (or ``section.group.key``, or ``__`` for
+    the dots): a validated config whose tmp, runs, checkpoints and data live under the test's own folder."""
 
     def build(preset: str = "demo", **overrides):
         cfg = config_module.build_config(preset)
@@ -29,8 +29,7 @@ def make_cfg(tmp_path):
         if cfg.dataset.kind == "synthetic":
             cfg.dataset.root = str(tmp_path / "data" / "synthetic")
         for key, value in overrides.items():
-            section, name = key.split("__") if "__" in key else key.split(".")
-            setattr(getattr(cfg, section), name, value)
+            config_module.set_setting(cfg, key.replace("__", "."), value)
         return config_module.validate(cfg)
 
     return build

@@ -225,10 +225,20 @@ def test_eval_is_exact_with_a_perfect_model_and_multi_scale_flip(voc_cfg, monkey
 
 
 def test_eval_crf_option_runs_on_every_image(voc_cfg, monkeypatch):
-    cfg = voc_cfg(**{"eval.crf": True, "eval.overlays": 0})
+    cfg = voc_cfg(**{"eval.use_crf": True, "eval.overlays": 0, "eval.crf.iterations": 5})
     _use_model(monkeypatch, ColourModel())
+    kernels = []
+    real_refine = eval_deeplab.crf_refine
+
+    def counting_refine(image, prediction, num_classes, confidence, params, probabilities=None):
+        kernels.append(params)
+        return real_refine(image, prediction, num_classes, confidence, params, probabilities)
+
+    monkeypatch.setattr(eval_deeplab, "crf_refine", counting_refine)
     summary = eval_deeplab.run(cfg)
     assert summary["mIoU"] > 0.9  # the CRF keeps a right answer on flat colours
+    assert len(kernels) == summary["images"] > 0
+    assert all(k == cfg.eval.crf and k.iterations == 5 and k.bilateral_sxy == 121.0 for k in kernels)
     assert not Layout(cfg).overlay("x").parent.exists()  # eval.overlays = 0
 
 

@@ -243,11 +243,14 @@ def test_connected_regions_use_8_connectivity_and_boxes():
 
 def test_params_come_from_the_config():
     cfg = config_module.build_config("demo", ["guide.rule=pixel", "saliency.threshold=0.3",
-                                              "attention.threshold=0.6", "guide.crf_bilateral_srgb=7",
+                                              "attention.threshold=0.6", "guide.crf.bilateral_srgb=7",
                                               "guide.min_overlap_pixels=9"])
     params = GuideParams.from_config(cfg, crf_whole_image=True)
     assert (params.rule, params.saliency_threshold, params.cam_threshold) == ("pixel", 0.3, 0.6)
     assert params.crf.bilateral_srgb == 7 and params.min_overlap_pixels == 9 and params.crf_whole_image
+    assert params.crf == cfg.guide.crf  # the whole group, the other kernels at their defaults
+    cfg.guide.crf.iterations = 1  # the parameters are detached from the settings they came from
+    assert params.crf.iterations == 10
     with pytest.raises(ValueError, match="guide.rule"):
         GuideParams(rule="pixels")
 

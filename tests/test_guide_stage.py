@@ -173,17 +173,20 @@ def test_worker_pool_gives_the_labels_of_one_process(voc_cfg):
 def test_whole_image_crf_switch_gives_the_same_labels_here(voc_cfg, monkeypatch):
     from guide import rules
 
-    windows: dict[str, list[tuple[int, int]]] = {"box": [], "whole": []}
+    windows: dict[str, list[tuple[int, int]]] = {"box": [], "whole": [], "swapped": []}
+    kernels = []
     variant = {"name": "box"}
     real_crf = rules.dense_crf
 
     def counting_crf(image, probabilities, params):
         windows[variant["name"]].append(image.shape[:2])
-        return real_crf(image, probabilities, params)
+        kernels.append(params)
+        marginals = real_crf(image, probabilities, params)
+        return marginals[::-1] if variant["name"] == "swapped" else marginals
 
     monkeypatch.setattr(rules, "dense_crf", counting_crf)
     # a margin small enough that the box is smaller than these small test images
-    cfg = voc_cfg(**{"guide.workers": 1, "guide.crf_margin": 2})
+    cfg = voc_cfg(**{"guide.workers": 1, "guide.crf_margin": 2, "guide.crf.bilateral_sxy": 60.0})
     ids = list(SCENES)
     box = dict(make_guide.compute_pseudo_labels(cfg, "train", ids, GuideParams.from_config(cfg), 1))
     variant["name"] = "whole"
@@ -193,6 +196,13 @@ def test_whole_image_crf_switch_gives_the_same_labels_here(voc_cfg, monkeypatch)
     assert windows["box"] and len(windows["box"]) == len(windows["whole"])
     assert any(b[0] * b[1] < w[0] * w[1] for b, w in zip(windows["box"], windows["whole"]))
     assert all(np.array_equal(box[i], whole[i]) for i in ids)
+    # with the kernels of guide.crf
+    assert kernels and all(k == cfg.guide.crf and k.bilateral_sxy == 60.0 for k in kernels)
+    # and the CRF's answer decides the labels: its marginals handed back in reversed class order swap the pair
+    variant["name"] = "swapped"
+    swapped = dict(make_guide.compute_pseudo_labels(cfg, "train", ["pair"], GuideParams.from_config(cfg), 1))
+    assert windows["swapped"] and {1, 2} <= set(np.unique(box["pair"]).tolist())
+    assert np.array_equal(swapped["pair"], np.choose(box["pair"], [0, 2, 1]))
 
 
 def test_pixel_rule_through_the_stage(voc_cfg):

@@ -13,6 +13,7 @@ import main
 from common import files, provenance
 from common.layout import Layout
 from common.stages import BY_NAME, STAGES
+from config import RENAMED
 
 
 @pytest.fixture
@@ -99,6 +100,69 @@ def test_downstream_stages_follow_a_retrained_network(folder_cfg):
     assert set(_run(cfg, "create_guide")["redone"]) == {"attention.threshold", "outputs of create_attention"}
 
 
+def test_a_changed_crf_kernel_redoes_the_stages_that_use_it(folder_cfg):
+    cfg, layout = folder_cfg, Layout(folder_cfg)
+    for folder in ("saliency", "classifier", "deeplab"):
+        _fake_network(cfg, folder)
+    for name in ("create_saliency", "create_attention", "create_guide", "eval_deeplab"):
+        _run(cfg, name)
+    record = json.loads(layout.record(BY_NAME["create_guide"]).read_text())
+    assert record["inputs"]["settings"]["guide.crf.bilateral_sxy"] == 80.0
+    assert "guide.crf" not in record["inputs"]["settings"] and "guide.workers" not in record["inputs"]["settings"]
+    assert _run(cfg, "create_guide") == {"redone": []}
+
+    cfg.guide.crf.bilateral_sxy = 60.0
+    assert _run(cfg, "create_guide")["redone"] == ["guide.crf.bilateral_sxy"]
+    assert _run(cfg, "eval_deeplab") == {"redone": []}  # its CRF is eval.crf
+    cfg.eval.crf.iterations = 5
+    assert _run(cfg, "eval_deeplab")["redone"] == ["eval.crf.iterations"]
+    cfg.eval.use_crf = True
+    assert _run(cfg, "eval_deeplab")["redone"] == ["eval.use_crf"]
+
+
+def test_outputs_recorded_before_settings_were_renamed_are_kept(folder_cfg):
+    """Records written when the CRF kernels were guide.crf_* / eval.crf_* (and eval.crf the switch):
+    nothing is redone, and the training after CREATE_GUIDE does not become stale."""
+    cfg, layout = folder_cfg, Layout(folder_cfg)
+    old_names = {new: old for old, new in RENAMED.items()}
+
+    def write_as_before(name: str) -> None:
+        path = layout.record(BY_NAME[name])
+        record = json.loads(path.read_text())
+        record["inputs"]["settings"] = {old_names.get(k, k): v for k, v in record["inputs"]["settings"].items()}
+        path.write_text(json.dumps(record))
+
+    for folder in ("saliency", "classifier"):
+        _fake_network(cfg, folder)
+    for name in ("create_saliency", "create_attention", "create_guide"):
+        _run(cfg, name)
+    write_as_before("create_guide")
+    _run(cfg, "train_deeplab")  # trained on the labels of that record
+    _fake_network(cfg, "deeplab")
+    _run(cfg, "eval_deeplab")
+    write_as_before("eval_deeplab")
+    old = json.loads(layout.record(BY_NAME["eval_deeplab"]).read_text())["inputs"]["settings"]
+    assert old["eval.crf"] is False and old["eval.crf_bilateral_sxy"] == 121.0 and "eval.use_crf" not in old
+    kept = layout.pseudo_label("a")
+    files.write_label_png(kept, np.zeros((16, 20), np.uint8))
+
+    assert _run(cfg, "create_guide") == {"redone": []} and kept.exists()
+    assert _run(cfg, "train_deeplab") == {"redone": []}
+    assert _run(cfg, "eval_deeplab") == {"redone": []}
+    provenance.check_inputs(cfg, ["eval_deeplab"])
+    cfg.guide.crf.bilateral_sxy = 60.0  # a change is still one
+    assert _run(cfg, "create_guide")["redone"] == ["guide.crf.bilateral_sxy"] and not kept.exists()
+
+
+def test_ignored_groups_and_keys_leave_the_record_alone(folder_cfg):
+    import dataclasses
+
+    stage = dataclasses.replace(BY_NAME["create_guide"], ignores=("guide.crf", "guide.workers"))
+    settings = provenance.settings_of(folder_cfg, stage)
+    assert not any(key.startswith("guide.crf.") for key in settings) and "guide.crf_margin" in settings
+    assert "guide.workers" not in settings and "guide.rule" in settings
+
+
 def test_missing_or_unfinished_inputs_are_refused_before_any_work(folder_cfg, monkeypatch, capsys):
     cfg = folder_cfg
     with pytest.raises(provenance.MissingInput, match="create_guide reads the outputs of create_saliency"):
@@ -141,6 +205,7 @@ def test_hparams_hold_the_configuration_and_final_numbers(make_cfg):
     plugin = events.PluginTagToContent("hparams")
     assert "_hparams_/experiment" in plugin and "_hparams_/session_start_info" in plugin
     assert b"classifier.lr" in plugin["_hparams_/session_start_info"]
+    assert b"guide.crf.bilateral_sxy" in plugin["_hparams_/session_start_info"]
 
 
 def test_every_stage_declares_where_its_outputs_live():
