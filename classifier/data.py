@@ -6,17 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from common.backbone_parts import to_tensor
 from common.training import sample_rng, split_item
 from datasets.base import ImageSet
 
 # tag of the classifier's augmentation streams (DeepLab and saliency use others)
 AUGMENTATION_STREAM = 2
-
-
-def to_tensor(image: np.ndarray, mean, std) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> normalised float (3, H, W)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    return (tensor - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
 def fit_long_side(tensor: torch.Tensor, long_side: int) -> torch.Tensor:

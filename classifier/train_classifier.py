@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 import datasets
 from classifier.data import ClassificationSamples
 from classifier.models import MultiLabelClassifier, build_classifier
-from common import distributed, runtime, training
+from common import backbones, distributed, runtime, training
 from common.errors import InputError
 
 STAGE = "train_seed"
@@ -80,7 +80,8 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
     if len(train_set) == 0:
         raise InputError(f"training split {cfg.dataset.train_split!r} of {cfg.dataset.root} is empty")
     model = build_classifier(backbone=settings.backbone, num_classes=train_set.num_classes,
-                             pretrained=settings.pretrained, weights_path=settings.weights_path,
+                             pretrained=settings.pretrained,
+                             weights_path=backbones.resolved_weights_path(cfg, settings.weights_path),
                              output_stride=settings.output_stride).to(device)
     optimizer, scheduler = make_optimizer(model, settings)
     mean, std = model.mean, model.std

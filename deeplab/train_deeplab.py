@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import datasets
-from common import board, distributed, runtime, training
+from common import backbones, board, distributed, runtime, training
 from common.layout import Layout
 from deeplab.data import IGNORE, SegmentationSamples, label_sources
 from deeplab.inference import evaluate
@@ -33,10 +33,10 @@ def build_from_config(cfg, num_classes: int):
     return build_deeplab(backbone=settings.backbone, num_classes=num_classes,
                          output_stride=settings.output_stride,
                          pretrained_backbone=settings.pretrained_backbone,
-                         weights_path=str(cfg.path(settings.weights_path)) if settings.weights_path else "",
+                         weights_path=backbones.resolved_weights_path(cfg, settings.weights_path),
                          segmentation_pretrained=settings.segmentation_pretrained,
-                         segmentation_weights_path=(str(cfg.path(settings.segmentation_weights_path))
-                                                    if settings.segmentation_weights_path else ""))
+                         segmentation_weights_path=backbones.resolved_weights_path(
+                             cfg, settings.segmentation_weights_path))
 
 
 def supervision(segmentation_pretrained: bool, gt_images: int) -> tuple[bool, list[str]]:

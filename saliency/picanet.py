@@ -16,10 +16,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import imagenet
+from common import backbones
+from common.backbone_parts import FrozenBatchNormMixin
 from common.errors import InputError
 
-ENCODERS = ("vgg16", "efficientnet_lite0")
+ENCODERS = backbones.names(for_="saliency")
+# the decoder on each encoder's taps (whose channels the registry declares), one cell per tap:
+# (cell widths, None = the taps' channels as in the checkpoint; cell outputs; attention modes;
+#  ReNet hidden width; local-attention hidden width). A new saliency encoder needs a line here too.
+DECODERS = {
+    "vgg16": (None, (512, 512, 256, 128, 64, 1), "GGLLLC", 256, 128),
+    "efficientnet_lite0": ((64, 64, 48, 32, 24), (64, 48, 32, 24, 1), "GGLLC", 64, 32),
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -145,92 +153,31 @@ class DecoderCell(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
-# encoders
-# ------------------------------------------------------------------------------------------------
-def _vgg16_layers() -> nn.Sequential:
-    """torchvision's vgg16().features with block 4's pool made 1x1/stride 1 and block 5 dilated."""
-    layers: list[nn.Module] = []
-    plan = [(3, 64), (64, 64), "P", (64, 128), (128, 128), "P", (128, 256), (256, 256), (256, 256), "P",
-            (256, 512), (512, 512), (512, 512), "P1", (512, 512, 2), (512, 512, 2), (512, 512, 2), "P1"]
-    for item in plan:
-        if item == "P":
-            layers.append(nn.MaxPool2d(2, 2))
-        elif item == "P1":
-            layers.append(nn.MaxPool2d(1, 1))
-        else:
-            dilation = item[2] if len(item) == 3 else 1
-            layers += [nn.Conv2d(item[0], item[1], 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers)
-
-
-class VGGEncoder(nn.Module):
-    """Taps conv1..conv5 of the dilated VGG16 and conv7 (fc6/fc7 as convolutions)."""
-
-    SLICES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 31))
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seq = _vgg16_layers()
-        self.conv6 = nn.Conv2d(512, 1024, kernel_size=3, padding=12, dilation=12)
-        self.conv7 = nn.Conv2d(1024, 1024, kernel_size=3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        taps = []
-        for start, stop in self.SLICES:
-            x = self.seq[start:stop](x)
-            taps.append(x)
-        conv7 = self.conv7(self.conv6(taps[-1]))
-        return [conv7, taps[4], taps[3], taps[2], taps[1], taps[0]]  # decoder order
-
-
-class Lite0Encoder(nn.Module):
-    """EfficientNet-Lite0 pyramid at output stride 16: taps of 320, 112 (14 x 14 at 224), 40 (28),
-    24 (56) and 16 (112) channels, in decoder order. (Stride 8 would match the VGG maps but costs
-    four times more on a CPU for no gain we could measure.)"""
-
-    def __init__(self) -> None:
-        super().__init__()
-        import timm
-
-        self.body = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True,
-                                      out_indices=(0, 1, 2, 3, 4), output_stride=16)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return list(reversed(self.body(x)))
-
-
-# ------------------------------------------------------------------------------------------------
 # the network
 # ------------------------------------------------------------------------------------------------
-class PiCANet(nn.Module):
+class PiCANet(FrozenBatchNormMixin, nn.Module):
     """Saliency network: encoder taps -> six (VGG16) or five (lite0) decoder cells.
 
     ``forward`` takes images prepared by :meth:`prepare` and returns the side outputs, coarse to
     fine, each a sigmoid map with one channel; the last one is the saliency map (at input size).
     """
 
+    frozen_batchnorm_scope = "encoder"
+
     def __init__(self, *, encoder: str = "vgg16", paper_attention: bool = False) -> None:
         super().__init__()
         if encoder not in ENCODERS:
             raise ValueError(f"saliency.encoder {encoder!r} is not one of {', '.join(ENCODERS)}")
         self.encoder_name = encoder
-        if encoder == "vgg16":
-            self.encoder = VGGEncoder()
-            en = [1024, 512, 512, 256, 128, 64]
-            widths = en
-            outs = [512, 512, 256, 128, 64, 1]
-            dec_in = [1024] + outs[:-1]
-            modes, hidden, local_hidden = "GGLLLC", 256, 128
-            # the checkpoint's input: RGB in [0, 1], no mean/std
-            self.mean, self.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-        else:
-            self.encoder = Lite0Encoder()
-            en = [320, 112, 40, 24, 16]
-            widths = [64, 64, 48, 32, 24]
-            outs = [64, 48, 32, 24, 1]
-            dec_in = [320] + outs[:-1]
-            modes, hidden, local_hidden = "GGLLC", 64, 32
-            self.mean, self.std = imagenet.normalisation("efficientnet_lite0")
+        # encoder before decoder, and no weights yet (load_imagenet): the order of random
+        # initialisation that seeded runs and tests reproduce
+        self.encoder = backbones.build(encoder, for_="saliency")
+        en = list(backbones.form(encoder, for_="saliency").channels)
+        widths, outs, modes, hidden, local_hidden = DECODERS[encoder]
+        widths = en if widths is None else list(widths)
+        outs = list(outs)
+        dec_in = [en[0]] + outs[:-1]
+        self.mean, self.std = backbones.normalisation(encoder)
         self.decoder = nn.ModuleList(
             DecoderCell(en_channels=e, dec_channels=d, width=w, out_channels=o, mode=m,
                         renet_hidden=hidden, local_hidden=local_hidden, paper_attention=paper_attention)
@@ -256,12 +203,12 @@ class PiCANet(nn.Module):
 
     def load_imagenet(self, weights_path: str = "") -> None:
         """ImageNet weights for the encoder (torchvision VGG16 ``features``, or lite0 offline)."""
-        if self.encoder_name == "vgg16":
-            imagenet.load_torchvision_imagenet(
-                self.encoder, "vgg16", weights_path,
-                prefix_filter=lambda k: "seq." + k[len("features."):] if k.startswith("features.") else None)
-        else:
-            imagenet.load_lite0_imagenet(self.encoder.body, weights_path)
+        backbones.load_imagenet(self.encoder_name, self.encoder, for_="saliency", weights_path=weights_path)
+
+    def freeze_encoder_batchnorm(self, frozen: bool = True) -> None:
+        """Keep the encoder's BatchNorm statistics (ImageNet's) through later ``train()`` calls;
+        its BN scale and shift still learn."""
+        self.set_batchnorm_frozen(frozen)
 
 
 def load_picanet(path: str | Path, *, encoder: str = "vgg16", paper_attention: bool = False,

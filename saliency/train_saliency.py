@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from common import distributed, metrics, runtime, training
+from common import backbones, distributed, metrics, runtime, training
 from saliency.data import SaliencyPairs, deep_supervision_targets, find_pairs
 from saliency.picanet import PiCANet
 
@@ -92,9 +92,8 @@ def _collate_val(batch):
 
 
 def _freeze_encoder_batchnorm(model: PiCANet) -> None:
-    for module in model.encoder.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.eval()
+    # kept for benchmarks/precision_speed.py, which builds the stage's train mode itself
+    model.freeze_encoder_batchnorm()
 
 
 def make_optimizer(model: PiCANet, settings):
@@ -133,7 +132,7 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         print(f"saliency training: {len(train_pairs)} images, validation: {len(val_pairs)}")
     model = PiCANet(encoder=settings.encoder, paper_attention=settings.paper_attention)
     if settings.pretrained:
-        model.load_imagenet(settings.weights_path)
+        model.load_imagenet(backbones.resolved_weights_path(cfg, settings.weights_path))
     model.to(device)
     optimizer, scheduler = make_optimizer(model, settings)
     describe = {"encoder": settings.encoder, "paper_attention": settings.paper_attention,
@@ -169,7 +168,7 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
     def train_mode(net) -> None:
         net.train()
         if settings.freeze_encoder_bn:
-            _freeze_encoder_batchnorm(net)
+            net.freeze_encoder_batchnorm()
 
     spec = training.TrainingSpec(
         stage=STAGE, checkpoints=CHECKPOINTS, model=model, optimizer=optimizer, scheduler=scheduler,

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from common import imagenet, runtime
+from common import backbones, imagenet, runtime
 from common.crf import CrfParams
 from deeplab.data import SegmentationSamples, StepBatches, select_gt_images
 from deeplab.inference import batch_probabilities, class_probabilities, crf_refine, evaluate
@@ -68,7 +68,7 @@ def test_models_give_logits_at_input_size(backbone, output_stride):
         features = model.backbone(torch.randn(1, 3, 64, 48))
     assert logits.shape == (1, 5, 65, 65)
     assert features.shape[-2:] == (64 // output_stride, 48 // output_stride)
-    assert model.mean == imagenet.normalisation(backbone)[0]
+    assert (model.mean, model.std) == backbones.normalisation(backbone)
 
 
 def test_lite0_deeplab_gets_the_offline_imagenet_weights():
@@ -158,7 +158,7 @@ class ColourModel(nn.Module):
 
     def __init__(self, output_stride: int = 16) -> None:
         super().__init__()
-        self.mean, self.std = imagenet.LITE0_MEAN, imagenet.LITE0_STD
+        self.mean, self.std = backbones.LITE0_MEAN, backbones.LITE0_STD
         self.output_stride = output_stride
         self.register_buffer("colours", torch.from_numpy(COLOURS / 255.0 * 2 - 1).float())
         self.calls: list[tuple[int, ...]] = []

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from classifier.data import to_tensor
 from classifier.models import build_classifier
-from common import imagenet
+from common import backbones, imagenet
 
 
 def _photo(name: str, size: int = 224) -> torch.Tensor:
@@ -16,7 +16,7 @@ def _photo(name: str, size: int = 224) -> torch.Tensor:
     from PIL import Image
 
     image = np.asarray(Image.fromarray(getattr(skimage.data, name)()).resize((size, size)))
-    return to_tensor(image, imagenet.LITE0_MEAN, imagenet.LITE0_STD)[None]
+    return to_tensor(image, backbones.LITE0_MEAN, backbones.LITE0_STD)[None]
 
 
 @pytest.fixture(scope="module")
