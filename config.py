@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from common import backbones
+
 PROJECT_ROOT = Path(__file__).resolve().parent
 
 VOC_CLASSES = [
@@ -111,8 +113,9 @@ class RuntimeConfig:
                         low=0, high=2**63 - 1)
     num_workers: int = setting(2, "data-loader workers and process-pool size", **COUNT)
     overwrite: bool = setting(False, "recompute items that are already on disk; retrain from scratch")
-    precision: str = setting("fp32", "autocast for training and inference; fp16 adds a grad scaler",
-                             choices=("fp32", "bf16", "fp16"))
+    precision: str = setting("auto", "autocast for training and inference; fp16 adds a grad scaler; auto = "
+                                     "bf16 where the hardware computes it natively, else fp32",
+                             choices=("auto", "fp32", "bf16", "fp16"))
     checkpoint_every: int = setting(50, "trainings save their full state every this many steps, "
                                         "validation or not (0 = only at validation)", **COUNT)
     experiment: str = setting("", "a name keeps this configuration's tmp/, runs/ and checkpoints/ together "
@@ -151,8 +154,8 @@ class SyntheticConfig:
 
 @dataclass
 class SaliencyConfig:
-    encoder: str = setting("efficientnet_lite0", "vgg16 (the public checkpoint's) | efficientnet_lite0",
-                           choices=("vgg16", "efficientnet_lite0"))
+    encoder: str = setting("efficientnet_lite0", "PiCANet's encoder (vgg16 is the public checkpoint's)",
+                           choices=backbones.names(for_="saliency"))
     checkpoint: str = setting("", "a ready PiCANet state_dict (e.g. the public checkpoint); empty = the one "
                                   "TRAIN_SALIENCY trains", path="file")
     pretrained: bool = setting(True, "ImageNet weights for the encoder when training")
@@ -189,12 +192,12 @@ class SaliencyConfig:
 
 @dataclass
 class ClassifierConfig:
-    backbone: str = setting("efficientnet_lite0", "vgg16_bn | resnet50 | efficientnet_lite0",
-                            choices=("vgg16_bn", "resnet50", "efficientnet_lite0"))
+    backbone: str = setting("efficientnet_lite0", "the classifier's ImageNet backbone (common/backbones.py)",
+                            choices=backbones.names(for_="classifier"))
     pretrained: bool = setting(True, "ImageNet weights; False is an explicit choice to train from scratch")
     weights_path: str = setting("", "local file with ImageNet weights instead of a download", path="file")
     output_stride: int = setting(16, "16 keeps finer CAMs (dilated last stage); 32 = stock network",
-                                 choices=(16, 32))
+                                 choices=backbones.output_strides(for_="classifier"))
     crop_size: int = setting(128, "training crop side", positive=True)
     scale_min: float = setting(0.7, "smallest random rescale", positive=True)
     scale_max: float = setting(1.3, "largest random rescale", positive=True)
@@ -255,9 +258,10 @@ class DeeplabConfig:
     """TRAIN_DEEPLAB (docs/deeplab.md). Defaults: the demo's CPU recipe; the voc preset has the
     original's (resnet101, crop 321, batch 10, 20000 steps)."""
 
-    backbone: str = setting("efficientnet_lite0", "resnet101 | resnet50 | mobilenet_v3_large | efficientnet_lite0",
-                            choices=("resnet101", "resnet50", "mobilenet_v3_large", "efficientnet_lite0"))
-    output_stride: int = setting(16, "8 or 16 (dilated last stages)", choices=(8, 16))
+    backbone: str = setting("efficientnet_lite0", "DeepLab's ImageNet backbone (common/backbones.py)",
+                            choices=backbones.names(for_="deeplab"))
+    output_stride: int = setting(16, "the backbone's output stride (dilated last stages)",
+                                 choices=backbones.output_strides(for_="deeplab"))
     pretrained_backbone: bool = setting(True, "ImageNet classification weights; False = from scratch")
     weights_path: str = setting("", "local file with the backbone's ImageNet weights", path="file")
     # torchvision's COCO-with-VOC-labels DeepLab weights were trained with pixel labels on the target
@@ -397,9 +401,6 @@ def _msrc(cfg: Config) -> None:
     cfg.saliency.threshold = 0.2
     cfg.classifier.crop_size = 224
     cfg.deeplab.crop_size = 224
-    # bf16 autocast at these sizes, this CPU: training steps 1.12x (saliency) to 1.20x (DeepLab) faster
-    # (python -m benchmarks.precision_speed --preset msrc; docs/RESULTS.md)
-    cfg.runtime.precision = "bf16"
 
 
 PRESETS: dict[str, typing.Callable[[Config], None]] = {
@@ -623,6 +624,30 @@ def _device_problem(device: str) -> str | None:
     return None
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX): there bf16 autocast
+    measured 1.05-1.2x faster steps at the same quality (docs/RESULTS.md); without it PyTorch
+    emulates bf16 and it is slower than float32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: no cheap way to know, so the safe choice
+            return False
+    flags = set(cpuinfo.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def auto_precision(device: str) -> str:
+    """``runtime.precision = auto``: bf16 on a CUDA GPU that supports it and on a CPU with native
+    bf16, else fp32."""
+    import torch
+
+    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if on_cuda:
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
 SALIENCY_DATA_HELP = (
     "set saliency.checkpoint to a trained PiCANet (e.g. the public checkpoint, encoder vgg16) or "
     "saliency.train_root (and saliency.val_root) to a saliency set with images/ and masks/ "
@@ -672,6 +697,9 @@ def validate(cfg: Config, stages: typing.Iterable[str] = ()) -> Config:
         problems.append(device_problem)
     if cfg.runtime.precision == "fp16" and cfg.runtime.device == "cpu":
         problems.append("runtime.precision: fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    if cfg.runtime.precision == "auto" and not device_problem:
+        # resolved here, once, so that records, config.json and every process see the arithmetic used
+        cfg.runtime.precision = auto_precision(cfg.runtime.device)
     experiment = cfg.runtime.experiment
     if experiment and (experiment.startswith(".") or any(c in experiment for c in "/\\:")):
         problems.append(f"runtime.experiment: {experiment!r} cannot name a folder (no slashes, no leading dot)")

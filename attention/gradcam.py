@@ -103,9 +103,14 @@ class GradCam:
 
 
 def normalise_maps(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Divide each map (K, h, w) by its maximum, so every map lies in [0, 1]."""
-    peak = maps.flatten(1).amax(dim=1).clamp_min(eps) if maps.numel() else maps.new_ones(0)
-    return maps / peak[:, None, None]
+    """Divide each map (K, h, w) by its maximum, so every map peaks at 1; a map whose maximum is
+    ``eps`` or less holds no evidence and becomes all zero (dividing by ``eps`` instead would give
+    it an arbitrary peak below 1, as a barely trained classifier under bf16 showed)."""
+    if not maps.numel():
+        return maps
+    peak = maps.flatten(1).amax(dim=1)
+    divisor = torch.where(peak > eps, peak, torch.full_like(peak, float("inf")))  # x / inf = 0
+    return maps / divisor[:, None, None]
 
 
 def per_class_grad_cam(model: nn.Module, layer: nn.Module, image: torch.Tensor, class_index: int) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch.nn as nn
 from PIL import Image, ImageOps
 
 from common import files, runtime
-from config import CrfConfig, EvalConfig
+from config import CrfConfig, EvalConfig, auto_precision
 from deeplab.inference import batch_probabilities, crf_refine
 from deeplab.models import DeepLab, build_deeplab
 
@@ -149,12 +149,15 @@ class Segmenter:
                  description: dict | None = None) -> None:
         """``class_names``: the C foreground names (background is added as id 0). ``device``: auto
         (CUDA when present), cpu, cuda, cuda:N. ``precision``: fp32, or autocast in bf16 / fp16
-        (fp16 on CUDA only). ``scales`` / ``flip``: softmax averaged over the image resized by each
-        scale and, with ``flip``, mirrored. ``crf``: EVAL_DEEPLAB's CRF post-processing (its
+        (fp16 on CUDA only), or auto (bf16 where the device computes it natively, else fp32).
+        ``scales`` / ``flip``: softmax averaged over the image resized by each scale and, with
+        ``flip``, mirrored. ``crf``: EVAL_DEEPLAB's CRF post-processing (its
         defaults unless ``crf_params`` / ``crf_unary`` / ``crf_confidence`` are given).
         ``batch_size``: images of one size per forward pass (a result never depends on the other
         images of a call)."""
         self.device = device if isinstance(device, torch.device) else runtime.select_device(device)
+        if precision == "auto":
+            precision = auto_precision(str(self.device))
         if precision not in runtime.PRECISIONS:
             raise ValueError(f"precision {precision!r}: expected one of {', '.join(runtime.PRECISIONS)}")
         if precision == "fp16" and self.device.type != "cuda":

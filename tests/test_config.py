@@ -12,9 +12,9 @@ from common.stages import NAMES
 from config import ConfigError, build_config, validate
 
 
-# what each preset changes that the others do not: (dataset.kind, dataset.root ends with, precision)
-PRESET_MARKS = {"demo": ("synthetic", "data/synthetic", "fp32"), "voc": ("voc", "VOCdevkit/VOC2012", "fp32"),
-                "folder": ("folder", "data/my_images", "fp32"), "msrc": ("voc", "data/msrc_objects", "bf16")}
+# what each preset changes that the others do not: (dataset.kind, dataset.root ends with, saliency.threshold)
+PRESET_MARKS = {"demo": ("synthetic", "data/synthetic", 0.5), "voc": ("voc", "VOCdevkit/VOC2012", 0.5),
+                "folder": ("folder", "data/my_images", 0.5), "msrc": ("voc", "data/msrc_objects", 0.2)}
 
 
 @pytest.mark.parametrize("preset", list(PRESET_MARKS))
@@ -22,8 +22,9 @@ def test_every_preset_builds_and_validates_once_its_data_exists(preset, tmp_path
     assert set(PRESET_MARKS) == set(config_module.PRESETS)
     cfg = build_config(preset)
     assert cfg.preset == preset
-    kind, root, precision = PRESET_MARKS[preset]
-    assert (cfg.dataset.kind, cfg.runtime.precision) == (kind, precision) and cfg.dataset.root.endswith(root)
+    kind, root, threshold = PRESET_MARKS[preset]
+    assert (cfg.dataset.kind, cfg.saliency.threshold) == (kind, threshold) and cfg.dataset.root.endswith(root)
+    assert cfg.runtime.precision == "auto"  # every preset leaves the arithmetic to the hardware
     stages = list(NAMES)
     if kind != "synthetic":
         data = cfg.path(cfg.dataset.root)
@@ -146,7 +147,7 @@ def test_unknown_preset():
     ("saliency.lr_encoder=-0.1", "saliency.lr_encoder: must be positive"),
     ("attention.seed_thresholds=", "attention.seed_thresholds: empty"),
     ("attention.seed_thresholds=0.2,1.5", r"attention.seed_thresholds: every value must be in \[0.0, 1.0\]"),
-    ("runtime.precision=fp8", "runtime.precision: 'fp8' is not one of fp32, bf16, fp16"),
+    ("runtime.precision=fp8", "runtime.precision: 'fp8' is not one of auto, fp32, bf16, fp16"),
     ("dataset.on_bad_image=ignore", "dataset.on_bad_image: 'ignore' is not one of stop, skip"),
     ("runtime.experiment=a/b", "runtime.experiment: 'a/b' cannot name a folder"),
     ("deeplab.batch_size=1", "deeplab.batch_size: must be at least 2"),
@@ -203,6 +204,7 @@ def test_every_declared_rule_is_read_by_validate():
 def test_saved_config_loads_back_with_overrides(tmp_path):
     cfg = build_config("demo", ["classifier.steps=7", "attention.scales=1.0,0.5", "class_names=a,b",
                                 "guide.crf.bilateral_srgb=7", "eval.use_crf=true"])
+    validate(cfg)  # as main.py saves it: runtime.precision resolved
     path = tmp_path / "config.json"
     path.write_text(cfg.to_json())
     assert json.loads(path.read_text())["guide"]["crf"]["bilateral_srgb"] == 7.0
@@ -323,3 +325,20 @@ def test_a_ready_saliency_network_needs_no_saliency_training_data(tmp_path):
     cfg = build_config("voc", [f"dataset.root={tmp_path}", f"saliency.checkpoint={checkpoint}"])
     assert cfg.saliency.checkpoint == str(checkpoint) and cfg.dataset.root == str(tmp_path)
     validate(cfg, ["train_saliency", "create_saliency"])  # data/DUTS is absent, and not needed
+
+
+@pytest.mark.parametrize(("flags", "native"), [("fpu avx2 avx512f avx512_bf16 sse", True),
+                                               ("fpu amx_bf16 amx_tile", True),
+                                               ("fpu avx2 avx512f avx512bw avx512vl", False), ("", False)])
+def test_native_bf16_is_read_from_the_cpu_flags(flags, native):
+    assert config_module.cpu_has_native_bf16(f"processor : 0\nflags\t\t: {flags}\n") is native
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_resolved_once_at_validation(native, monkeypatch):
+    monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: native)
+    cfg = validate(build_config("demo", ["runtime.device=cpu"]))
+    assert cfg.runtime.precision == ("bf16" if native else "fp32")
+    assert json.loads(cfg.to_json())["runtime"]["precision"] == cfg.runtime.precision
+    # a chosen precision is kept whatever the hardware
+    assert validate(build_config("demo", ["runtime.device=cpu", "runtime.precision=fp32"])).runtime.precision == "fp32"

@@ -131,3 +131,15 @@ def test_flip_and_scales_average_to_normalised_maps():
         b = compute_cams(grad_cam, images.flip(-1), [[0], [1]], [1.0], True, (20, 28))
     for x, y in zip(a, b):
         assert torch.allclose(x, y.flip(-1), atol=1e-4)
+
+
+def test_normalised_maps_peak_at_one_or_are_all_zero():
+    maps = torch.zeros(4, 3, 5)
+    maps[0, 1, 2] = 2.5  # evidence
+    maps[1, 0, 0] = 6e-6  # below eps: no evidence, not a map with an arbitrary peak
+    maps[3] = torch.rand(3, 5) * 1e-3
+    out = normalise_maps(maps)
+    assert out[0].max() == 1.0 and out[0].sum() == 1.0
+    assert torch.count_nonzero(out[1]) == 0 and torch.count_nonzero(out[2]) == 0
+    assert out[3].max() == 1.0 and torch.equal(out[3], maps[3] / maps[3].max())
+    assert normalise_maps(torch.zeros(0, 3, 5)).shape == (0, 3, 5)

@@ -91,7 +91,10 @@ def runner(tmp_path, tiny_synthetic_root):
                   "synthetic.num_val": 16, "synthetic.saliency_num_train": 24, "synthetic.saliency_num_val": 8,
                   "paths.tmp": str(base / "tmp"), "paths.runs": str(base / "runs"),
                   "paths.checkpoints": str(base / "checkpoints"), "runtime.num_workers": 0,
-                  "runtime.checkpoint_every": 2, "runtime.device": "cpu", **overrides}
+                  "runtime.checkpoint_every": 2, "runtime.device": "cpu",
+                  # float32 whatever the CPU ("auto" picks bf16 where the CPU has it): the tests compare
+                  # bit for bit (resume) or within 1e-5 (two processes against one)
+                  "runtime.precision": "fp32", **overrides}
         assignments = json.dumps([f"{key}={value}" for key, value in values.items()])
         environment = {**os.environ, "PROJECT": str(PROJECT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
                        **(env or {})}
