@@ -21,7 +21,8 @@ Options:
     --crf                      EVAL_DEEPLAB's dense-CRF post-processing (config.EvalConfig defaults)
     --device auto|cpu|cuda     auto = CUDA when present
     --batch-size N             images per forward pass (padded to a common size)
-    --precision fp32|bf16|fp16 autocast (fp16 on CUDA only)
+    --precision auto|fp32|bf16|fp16 autocast (fp16 on CUDA only); auto (the default) is bf16 where
+                               the device computes it natively, else fp32
     --export torchscript|onnx  also write DIR/deeplab.torchscript.pt or DIR/deeplab.onnx (repeatable;
                                PATH may then be left out), for normalised float input (1, 3, H, W)
                                returning logits (1, K, H, W); DIR/<model>.json gives mean, std and
@@ -106,7 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crf", action="store_true", help="dense-CRF post-processing")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     parser.add_argument("--export", action="append", choices=tuple(EXPORT_NAMES), default=[],
                         help="also write the network as TorchScript or ONNX (repeatable)")
     parser.add_argument("--export-size", type=_size, default=(512, 512), metavar="H,W",
@@ -228,7 +229,7 @@ def segment_files(segmenter, images: list[Found], out: Path, progress) -> tuple[
     """Segment ``images`` into ``out``; returns (CSV rows (relative name, shares) in name order,
     (file, reason) of each skipped one)."""
     from common import files
-    from deeplab.inference import size_batches
+    from deeplab.inference import padded_batches
 
     rows, skipped = [], []
     sizes = {}
@@ -238,7 +239,7 @@ def segment_files(segmenter, images: list[Found], out: Path, progress) -> tuple[
         except OSError as err:
             skipped.append((found.path, str(err)))
             progress.update(1)
-    for group in size_batches(list(sizes), sizes, segmenter.batch_size):
+    for group in padded_batches(list(sizes), sizes, segmenter.batch_size):
         loaded = []
         for found in group:
             try:
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     print(f"{checkpoint}: {segmenter.model.name} DeepLab, classes {', '.join(segmenter.class_names[1:])}; "
-          f"{segmenter.device}, {args.precision}", flush=True)
+          f"{segmenter.device}, {segmenter.precision}", flush=True)
     for export_format in args.export:
         try:
             result = segmenter.export(out / EXPORT_NAMES[export_format], export_format, args.export_size)

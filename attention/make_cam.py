@@ -30,7 +30,7 @@ from common.layout import Layout
 STAGE = "create_attention"
 
 
-def size_batches(image_set, ids: list[str], batch_size: int) -> list[list[str]]:
+def same_size_batches(image_set, ids: list[str], batch_size: int) -> list[list[str]]:
     """Ids grouped by image size (no padding, no resizing), in chunks of ``batch_size``; the same
     batches for the same ids in every run (see :func:`common.work.fixed_batches`)."""
     return work.fixed_batches(ids, batch_size, group=image_set.image_size)
@@ -169,7 +169,7 @@ def run(cfg) -> dict:
             return layout.cams(image_id).exists() and all(
                 layout.cam_mask(image_id, c).exists() for c in image_set.class_ids(image_id))
 
-        batches = size_batches(image_set, image_set.ids, settings.batch_size)
+        batches = same_size_batches(image_set, image_set.ids, settings.batch_size)
         shares[split] = [i for batch in work.shard(batches) for i in batch]
         mine = work.my_batches(batches, done, cfg.runtime.overwrite)
         todo = set(work.pending([i for batch in mine for i in batch], done, cfg.runtime.overwrite))
@@ -188,11 +188,8 @@ def run(cfg) -> dict:
                     if image_id not in todo:  # its batch is recomputed whole; its files stay as they are
                         continue
                     class_ids = [c + 1 for c in image_classes]
-                    # masks come from the stored float16 maps, so they match what later stages read
-                    layout.write_cams(image_id, class_ids, image_maps.cpu().numpy(), image_size)
-                    stored = layout.read_cams(image_id)
-                    for class_id, upsampled in zip(class_ids, stored.upsampled()):
-                        layout.write_cam_mask(image_id, class_id, upsampled >= settings.threshold)
+                    layout.write_cams_and_masks(image_id, class_ids, image_maps.cpu().numpy(), image_size,
+                                                settings.threshold)
                     bar.update(1)
     distributed.barrier()  # every CAM of every process is on disk
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import config as config_module  # noqa: E402
 import datasets  # noqa: E402
 from attention.gradcam import GradCam, find_layer, normalise_maps, per_class_grad_cam  # noqa: E402
-from attention.make_cam import compute_cams, size_batches  # noqa: E402
+from attention.make_cam import compute_cams, same_size_batches  # noqa: E402
 from classifier import load_trained  # noqa: E402
 from classifier.data import to_tensor  # noqa: E402
 
@@ -56,7 +56,7 @@ def measure(cfg, num_images: int) -> dict:
     started = time.perf_counter()
     ours = {}
     with GradCam(model, target) as grad_cam:
-        for batch_ids in size_batches(image_set, ids, cfg.attention.batch_size):
+        for batch_ids in same_size_batches(image_set, ids, cfg.attention.batch_size):
             batch = torch.stack([images[i] for i in batch_ids])
             for image_id, maps in zip(batch_ids, grad_cam(batch, [classes[i] for i in batch_ids])):
                 ours[image_id] = maps
@@ -73,7 +73,7 @@ def measure(cfg, num_images: int) -> dict:
     # what the stage does with scales/flip from the config (full stage cost, for the record)
     started = time.perf_counter()
     with GradCam(model, target) as grad_cam:
-        for batch_ids in size_batches(image_set, ids, cfg.attention.batch_size):
+        for batch_ids in same_size_batches(image_set, ids, cfg.attention.batch_size):
             batch = torch.stack([images[i] for i in batch_ids])
             height, width = batch.shape[2:]
             compute_cams(grad_cam, batch, [classes[i] for i in batch_ids], cfg.attention.scales,

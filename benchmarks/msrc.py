@@ -50,7 +50,7 @@ import config as config_module  # noqa: E402
 import datasets  # noqa: E402
 import main  # noqa: E402
 from common import metrics  # noqa: E402
-from common.layout import Layout  # noqa: E402
+from common.layout import ClassCams, Layout  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -316,9 +316,10 @@ def storage_check(cfg, num_images: int) -> dict:
             classes = [c - 1 for c in image_set.class_ids(image_id)]
             full = compute_cams(grad_cam, image, [classes], cfg.attention.scales, cfg.attention.flip,
                                 tuple(inputs["image"].shape[:2]))[0].detach().numpy().astype(np.float32)
+            full_size = ClassCams(class_ids=np.asarray(image_set.class_ids(image_id)), cams=full,
+                                  image_size=full.shape[1:])
             exact = {**inputs, "cams": dict(zip(image_set.class_ids(image_id), full)),
-                     "class_masks": {c: m >= cfg.attention.threshold
-                                     for c, m in zip(image_set.class_ids(image_id), full)}}
+                     "class_masks": full_size.masks(cfg.attention.threshold)}
             labels = {"stored": make_pseudo_label(**inputs, params=params),
                       "float32_full": make_pseudo_label(**exact, params=params)}
             mask = image_set.mask(image_id)
@@ -624,6 +625,13 @@ def markdown(results: dict) -> str:
                   "val images (prediction) and train images (pseudo label); n/a where the run has no such "
                   "output for the image.", "",
                   f"![the three worst classes]({picture_name(profile, 'benchmark_worst_classes')})", ""]
+    entangled = results.get("base", {}).get("train_seed", {}).get("entangled_classes")
+    if entangled:
+        lines += ["Classes that image labels cannot separate (TRAIN_SEED's note): "
+                  + "; ".join(f"{e['class']} is labelled on {e['images']} training images, {e['shared']} of them "
+                              f"also labelled {e['with']}" for e in entangled)
+                  + ". Their CAMs come out nearly the same, so the guide's split between them is close to chance "
+                  "(docs/RESULTS.md).", ""]
     if speeds:
         attention, saliency, guide, storage = (speeds[k] for k in ("attention", "saliency", "guide", "storage"))
         lines += [

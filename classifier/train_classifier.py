@@ -18,6 +18,7 @@ from classifier.data import ClassificationSamples
 from classifier.models import MultiLabelClassifier, build_classifier
 from common import backbones, distributed, runtime, training
 from common.errors import InputError
+from datasets import label_stats
 
 STAGE = "train_seed"
 CHECKPOINTS = "classifier"
@@ -79,6 +80,11 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
     val_set = datasets.build(cfg, "val")
     if len(train_set) == 0:
         raise InputError(f"training split {cfg.dataset.train_split!r} of {cfg.dataset.root} is empty")
+    # said before training, so that a low IoU of such classes later is read as the data set's limit
+    entangled = label_stats.companions(label_stats.label_matrix(train_set), train_set.class_names)
+    if distributed.is_main():
+        for companion in entangled:
+            print(f"note: {companion.message()}", flush=True)
     model = build_classifier(backbone=settings.backbone, num_classes=train_set.num_classes,
                              pretrained=settings.pretrained,
                              weights_path=backbones.resolved_weights_path(cfg, settings.weights_path),
@@ -125,4 +131,6 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         print(f"classifier already trained for {outcome.step} steps; best val mAP {best['mAP']:.3f}")
     elif distributed.is_main():
         print(f"classifier: best val mAP {best['mAP']:.3f} at step {best.get('step')}")
-    return {"mAP": best["mAP"], "steps": outcome.step, "AP": best.get("AP", {})}
+    return {"mAP": best["mAP"], "steps": outcome.step, "AP": best.get("AP", {}),
+            "entangled_classes": [{"class": c.name, "with": c.partner, "images": c.images, "shared": c.shared}
+                                  for c in entangled]}

@@ -47,6 +47,12 @@ class ClassCams:
         maps = F.interpolate(maps, size=self.image_size, mode="bilinear", align_corners=False)
         return maps[0].clamp_(0, 1).numpy()
 
+    def masks(self, threshold: float) -> dict[int, np.ndarray]:
+        """The binary class regions: class id -> bool (H, W), the upsampled map >= ``threshold``
+        (attention.threshold). The one place this rule lives: CREATE_ATTENTION writes these masks
+        and whatever recomputes them (tests, benchmarks) calls this."""
+        return {int(c): upsampled >= threshold for c, upsampled in zip(self.class_ids, self.upsampled())}
+
 
 STAGE_FOLDERS = ("saliency", "attention", "guide", "deeplab")
 
@@ -108,6 +114,14 @@ class Layout:
                                  image_size=tuple(int(v) for v in data["image_size"]))
         except (OSError, KeyError, ValueError) as err:
             raise OSError(f"cannot read CAM file {path}: {err}") from err
+
+    def write_cams_and_masks(self, image_id: str, class_ids, cams: np.ndarray, image_size,
+                             threshold: float) -> None:
+        """The CAMs of one image and its class masks; the masks come from the stored float16 maps
+        (:meth:`ClassCams.masks`), so they match what later stages read back."""
+        self.write_cams(image_id, class_ids, cams, image_size)
+        for class_id, mask in self.read_cams(image_id).masks(threshold).items():
+            self.write_cam_mask(image_id, class_id, mask)
 
     def write_cam_mask(self, image_id: str, class_id: int, mask: np.ndarray) -> None:
         files.write_gray_png(self.cam_mask(image_id, class_id), np.where(mask, 255, 0))

@@ -58,7 +58,7 @@ def class_probabilities(model, image: np.ndarray, scales=(1.0,), flip: bool = Fa
     return batch_probabilities(model, [image], scales, flip)[0]
 
 
-def size_batches(ids: list[str], sizes: dict[str, tuple[int, int]], batch_size: int) -> list[list[str]]:
+def padded_batches(ids: list[str], sizes: dict[str, tuple[int, int]], batch_size: int) -> list[list[str]]:
     """``ids`` in groups of ``batch_size`` of similar size (least padding), in a fixed order."""
     ordered = sorted(ids, key=lambda i: (sizes[i], i))
     return [ordered[start:start + batch_size] for start in range(0, len(ordered), batch_size)]
@@ -95,7 +95,7 @@ def evaluate(model, image_set, ids: list[str], *, batch_size: int = 8, scales=(1
     was_training = model.training
     model.eval()
     try:
-        for group in size_batches(scored, sizes, batch_size):
+        for group in padded_batches(scored, sizes, batch_size):
             probabilities = batch_probabilities(model, [image_set.image(i) for i in group], scales, flip)
             for image_id, probs in zip(group, probabilities):
                 matrix.update(image_set.mask(image_id), probs.argmax(0).cpu().numpy())

@@ -189,3 +189,12 @@ def test_saliency_length_table_marks_the_best_on_msrc_train():
     assert [row.split(" ")[1] for row in rows] == ["100", "200", "400"]  # by length, not as stored
     assert rows[2].startswith("| 400 (best on MSRC train) | 0.910 | 0.050 | 0.800 | 0.740 / 0.800 / 0.850 | 16.5 |")
     assert rows[1].endswith("| - | 0.720 / 0.800 / 0.820 | - |")
+
+
+def test_entangled_classes_are_named_under_the_worst_classes():
+    results = _results(0.58, 0.64, 6.0, 70, resumed=False)
+    assert "cannot separate" not in msrc.markdown(results)
+    results["base"]["train_seed"]["entangled_classes"] = [{"class": "face", "with": "body", "images": 37,
+                                                            "shared": 37}]
+    line = _row(msrc.markdown(results), "Classes that image labels cannot separate")
+    assert "face is labelled on 37 training images, 37 of them also labelled body" in line

@@ -83,9 +83,8 @@ def write_inputs(cfg, scenes) -> None:
         for class_id in class_ids:
             blurred = cv2.GaussianBlur((mask == class_id).astype(np.float32), (0, 0), 4.0)
             cams.append(cv2.resize(blurred / blurred.max(), small[::-1], interpolation=cv2.INTER_AREA))
-        layout.write_cams(image_id, class_ids, np.array(cams, np.float32).reshape(-1, *small), (H, W))
-        for class_id, upsampled in zip(class_ids, layout.read_cams(image_id).upsampled()):
-            layout.write_cam_mask(image_id, class_id, upsampled >= cfg.attention.threshold)
+        layout.write_cams_and_masks(image_id, class_ids, np.array(cams, np.float32).reshape(-1, *small), (H, W),
+                                    cfg.attention.threshold)
 
 
 def stored_labels(cfg) -> dict[str, np.ndarray]:
