@@ -39,8 +39,9 @@ gpu-check:
 bench-weak-full: venv  ## pipeline on pseudo labels vs DeepLab on all real masks: the weak/full ratio
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.weak_vs_full $(ARGS)
 
-lint: venv  ## ruff's checks (settings in pyproject.toml)
+lint: venv  ## ruff's checks and its formatting (settings in pyproject.toml); `ruff format .` fixes the layout
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 clean-tmp:  ## forget computed stage outputs (keeps checkpoints and data)
 	rm -rf tmp runs

@@ -9,14 +9,15 @@ Class ids: masks and pseudo labels hold 0 for background, 1..C for the classes (
 ``Config.class_names``) and 255 for ignore. Image-level label vectors have C entries, entry c-1 for
 class id c.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import typing
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,25 @@ from common import backbones
 PROJECT_ROOT = Path(__file__).resolve().parent
 
 VOC_CLASSES = [
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
     "tvmonitor",
 ]
 
@@ -38,17 +56,39 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Declaring a setting: its default, what it means, and the values it may take, in one place
 # --------------------------------------------------------------------------------------------
-def setting(default: Any, help: str = "", *, choices: tuple | None = None, low: float | None = None,
-            high: float | None = None, positive: bool = False, each_low: float | None = None,
-            each_high: float | None = None, each_positive: bool = False, nonempty: bool = False,
-            path: str | None = None) -> Any:
+def setting(
+    default: Any,
+    help: str = "",
+    *,
+    choices: tuple | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    positive: bool = False,
+    each_low: float | None = None,
+    each_high: float | None = None,
+    each_positive: bool = False,
+    nonempty: bool = False,
+    path: str | None = None,
+) -> Any:
     """A dataclass field with its meaning and allowed values beside it; :func:`validate` and
     ``--help`` read them from here. ``low``/``high`` are inclusive bounds, ``positive`` means > 0;
     ``each_*`` bound every item of a list; ``path`` is ``file`` or ``dir`` for a path that must exist
     when set (empty means unset)."""
-    rules = {k: v for k, v in dict(choices=choices, low=low, high=high, positive=positive,
-                                   each_low=each_low, each_high=each_high, each_positive=each_positive,
-                                   nonempty=nonempty, path=path).items() if v is not None and v is not False}
+    rules = {
+        k: v
+        for k, v in dict(
+            choices=choices,
+            low=low,
+            high=high,
+            positive=positive,
+            each_low=each_low,
+            each_high=each_high,
+            each_positive=each_positive,
+            nonempty=nonempty,
+            path=path,
+        ).items()
+        if v is not None and v is not False
+    }
     metadata = {"help": help, "rules": rules}
     if isinstance(default, list):
         items = list(default)
@@ -109,33 +149,47 @@ class PathsConfig:
 @dataclass
 class RuntimeConfig:
     device: str = setting("auto", "auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
-    seed: int = setting(0, "seed of every random draw (batches, augmentation, initialisation)",
-                        low=0, high=2**63 - 1)
+    seed: int = setting(0, "seed of every random draw (batches, augmentation, initialisation)", low=0, high=2**63 - 1)
     num_workers: int = setting(2, "data-loader workers and process-pool size", **COUNT)
     overwrite: bool = setting(False, "recompute items that are already on disk; retrain from scratch")
-    precision: str = setting("auto", "autocast for training and inference; fp16 adds a grad scaler; auto = "
-                                     "bf16 where the hardware computes it natively, else fp32",
-                             choices=("auto", "fp32", "bf16", "fp16"))
-    checkpoint_every: int = setting(50, "trainings save their full state every this many steps, "
-                                        "validation or not (0 = only at validation)", **COUNT)
-    experiment: str = setting("", "a name keeps this configuration's tmp/, runs/ and checkpoints/ together "
-                                  "under paths.experiments/<name>/ (empty: the paths.* folders as they are)")
+    precision: str = setting(
+        "auto",
+        "autocast for training and inference; fp16 adds a grad scaler; auto = "
+        "bf16 where the hardware computes it natively, else fp32",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
+    checkpoint_every: int = setting(
+        50, "trainings save their full state every this many steps, validation or not (0 = only at validation)", **COUNT
+    )
+    experiment: str = setting(
+        "",
+        "a name keeps this configuration's tmp/, runs/ and checkpoints/ together "
+        "under paths.experiments/<name>/ (empty: the paths.* folders as they are)",
+    )
 
 
 @dataclass
 class DatasetConfig:
-    kind: str = setting("synthetic", "synthetic (generated) | voc (VOC folder layout) | folder (your images)",
-                        choices=("synthetic", "voc", "folder"))
+    kind: str = setting(
+        "synthetic",
+        "synthetic (generated) | voc (VOC folder layout) | folder (your images)",
+        choices=("synthetic", "voc", "folder"),
+    )
     root: str = setting("data/synthetic", "the data set's folder; never written to (but for synthetic)")
     train_split: str = setting("train", "split the networks train on")
     val_split: str = setting("val", "split they are validated on")
-    train_list: str = setting("", "voc: an extra id list (e.g. SBD's train_aug.txt) used as the training "
-                                  "split when set", path="file")
-    label_source: str = setting("csv", "folder: image labels from labels.csv or VOC bounding-box XMLs",
-                                choices=("csv", "xml"))
-    on_bad_image: str = setting("stop", "an unreadable, truncated or mismatched image or mask: stop before "
-                                        "any work listing every problem | skip those images (listed in runs/)",
-                                choices=("stop", "skip"))
+    train_list: str = setting(
+        "", "voc: an extra id list (e.g. SBD's train_aug.txt) used as the training split when set", path="file"
+    )
+    label_source: str = setting(
+        "csv", "folder: image labels from labels.csv or VOC bounding-box XMLs", choices=("csv", "xml")
+    )
+    on_bad_image: str = setting(
+        "stop",
+        "an unreadable, truncated or mismatched image or mask: stop before "
+        "any work listing every problem | skip those images (listed in runs/)",
+        choices=("stop", "skip"),
+    )
 
 
 @dataclass
@@ -154,10 +208,16 @@ class SyntheticConfig:
 
 @dataclass
 class SaliencyConfig:
-    encoder: str = setting("efficientnet_lite0", "PiCANet's encoder (vgg16 is the public checkpoint's)",
-                           choices=backbones.names(for_="saliency"))
-    checkpoint: str = setting("", "a ready PiCANet state_dict (e.g. the public checkpoint); empty = the one "
-                                  "TRAIN_SALIENCY trains", path="file")
+    encoder: str = setting(
+        "efficientnet_lite0",
+        "PiCANet's encoder (vgg16 is the public checkpoint's)",
+        choices=backbones.names(for_="saliency"),
+    )
+    checkpoint: str = setting(
+        "",
+        "a ready PiCANet state_dict (e.g. the public checkpoint); empty = the one TRAIN_SALIENCY trains",
+        path="file",
+    )
     pretrained: bool = setting(True, "ImageNet weights for the encoder when training")
     weights_path: str = setting("", "local file with the encoder's ImageNet weights (VGG16 features)", path="file")
     input_size: int = setting(160, "the network's input side; 224 for the public checkpoint", positive=True)
@@ -167,18 +227,26 @@ class SaliencyConfig:
     batch_size: int = setting(8, "images per forward pass in CREATE_SALIENCY and validation", positive=True)
     # training (TRAIN_SALIENCY); the defaults are a short CPU recipe, the voc preset has the
     # checkpoint's (SGD, lr 1e-3 / 1e-2, x0.1 every 7000 steps, batch 4, 20 epochs of DUTS-TR)
-    train_root: str = setting("", "saliency training pairs: a DUTS layout or images/ + masks/ (e.g. DUTS-TR); "
-                                  "empty = the synthetic saliency set, for the synthetic data set only",
-                              path="dir")
-    val_root: str = setting("", "validation pairs; empty: DUTS-TE beside DUTS-TR, else 10% of the training "
-                                "images", path="dir")
-    second_val_root: str = setting("", "a second validation set (images/ + masks/) of other objects, scored at "
-                                       "every validation beside val_root (the best network is chosen on val_root)",
-                                   path="dir")
+    train_root: str = setting(
+        "",
+        "saliency training pairs: a DUTS layout or images/ + masks/ (e.g. DUTS-TR); "
+        "empty = the synthetic saliency set, for the synthetic data set only",
+        path="dir",
+    )
+    val_root: str = setting(
+        "", "validation pairs; empty: DUTS-TE beside DUTS-TR, else 10% of the training images", path="dir"
+    )
+    second_val_root: str = setting(
+        "",
+        "a second validation set (images/ + masks/) of other objects, scored at "
+        "every validation beside val_root (the best network is chosen on val_root)",
+        path="dir",
+    )
     train_batch_size: int = setting(8, "training batch", positive=True)
     steps: int = setting(100, "training steps", **COUNT)
-    optimizer: str = setting("adam", "sgd (the checkpoint's recipe) | adam (converges in fewer CPU steps)",
-                             choices=("sgd", "adam"))
+    optimizer: str = setting(
+        "adam", "sgd (the checkpoint's recipe) | adam (converges in fewer CPU steps)", choices=("sgd", "adam")
+    )
     lr_encoder: float = setting(1e-4, "encoder learning rate", positive=True)
     lr_decoder: float = setting(1e-3, "decoder learning rate", positive=True)
     lr_step: int = setting(100000, "learning rate x0.1 every lr_step steps", positive=True)
@@ -186,25 +254,38 @@ class SaliencyConfig:
     weight_decay: float = setting(5e-4, "weight decay", low=0.0)
     grad_clip: float = setting(100.0, "gradient norm clip", positive=True)
     val_every: int = setting(50, "validate every this many steps", positive=True)
-    freeze_encoder_bn: bool = setting(True, "keep the lite0 encoder's BatchNorm at its ImageNet statistics "
-                                            "(docs/RESULTS.md: frozen scored higher on DAVIS)")
+    freeze_encoder_bn: bool = setting(
+        True,
+        "keep the lite0 encoder's BatchNorm at its ImageNet statistics "
+        "(docs/RESULTS.md: frozen scored higher on DAVIS)",
+    )
 
 
 @dataclass
 class ClassifierConfig:
-    backbone: str = setting("efficientnet_lite0", "the classifier's ImageNet backbone (common/backbones.py)",
-                            choices=backbones.names(for_="classifier"))
+    backbone: str = setting(
+        "efficientnet_lite0",
+        "the classifier's ImageNet backbone (common/backbones.py)",
+        choices=backbones.names(for_="classifier"),
+    )
     pretrained: bool = setting(True, "ImageNet weights; False is an explicit choice to train from scratch")
     weights_path: str = setting("", "local file with ImageNet weights instead of a download", path="file")
-    output_stride: int = setting(16, "16 keeps finer CAMs (dilated last stage); 32 = stock network",
-                                 choices=backbones.output_strides(for_="classifier"))
+    output_stride: int = setting(
+        16,
+        "16 keeps finer CAMs (dilated last stage); 32 = stock network",
+        choices=backbones.output_strides(for_="classifier"),
+    )
     crop_size: int = setting(128, "training crop side", positive=True)
     scale_min: float = setting(0.7, "smallest random rescale", positive=True)
     scale_max: float = setting(1.3, "largest random rescale", positive=True)
     batch_size: int = setting(16, "training and validation batch", positive=True)
     steps: int = setting(100, "training steps", **COUNT)
-    lr: float = setting(0.05, "head learning rate; the backbone uses lr * backbone_lr_mult "
-                              "(docs/RESULTS.md has the comparison behind the default)", positive=True)
+    lr: float = setting(
+        0.05,
+        "head learning rate; the backbone uses lr * backbone_lr_mult "
+        "(docs/RESULTS.md has the comparison behind the default)",
+        positive=True,
+    )
     backbone_lr_mult: float = setting(0.1, "backbone learning rate as a fraction of the head's", low=0.0)
     momentum: float = setting(0.9, "SGD momentum", low=0.0, high=1.0)
     weight_decay: float = setting(1e-4, "weight decay", low=0.0)
@@ -215,16 +296,18 @@ class ClassifierConfig:
 class AttentionConfig:
     target_layer: str = setting("", "module name in the classifier; empty = the backbone's default")
     threshold: float = setting(0.4, "binary class mask = normalised CAM >= threshold", **UNIT)
-    scales: list[float] = setting([1.0], "image scales whose CAMs are averaged", nonempty=True,
-                                  each_positive=True)
+    scales: list[float] = setting([1.0], "image scales whose CAMs are averaged", nonempty=True, each_positive=True)
     flip: bool = setting(False, "average with the horizontally flipped image")
     batch_size: int = setting(8, "images per forward pass", positive=True)
     storage_stride: int = setting(4, "raw CAMs are stored at 1/stride of the image size, float16", positive=True)
     splits: list[str] = setting(["train", "val"], "splits whose CAMs are computed", nonempty=True)
     seed_thresholds: list[float] = setting(
         [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8],
-        "background thresholds swept for the CAM seed mIoU where masks exist", nonempty=True, each_low=0.0,
-        each_high=1.0)
+        "background thresholds swept for the CAM seed mIoU where masks exist",
+        nonempty=True,
+        each_low=0.0,
+        each_high=1.0,
+    )
 
 
 @dataclass
@@ -233,20 +316,25 @@ class GuideConfig:
 
     Saliency is binarised at saliency.threshold, class masks come from attention.threshold."""
 
-    rule: str = setting("region", "region (the thesis' rule) | pixel (argmax of CAMs on salient pixels)",
-                        choices=("region", "pixel"))
-    min_saliency_area: float = setting(0.01, "saliency regions under this fraction of the image are dropped",
-                                       **UNIT)
+    rule: str = setting(
+        "region", "region (the thesis' rule) | pixel (argmax of CAMs on salient pixels)", choices=("region", "pixel")
+    )
+    min_saliency_area: float = setting(0.01, "saliency regions under this fraction of the image are dropped", **UNIT)
     min_class_pixels: int = setting(25, "class regions of this many pixels or fewer are dropped", **COUNT)
-    min_overlap_pixels: int = setting(1, "a class overlaps a saliency region from this many shared pixels",
-                                      positive=True)
-    unlabelled_foreground: str = setting("background", "salient, no class: background (the original) | ignore",
-                                         choices=("background", "ignore"))
-    isolated_class_regions: str = setting("class", "class region touching no saliency region: class | ignore",
-                                          choices=("class", "ignore"))
+    min_overlap_pixels: int = setting(
+        1, "a class overlaps a saliency region from this many shared pixels", positive=True
+    )
+    unlabelled_foreground: str = setting(
+        "background", "salient, no class: background (the original) | ignore", choices=("background", "ignore")
+    )
+    isolated_class_regions: str = setting(
+        "class", "class region touching no saliency region: class | ignore", choices=("class", "ignore")
+    )
     crf_background_channel: bool = setting(False, "add a 1 - max(CAM) background channel to the CRF unaries")
-    crf: CrfConfig = group(CrfConfig, "the dense CRF that splits a saliency region shared by several classes "
-                                      "(unaries: -log of normalised CAMs)")
+    crf: CrfConfig = group(
+        CrfConfig,
+        "the dense CRF that splits a saliency region shared by several classes (unaries: -log of normalised CAMs)",
+    )
     crf_margin: int = setting(16, "pixels around a region's bounding box given to the CRF", **COUNT)
     workers: int = setting(2, "processes; 1 = in this process", positive=True)
     splits: list[str] = setting(["train"], "splits that get pseudo labels", nonempty=True)
@@ -258,21 +346,29 @@ class DeeplabConfig:
     """TRAIN_DEEPLAB (docs/deeplab.md). Defaults: the demo's CPU recipe; the voc preset has the
     original's (resnet101, crop 321, batch 10, 20000 steps)."""
 
-    backbone: str = setting("efficientnet_lite0", "DeepLab's ImageNet backbone (common/backbones.py)",
-                            choices=backbones.names(for_="deeplab"))
-    output_stride: int = setting(16, "the backbone's output stride (dilated last stages)",
-                                 choices=backbones.output_strides(for_="deeplab"))
+    backbone: str = setting(
+        "efficientnet_lite0",
+        "DeepLab's ImageNet backbone (common/backbones.py)",
+        choices=backbones.names(for_="deeplab"),
+    )
+    output_stride: int = setting(
+        16, "the backbone's output stride (dilated last stages)", choices=backbones.output_strides(for_="deeplab")
+    )
     pretrained_backbone: bool = setting(True, "ImageNet classification weights; False = from scratch")
     weights_path: str = setting("", "local file with the backbone's ImageNet weights", path="file")
     # torchvision's COCO-with-VOC-labels DeepLab weights were trained with pixel labels on the target
     # classes, so the result is no longer weakly supervised: off unless asked for explicitly
-    segmentation_pretrained: bool = setting(False, "start from torchvision's COCO/VOC segmentation weights "
-                                                   "(NOT weak supervision)")
-    segmentation_weights_path: str = setting("", "local file with those weights instead of a download",
-                                             path="file")
-    gt_percentage: float = setting(0.0, "% of training images with a mask whose real mask replaces the pseudo "
-                                        "label: 0 = weakly supervised, 100 = the fully supervised bound",
-                                   low=0.0, high=100.0)
+    segmentation_pretrained: bool = setting(
+        False, "start from torchvision's COCO/VOC segmentation weights (NOT weak supervision)"
+    )
+    segmentation_weights_path: str = setting("", "local file with those weights instead of a download", path="file")
+    gt_percentage: float = setting(
+        0.0,
+        "% of training images with a mask whose real mask replaces the pseudo "
+        "label: 0 = weakly supervised, 100 = the fully supervised bound",
+        low=0.0,
+        high=100.0,
+    )
     crop_size: int = setting(128, "training crop side", positive=True)
     scale_min: float = setting(0.5, "smallest random rescale", positive=True)
     scale_max: float = setting(1.5, "largest random rescale", positive=True)
@@ -283,8 +379,11 @@ class DeeplabConfig:
     momentum: float = setting(0.9, "SGD momentum", low=0.0, high=1.0)
     weight_decay: float = setting(1e-4, "weight decay", low=0.0)
     poly_power: float = setting(0.9, "poly learning-rate schedule power", low=0.0)
-    freeze_backbone_bn: bool = setting(False, "backbone BatchNorm keeps ImageNet statistics (pretrained only); "
-                                              "off: frozen statistics left the demo predicting background")
+    freeze_backbone_bn: bool = setting(
+        False,
+        "backbone BatchNorm keeps ImageNet statistics (pretrained only); "
+        "off: frozen statistics left the demo predicting background",
+    )
     val_every: int = setting(100, "validate every this many steps", positive=True)
 
 
@@ -293,17 +392,27 @@ class EvalConfig:
     """EVAL_DEEPLAB: every image of ``split`` at its own size (docs/deeplab.md)."""
 
     split: str = setting("val", "the split segmented and scored")
-    batch_size: int = setting(8, "images per forward pass, padded to a common size (padding never scored)",
-                              positive=True)
-    scales: list[float] = setting([1.0], "image scales whose class probabilities are averaged", nonempty=True,
-                                  each_positive=True)
+    batch_size: int = setting(
+        8, "images per forward pass, padded to a common size (padding never scored)", positive=True
+    )
+    scales: list[float] = setting(
+        [1.0], "image scales whose class probabilities are averaged", nonempty=True, each_positive=True
+    )
     flip: bool = setting(False, "average with the horizontally flipped image")
     use_crf: bool = setting(False, "the original's dense-CRF post-processing (its kernels: eval.crf)")
-    crf_unary: str = setting("labels", "labels (the original: crf_confidence on the predicted label) | softmax",
-                             choices=("labels", "softmax"))
+    crf_unary: str = setting(
+        "labels",
+        "labels (the original: crf_confidence on the predicted label) | softmax",
+        choices=("labels", "softmax"),
+    )
     crf_confidence: float = setting(0.9, "probability given to the predicted label in the CRF unaries", **UNIT)
-    crf: CrfConfig = group(CrfConfig, "the post-processing CRF's kernels, the original's values",
-                           bilateral_sxy=121.0, bilateral_srgb=5.0, bilateral_compat=4.0)
+    crf: CrfConfig = group(
+        CrfConfig,
+        "the post-processing CRF's kernels, the original's values",
+        bilateral_sxy=121.0,
+        bilateral_srgb=5.0,
+        bilateral_compat=4.0,
+    )
     overlays: int = setting(16, "side-by-side images written (0 = none, -1 = all)", low=-1)
 
 
@@ -335,9 +444,14 @@ class Config:
 SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name not in ("preset", "class_names")]
 
 # settings that moved: an old --set or saved config.json is told the new name instead of "unknown"
-RENAMED = {"eval.crf": "eval.use_crf",
-           **{f"{section}.crf_{f.name}": f"{section}.crf.{f.name}"
-              for section in ("guide", "eval") for f in dataclasses.fields(CrfConfig)}}
+RENAMED = {
+    "eval.crf": "eval.use_crf",
+    **{
+        f"{section}.crf_{f.name}": f"{section}.crf.{f.name}"
+        for section in ("guide", "eval")
+        for f in dataclasses.fields(CrfConfig)
+    },
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,7 +518,10 @@ def _msrc(cfg: Config) -> None:
 
 
 PRESETS: dict[str, typing.Callable[[Config], None]] = {
-    "demo": _demo, "voc": _voc, "folder": _folder, "msrc": _msrc,
+    "demo": _demo,
+    "voc": _voc,
+    "folder": _folder,
+    "msrc": _msrc,
 }
 
 
@@ -488,12 +605,14 @@ def _resolve(cfg: Config, key: str) -> tuple[Any, str, Any]:
             raise ConfigError(f"{key}: unknown setting (known here: {', '.join(types)})")
         last = depth == len(parts) - 1
         if last and _is_group(types[name]):
-            raise ConfigError(f"{key}: a group of settings; set one of them: "
-                              + ", ".join(f"{key}.{n}" for n in declared(types[name])))
+            raise ConfigError(
+                f"{key}: a group of settings; set one of them: "
+                + ", ".join(f"{key}.{n}" for n in declared(types[name]))
+            )
         if last:
             return target, name, types[name]
         if not _is_group(types[name]):
-            raise ConfigError(f"{key}: {'.'.join(parts[:depth + 1])} is a setting, not a group of settings")
+            raise ConfigError(f"{key}: {'.'.join(parts[: depth + 1])} is a setting, not a group of settings")
         target = getattr(target, name)
     raise AssertionError("unreachable")
 
@@ -651,7 +770,8 @@ def auto_precision(device: str) -> str:
 SALIENCY_DATA_HELP = (
     "set saliency.checkpoint to a trained PiCANet (e.g. the public checkpoint, encoder vgg16) or "
     "saliency.train_root (and saliency.val_root) to a saliency set with images/ and masks/ "
-    "(e.g. DUTS-TR from the DUTS data set's page; README 'Saliency for your own photos')")
+    "(e.g. DUTS-TR from the DUTS data set's page; README 'Saliency for your own photos')"
+)
 
 
 def _type_problems(values: Any, prefix: str = "") -> list[str]:
@@ -690,8 +810,9 @@ def validate(cfg: Config, stages: typing.Iterable[str] = ()) -> Config:
                 # the saliency sets are read by TRAIN_SALIENCY only, which a ready network skips
                 needed = section != "saliency" or ("train_saliency" in stages and not cfg.saliency.checkpoint)
                 if kind == "dir" and not path.is_dir() and needed:
-                    problems.append(f"{key}: {path} is not a folder"
-                                    + (f"; {SALIENCY_DATA_HELP}" if section == "saliency" else ""))
+                    problems.append(
+                        f"{key}: {path} is not a folder" + (f"; {SALIENCY_DATA_HELP}" if section == "saliency" else "")
+                    )
     device_problem = _device_problem(cfg.runtime.device)
     if device_problem:
         problems.append(device_problem)
@@ -718,10 +839,15 @@ def validate(cfg: Config, stages: typing.Iterable[str] = ()) -> Config:
     if cfg.dataset.kind != "synthetic" and not cfg.path(cfg.dataset.root).is_dir():
         problems.append(f"dataset.root: {cfg.path(cfg.dataset.root)} is not a folder")
     # saliency for real photos is chosen, never defaulted to the synthetic shapes
-    if ("train_saliency" in stages and cfg.dataset.kind != "synthetic" and not cfg.saliency.checkpoint
-            and not cfg.saliency.train_root):
-        problems.append(f"saliency: the {cfg.dataset.kind} data set needs a saliency network for real photos: "
-                        + SALIENCY_DATA_HELP)
+    if (
+        "train_saliency" in stages
+        and cfg.dataset.kind != "synthetic"
+        and not cfg.saliency.checkpoint
+        and not cfg.saliency.train_root
+    ):
+        problems.append(
+            f"saliency: the {cfg.dataset.kind} data set needs a saliency network for real photos: " + SALIENCY_DATA_HELP
+        )
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return cfg
@@ -741,8 +867,11 @@ def _load_group(target: Any, saved: dict, prefix: str, problems: list[str]) -> N
         elif _is_group(kind):
             problems.append(f"{key}: expected a group of settings ({', '.join(declared(kind))}), got {item!r}")
         else:
-            setattr(target, name, float(item) if kind is float and isinstance(item, int)
-                    and not isinstance(item, bool) else item)
+            setattr(
+                target,
+                name,
+                float(item) if kind is float and isinstance(item, int) and not isinstance(item, bool) else item,
+            )
 
 
 def load_config(path: str | Path, overrides: typing.Iterable[str] = ()) -> Config:

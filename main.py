@@ -3,6 +3,7 @@
 Switch stages on or off below and run ``python main.py``; settings live in config.py.
 Enabled stages run in pipeline order; each one reads its inputs from tmp/ and skips work already done.
 """
+
 # ---- stages (pipeline order) -------------------------------------------------------------------
 TRAIN_SALIENCY = True  # train PiCANet (skipped when saliency.checkpoint names a ready network)
 CREATE_SALIENCY = True  # class-agnostic foreground probability per image
@@ -33,22 +34,36 @@ def flagged_stages() -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="stages, in order:\n  " + "\n  ".join(STAGE_NAMES)
-        + "\n\npresets:\n" + config_module.preset_help()
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="stages, in order:\n  "
+        + "\n  ".join(STAGE_NAMES)
+        + "\n\npresets:\n"
+        + config_module.preset_help()
         + "\n\nsettings (--set SECTION.KEY=VALUE or SECTION.GROUP.KEY=VALUE; lists as a,b,c):\n"
         + config_module.settings_help()
         + "\n\nexample: python main.py --preset demo --stages train_seed,create_attention "
-          "--set classifier.steps=200")
-    parser.add_argument("--stages", default=None,
-                        help="comma-separated stages to run instead of the flags in main.py")
+        "--set classifier.steps=200",
+    )
+    parser.add_argument("--stages", default=None, help="comma-separated stages to run instead of the flags in main.py")
     parser.add_argument("--preset", default="demo", choices=list(config_module.PRESETS))
-    parser.add_argument("--config", default=None, metavar="PATH",
-                        help="start from a saved config.json (e.g. runs/config.json) instead of a preset")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE", help="override one setting (repeatable)")
-    parser.add_argument("--traceback", action="store_true",
-                        help="show the full traceback of an error instead of its one-line message")
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="PATH",
+        help="start from a saved config.json (e.g. runs/config.json) instead of a preset",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting (repeatable)",
+    )
+    parser.add_argument(
+        "--traceback", action="store_true", help="show the full traceback of an error instead of its one-line message"
+    )
     return parser.parse_args(argv)
 
 
@@ -58,8 +73,7 @@ def select_stages(text: str | None) -> list[str]:
     wanted = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in STAGE_NAMES]
     if unknown:
-        raise config_module.ConfigError(f"--stages: unknown {', '.join(unknown)} "
-                                        f"(stages: {', '.join(STAGE_NAMES)})")
+        raise config_module.ConfigError(f"--stages: unknown {', '.join(unknown)} (stages: {', '.join(STAGE_NAMES)})")
     return [s for s in STAGE_NAMES if s in wanted]
 
 
@@ -92,8 +106,11 @@ def check_data(cfg, stages: list[str]) -> dict:
     check.write_report(result, Layout(cfg).data_check())
     dropped = check.enforce(cfg, result)
     count = sum(len(ids) for ids in dropped.values()) if isinstance(dropped, dict) else len(dropped or ())
-    print(f"data check: {len(result.problems)} problems in {time.time() - started:.1f} s"
-          + (f"; {count} images skipped (listed in {Layout(cfg).data_check()})" if count else ""), flush=True)
+    print(
+        f"data check: {len(result.problems)} problems in {time.time() - started:.1f} s"
+        + (f"; {count} images skipped (listed in {Layout(cfg).data_check()})" if count else ""),
+        flush=True,
+    )
     return {"skipped_images": count}
 
 
@@ -162,8 +179,7 @@ def summary_table(summaries: dict[str, dict], data_report: dict | None = None) -
         if not any(key in summary for key, _ in get_stage(name).table):
             lines.append(f"| {name} | (no score) | {summary['seconds']:.0f} |")
     if data_report and data_report.get("skipped_images"):
-        lines.append(f"| images skipped by the data check (runs/data_check.json) | "
-                     f"{data_report['skipped_images']} | |")
+        lines.append(f"| images skipped by the data check (runs/data_check.json) | {data_report['skipped_images']} | |")
     return "\n".join(lines)
 
 
@@ -173,8 +189,11 @@ def user_errors() -> tuple[type, ...]:
     from common import provenance
 
     kinds: list[type] = [config_module.ConfigError, OSError, provenance.StaleOutputs]
-    for module, name in (("datasets.check", "DataError"), ("common.training", "TrainingError"),
-                         ("common.errors", "InputError")):
+    for module, name in (
+        ("datasets.check", "DataError"),
+        ("common.training", "TrainingError"),
+        ("common.errors", "InputError"),
+    ):
         try:
             kinds.append(getattr(importlib.import_module(module), name))
         except (ImportError, AttributeError):
@@ -214,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + table)
         runs = Layout(cfg).runs
         files.write_text(runs / "summary.md", table + "\n")
-        files.write_text(runs / "summary.json", json.dumps({**summaries, "data_check": data_report},
-                                                           indent=2, default=float))
+        files.write_text(
+            runs / "summary.json", json.dumps({**summaries, "data_check": data_report}, indent=2, default=float)
+        )
     distributed.destroy_process_group()
     return 0
 

@@ -38,6 +38,7 @@ Examples:
 Python: ``from deeplab.segmenter import Segmenter``; ``Segmenter.from_checkpoint(path).segment(image)``
 returns class-id arrays (see deeplab/segmenter.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,24 +95,46 @@ def _positive_int(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = _Parser(prog="segment.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                     usage="python segment.py PATH... --out DIR [options]")
+    parser = _Parser(
+        prog="segment.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="python segment.py PATH... --out DIR [options]",
+    )
     parser.add_argument("paths", nargs="*", metavar="PATH", help="image files and folders")
     parser.add_argument("--out", required=True, metavar="DIR", help="where predictions go")
-    parser.add_argument("--checkpoint", default=None, metavar="FILE",
-                        help="DeepLab checkpoint (default: checkpoints/deeplab/best.pt, else last.pt)")
-    parser.add_argument("--experiment", default="", metavar="NAME",
-                        help="take the default checkpoint from experiments/NAME/ (runtime.experiment)")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="FILE",
+        help="DeepLab checkpoint (default: checkpoints/deeplab/best.pt, else last.pt)",
+    )
+    parser.add_argument(
+        "--experiment",
+        default="",
+        metavar="NAME",
+        help="take the default checkpoint from experiments/NAME/ (runtime.experiment)",
+    )
     parser.add_argument("--scales", type=_float_list, default=[1.0], help="e.g. 1.0,0.75 (default 1.0)")
     parser.add_argument("--flip", action="store_true", help="average with the mirrored image")
     parser.add_argument("--crf", action="store_true", help="dense-CRF post-processing")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--batch-size", type=_positive_int, default=4, help="images per forward pass")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
-    parser.add_argument("--export", action="append", choices=tuple(EXPORT_NAMES), default=[],
-                        help="also write the network as TorchScript or ONNX (repeatable)")
-    parser.add_argument("--export-size", type=_size, default=(512, 512), metavar="H,W",
-                        help="input size of the export (default 512,512)")
+    parser.add_argument(
+        "--export",
+        action="append",
+        choices=tuple(EXPORT_NAMES),
+        default=[],
+        help="also write the network as TorchScript or ONNX (repeatable)",
+    )
+    parser.add_argument(
+        "--export-size",
+        type=_size,
+        default=(512, 512),
+        metavar="H,W",
+        help="input size of the export (default 512,512)",
+    )
     return parser.parse_args(argv)
 
 
@@ -125,8 +148,10 @@ def default_checkpoint(experiment: str = "") -> Path:
     path = layout.trained_network("deeplab")
     if path is not None:
         return path
-    raise UsageError(f"no trained DeepLab in {layout.checkpoint('deeplab').parent} (best.pt or last.pt): "
-                     f"train one (python main.py --stages train_deeplab) or pass --checkpoint FILE")
+    raise UsageError(
+        f"no trained DeepLab in {layout.checkpoint('deeplab').parent} (best.pt or last.pt): "
+        f"train one (python main.py --stages train_deeplab) or pass --checkpoint FILE"
+    )
 
 
 class Found(NamedTuple):
@@ -170,8 +195,14 @@ def find_images(paths: list[str], out: Path) -> list[Found]:
     for rel in relative.values():
         stem = rel.with_suffix("").as_posix()
         stems[stem] = stems.get(stem, 0) + 1
-    named = [Found(image, rel.with_suffix("").as_posix() if stems[rel.with_suffix("").as_posix()] == 1
-                   else rel.as_posix(), rel.as_posix()) for image, rel in relative.items()]
+    named = [
+        Found(
+            image,
+            rel.with_suffix("").as_posix() if stems[rel.with_suffix("").as_posix()] == 1 else rel.as_posix(),
+            rel.as_posix(),
+        )
+        for image, rel in relative.items()
+    ]
     return sorted(named, key=lambda item: item.name)
 
 
@@ -219,7 +250,7 @@ def write_label_png(path: Path, labels: np.ndarray, palette: np.ndarray) -> None
     from common import files
 
     colours = files.voc_palette()
-    colours[:len(palette)] = palette
+    colours[: len(palette)] = palette
     img = Image.fromarray(np.asarray(labels, dtype=np.uint8), mode="P")
     img.putpalette(colours.reshape(-1).tolist())
     files.atomic_write(path, lambda handle: img.save(handle, format="PNG"))
@@ -278,25 +309,33 @@ def main(argv: list[str] | None = None) -> int:
         images = find_images(args.paths, out)
         if args.paths and not images:
             raise UsageError(f"no images (.jpg .jpeg .png .bmp) found in {', '.join(args.paths)}")
-        checkpoint = (Path(args.checkpoint).expanduser() if args.checkpoint
-                      else default_checkpoint(args.experiment))
+        checkpoint = Path(args.checkpoint).expanduser() if args.checkpoint else default_checkpoint(args.experiment)
         if not checkpoint.is_file():
             raise UsageError(f"DeepLab checkpoint {checkpoint} does not exist")
         # imported after the cheap checks: importing torch takes seconds
         from deeplab.segmenter import CheckpointError, Segmenter
 
         try:
-            segmenter = Segmenter.from_checkpoint(checkpoint, device=args.device, precision=args.precision,
-                                                  scales=args.scales, flip=args.flip, crf=args.crf,
-                                                  batch_size=args.batch_size)
+            segmenter = Segmenter.from_checkpoint(
+                checkpoint,
+                device=args.device,
+                precision=args.precision,
+                scales=args.scales,
+                flip=args.flip,
+                crf=args.crf,
+                batch_size=args.batch_size,
+            )
         except (CheckpointError, ValueError, RuntimeError) as err:  # RuntimeError: cuda without a GPU
             raise UsageError(str(err)) from err
     except UsageError as err:
         print(f"segment.py: error: {err}", file=sys.stderr)
         return 2
 
-    print(f"{checkpoint}: {segmenter.model.name} DeepLab, classes {', '.join(segmenter.class_names[1:])}; "
-          f"{segmenter.device}, {segmenter.precision}", flush=True)
+    print(
+        f"{checkpoint}: {segmenter.model.name} DeepLab, classes {', '.join(segmenter.class_names[1:])}; "
+        f"{segmenter.device}, {segmenter.precision}",
+        flush=True,
+    )
     for export_format in args.export:
         try:
             result = segmenter.export(out / EXPORT_NAMES[export_format], export_format, args.export_size)
@@ -306,11 +345,16 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:  # the exported model does not reproduce PyTorch's logits
             print(f"segment.py: error: {err}", file=sys.stderr)
             return 1
-        check = (f"matches PyTorch within {result.max_abs_difference:.2g} (allowed {result.tolerance:.2g})"
-                 if result.verified
-                 else "not checked: onnxruntime is not installed (pip install -r requirements-export.txt)")
-        print(f"exported {result.path} ({export_format}, input 1x3x{args.export_size[0]}x{args.export_size[1]}; "
-              f"{check}); how to feed it: {result.metadata_path}", flush=True)
+        check = (
+            f"matches PyTorch within {result.max_abs_difference:.2g} (allowed {result.tolerance:.2g})"
+            if result.verified
+            else "not checked: onnxruntime is not installed (pip install -r requirements-export.txt)"
+        )
+        print(
+            f"exported {result.path} ({export_format}, input 1x3x{args.export_size[0]}x{args.export_size[1]}; "
+            f"{check}); how to feed it: {result.metadata_path}",
+            flush=True,
+        )
     if not images:
         return 0
 
@@ -325,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         progress.close()
     if rows:
         files.write_text(out / "class_shares.csv", shares_csv(rows, segmenter.class_names))
-    print(f"segmented {len(rows)} of {len(images)} images into {out}"
-          + (f"; {len(skipped)} unreadable, skipped: " + ", ".join(str(p) for p, _ in skipped) if skipped else ""))
+    print(
+        f"segmented {len(rows)} of {len(images)} images into {out}"
+        + (f"; {len(skipped)} unreadable, skipped: " + ", ".join(str(p) for p, _ in skipped) if skipped else "")
+    )
     return 0 if rows else 1
 
 

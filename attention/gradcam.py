@@ -10,6 +10,7 @@ Inside the context the model's parameters stop requiring gradients (Grad-CAM nee
 activations, never of weights), so the backbone's forward records no autograd graph at all: on a CPU
 that alone makes the forward about five times faster.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -25,8 +26,10 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
     if name not in modules:
         candidates = [n for n in modules if n][-8:]
-        raise InputError(f"attention.target_layer {name!r} is not a module of the classifier "
-                         f"(last module names: {', '.join(candidates)})")
+        raise InputError(
+            f"attention.target_layer {name!r} is not a module of the classifier "
+            f"(last module names: {', '.join(candidates)})"
+        )
     return modules[name]
 
 
@@ -91,8 +94,9 @@ class GradCam:
                 for index, image_classes in enumerate(classes):
                     if slot < len(image_classes):
                         selector[index, image_classes[slot]] = 1.0
-                (gradients,) = torch.autograd.grad(logits, activations, grad_outputs=selector,
-                                                   retain_graph=slot < slots - 1)
+                (gradients,) = torch.autograd.grad(
+                    logits, activations, grad_outputs=selector, retain_graph=slot < slots - 1
+                )
                 weights = gradients.float().mean(dim=(2, 3), keepdim=True)
                 cams = F.relu((weights * activations.float()).sum(dim=1))
                 for index, image_classes in enumerate(classes):

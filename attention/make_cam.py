@@ -12,6 +12,7 @@ torchrun's processes, so every CAM file holds the same bytes whatever the number
 the images done before; each process scores its share, rank 0 sums the confusion matrices and
 alone writes reports, pictures and tensorboard.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -55,9 +56,15 @@ def storage_size(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
     return (-(-image_size[0] // stride), -(-image_size[1] // stride))
 
 
-def compute_cams(grad_cam: GradCam, images: torch.Tensor, classes: list[list[int]],
-                 scales: list[float], flip: bool, out_size: tuple[int, int],
-                 precision: str = "fp32") -> list[torch.Tensor]:
+def compute_cams(
+    grad_cam: GradCam,
+    images: torch.Tensor,
+    classes: list[list[int]],
+    scales: list[float],
+    flip: bool,
+    out_size: tuple[int, int],
+    precision: str = "fp32",
+) -> list[torch.Tensor]:
     """Normalised maps (K_b, *out_size) per image: Grad-CAM summed over scales (and flips),
     each pass resized bilinearly to ``out_size``, then divided by its maximum.
 
@@ -66,10 +73,17 @@ def compute_cams(grad_cam: GradCam, images: torch.Tensor, classes: list[list[int
     totals = [images.new_zeros((len(c), *out_size), dtype=torch.float32) for c in classes]
     height, width = images.shape[2:]
     for scale in scales:
-        scaled = images if scale == 1.0 else F.interpolate(
-            images, size=(max(1, round(height * scale)), max(1, round(width * scale))),
-            mode="bilinear", align_corners=False)
-        for flipped in ((False, True) if flip else (False,)):
+        scaled = (
+            images
+            if scale == 1.0
+            else F.interpolate(
+                images,
+                size=(max(1, round(height * scale)), max(1, round(width * scale))),
+                mode="bilinear",
+                align_corners=False,
+            )
+        )
+        for flipped in (False, True) if flip else (False,):
             batch = scaled.flip(-1) if flipped else scaled
             with runtime.autocast(images.device, precision):
                 passes = grad_cam(batch, classes)
@@ -77,8 +91,9 @@ def compute_cams(grad_cam: GradCam, images: torch.Tensor, classes: list[list[int
                 if maps.shape[0] == 0:
                     continue
                 maps = maps.flip(-1) if flipped else maps
-                totals[index] += F.interpolate(maps[None].float(), size=out_size, mode="bilinear",
-                                               align_corners=False)[0]
+                totals[index] += F.interpolate(maps[None].float(), size=out_size, mode="bilinear", align_corners=False)[
+                    0
+                ]
     return [normalise_maps(total) for total in totals]
 
 
@@ -116,10 +131,15 @@ def seed_result(cfg, image_set, matrices: list, scored: int) -> dict:
         return {}
     per_threshold = {float(t): m.mean_iou() for t, m in zip(thresholds, matrices)}
     best = max(per_threshold, key=per_threshold.get)
-    return {"seed_mIoU": per_threshold[best], "best_threshold": best,
-            "per_threshold": per_threshold, "images_scored": scored,
-            "per_class_IoU": dict(zip(["background"] + image_set.class_names,
-                                      map(float, matrices[thresholds.index(best)].iou())))}
+    return {
+        "seed_mIoU": per_threshold[best],
+        "best_threshold": best,
+        "per_threshold": per_threshold,
+        "images_scored": scored,
+        "per_class_IoU": dict(
+            zip(["background"] + image_set.class_names, map(float, matrices[thresholds.index(best)].iou()))
+        ),
+    }
 
 
 def seed_scores(cfg, image_set, layout: Layout) -> dict:
@@ -144,7 +164,7 @@ def _cam_picture(image: np.ndarray, cams) -> np.ndarray:
     """Image beside each class map drawn as a heat overlay, for tensorboard."""
     panels = [image]
     for heat in cams.upsampled():
-        red = (heat[..., None] * np.array([255, 40, 0]) + (1 - heat[..., None]) * image * 0.6)
+        red = heat[..., None] * np.array([255, 40, 0]) + (1 - heat[..., None]) * image * 0.6
         panels.append(red.clip(0, 255).astype(np.uint8))
     return np.concatenate(panels, axis=1)
 
@@ -167,29 +187,41 @@ def run(cfg) -> dict:
 
         def done(image_id: str, image_set=image_set) -> bool:
             return layout.cams(image_id).exists() and all(
-                layout.cam_mask(image_id, c).exists() for c in image_set.class_ids(image_id))
+                layout.cam_mask(image_id, c).exists() for c in image_set.class_ids(image_id)
+            )
 
         batches = same_size_batches(image_set, image_set.ids, settings.batch_size)
         shares[split] = [i for batch in work.shard(batches) for i in batch]
         mine = work.my_batches(batches, done, cfg.runtime.overwrite)
         todo = set(work.pending([i for batch in mine for i in batch], done, cfg.runtime.overwrite))
-        print(f"{split}: {len(image_set) - len(todo)} images done before or by other processes, "
-              f"{len(todo)} to do here")
-        loader = DataLoader(_Batches(image_set, mine, model.mean, model.std), batch_size=None,
-                            num_workers=cfg.runtime.num_workers, pin_memory=device.type == "cuda")
+        print(f"{split}: {len(image_set) - len(todo)} images done before or by other processes, {len(todo)} to do here")
+        loader = DataLoader(
+            _Batches(image_set, mine, model.mean, model.std),
+            batch_size=None,
+            num_workers=cfg.runtime.num_workers,
+            pin_memory=device.type == "cuda",
+        )
         with GradCam(model, target) as grad_cam, tqdm(total=len(todo), desc=f"attention {split}") as bar:
             for ids, images in loader:
                 classes = [[c - 1 for c in image_set.class_ids(i)] for i in ids]
                 image_size = tuple(images.shape[2:])
                 out_size = storage_size(image_size, settings.storage_stride)
-                maps = compute_cams(grad_cam, runtime.to_device(images, device), classes, settings.scales,
-                                    settings.flip, out_size, cfg.runtime.precision)
+                maps = compute_cams(
+                    grad_cam,
+                    runtime.to_device(images, device),
+                    classes,
+                    settings.scales,
+                    settings.flip,
+                    out_size,
+                    cfg.runtime.precision,
+                )
                 for image_id, image_classes, image_maps in zip(ids, classes, maps):
                     if image_id not in todo:  # its batch is recomputed whole; its files stay as they are
                         continue
                     class_ids = [c + 1 for c in image_classes]
-                    layout.write_cams_and_masks(image_id, class_ids, image_maps.cpu().numpy(), image_size,
-                                                settings.threshold)
+                    layout.write_cams_and_masks(
+                        image_id, class_ids, image_maps.cpu().numpy(), image_size, settings.threshold
+                    )
                     bar.update(1)
     distributed.barrier()  # every CAM of every process is on disk
 
@@ -208,12 +240,17 @@ def run(cfg) -> dict:
             for threshold, value in scores["per_threshold"].items():
                 writer.add_scalar(f"{split}/seed_mIoU_by_threshold", value, int(round(threshold * 100)))
             writer.add_scalar(f"{split}/seed_mIoU", scores["seed_mIoU"], 0)
-            print(f"{split}: CAM seed mIoU {scores['seed_mIoU']:.3f} at background threshold "
-                  f"{scores['best_threshold']} ({scores['images_scored']} images)")
+            print(
+                f"{split}: CAM seed mIoU {scores['seed_mIoU']:.3f} at background threshold "
+                f"{scores['best_threshold']} ({scores['images_scored']} images)"
+            )
             board.write_report(cfg, STAGE, f"seed_{split}", scores)
     if writer is not None:
         writer.close()
     distributed.barrier()  # reports written before any process moves on
     train_scores = summary.get("train") or next((s for s in summary.values() if s), {})
-    return {"seed_mIoU": train_scores.get("seed_mIoU", float("nan")),
-            "best_threshold": train_scores.get("best_threshold"), "splits": summary}
+    return {
+        "seed_mIoU": train_scores.get("seed_mIoU", float("nan")),
+        "best_threshold": train_scores.get("best_threshold"),
+        "splits": summary,
+    }

@@ -10,6 +10,7 @@ backward per class) on the same input, i.e. the speed does not come from computi
 
 Needs a trained classifier (TRAIN_SEED) for the chosen config.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,7 @@ def measure(cfg, num_images: int) -> dict:
     # the original's way: squashed to 224, batch 1, forward + backward per class
     started = time.perf_counter()
     for image_id in ids:
-        squashed = F.interpolate(images[image_id][None], size=(224, 224), mode="bilinear",
-                                 align_corners=False)[0]
+        squashed = F.interpolate(images[image_id][None], size=(224, 224), mode="bilinear", align_corners=False)[0]
         for class_index in classes[image_id]:
             per_class_grad_cam(model, layer, squashed, class_index)
     original_seconds = time.perf_counter() - started
@@ -76,15 +76,26 @@ def measure(cfg, num_images: int) -> dict:
         for batch_ids in same_size_batches(image_set, ids, cfg.attention.batch_size):
             batch = torch.stack([images[i] for i in batch_ids])
             height, width = batch.shape[2:]
-            compute_cams(grad_cam, batch, [classes[i] for i in batch_ids], cfg.attention.scales,
-                         cfg.attention.flip, (-(-height // 4), -(-width // 4)))
+            compute_cams(
+                grad_cam,
+                batch,
+                [classes[i] for i in batch_ids],
+                cfg.attention.scales,
+                cfg.attention.flip,
+                (-(-height // 4), -(-width // 4)),
+            )
     stage_seconds = time.perf_counter() - started
-    return {"images": len(ids), "class_maps": class_maps,
-            "original_seconds": round(original_seconds, 2), "ours_seconds": round(ours_seconds, 2),
-            "speedup": round(original_seconds / ours_seconds, 2),
-            "max_abs_difference_vs_reference": worst,
-            "stage_seconds_with_configured_scales_flip": round(stage_seconds, 2),
-            "scales": cfg.attention.scales, "flip": cfg.attention.flip}
+    return {
+        "images": len(ids),
+        "class_maps": class_maps,
+        "original_seconds": round(original_seconds, 2),
+        "ours_seconds": round(ours_seconds, 2),
+        "speedup": round(original_seconds / ours_seconds, 2),
+        "max_abs_difference_vs_reference": worst,
+        "stage_seconds_with_configured_scales_flip": round(stage_seconds, 2),
+        "scales": cfg.attention.scales,
+        "flip": cfg.attention.flip,
+    }
 
 
 def main(argv=None) -> int:

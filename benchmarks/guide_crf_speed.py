@@ -12,6 +12,7 @@ from other processes hits both alike. Nothing is written.
 ``--oracle-saliency`` uses the ground-truth foreground (mask in 1..C) as the saliency map, for
 timing on sets where only CREATE_ATTENTION has run; its mIoU is then not that of the pipeline.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,13 +53,15 @@ def measure(cfg, split: str, num_images: int, oracle: bool, only_multi_class: bo
         if images >= num_images:
             break
         mask = image_set.mask(image_id)
-        if not layout.cams(image_id).exists() or (oracle and mask is None) or (
-                not oracle and not layout.saliency_prob(image_id).exists()):
+        if (
+            not layout.cams(image_id).exists()
+            or (oracle and mask is None)
+            or (not oracle and not layout.saliency_prob(image_id).exists())
+        ):
             continue  # inputs not computed (yet) for this image
         saliency = oracle_saliency(mask, image_set.num_classes) if oracle else None
         inputs = read_inputs(layout, image_set, image_id, saliency=saliency)
-        plan = plan_regions(inputs["saliency_prob"] >= box_params.saliency_threshold, inputs["class_masks"],
-                            box_params)
+        plan = plan_regions(inputs["saliency_prob"] >= box_params.saliency_threshold, inputs["class_masks"], box_params)
         multi = int((plan.classes_per_region >= 2).sum())
         if only_multi_class and not multi:
             continue
@@ -78,15 +81,20 @@ def measure(cfg, split: str, num_images: int, oracle: bool, only_multi_class: bo
         agreeing += int((labels["box"] == labels["whole"]).sum())
         pixels += labels["box"].size
     return {
-        "split": split, "images": images, "images_with_multi_class_regions": images_multi,
-        "multi_class_regions": regions_multi, "oracle_saliency": oracle,
+        "split": split,
+        "images": images,
+        "images_with_multi_class_regions": images_multi,
+        "multi_class_regions": regions_multi,
+        "oracle_saliency": oracle,
         "crf_margin": box_params.crf_margin,
-        "seconds_box": round(seconds["box"], 3), "seconds_whole_image": round(seconds["whole"], 3),
+        "seconds_box": round(seconds["box"], 3),
+        "seconds_whole_image": round(seconds["whole"], 3),
         "speedup_all_images": round(seconds["whole"] / max(seconds["box"], 1e-9), 2),
         "seconds_box_multi_class_images": round(seconds_multi["box"], 3),
         "seconds_whole_image_multi_class_images": round(seconds_multi["whole"], 3),
         "speedup_multi_class_images": round(seconds_multi["whole"] / max(seconds_multi["box"], 1e-9), 2),
-        "mIoU_box": matrices["box"].mean_iou(), "mIoU_whole_image": matrices["whole"].mean_iou(),
+        "mIoU_box": matrices["box"].mean_iou(),
+        "mIoU_whole_image": matrices["whole"].mean_iou(),
         "pixels_agreeing": agreeing / pixels if pixels else float("nan"),
     }
 
@@ -98,12 +106,14 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="train")
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--oracle-saliency", action="store_true")
-    parser.add_argument("--only-multi-class", action="store_true",
-                        help="count only images with at least one multi-class saliency region")
+    parser.add_argument(
+        "--only-multi-class",
+        action="store_true",
+        help="count only images with at least one multi-class saliency region",
+    )
     args = parser.parse_args(argv)
     cfg = config_module.validate(config_module.build_config(args.preset, args.overrides))
-    print(json.dumps(measure(cfg, args.split, args.images, args.oracle_saliency, args.only_multi_class),
-                     indent=2))
+    print(json.dumps(measure(cfg, args.split, args.images, args.oracle_saliency, args.only_multi_class), indent=2))
     return 0
 
 

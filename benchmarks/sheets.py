@@ -11,6 +11,7 @@ no output for (a val image has no pseudo label, a train image no prediction) say
 
     python -m benchmarks.sheets --config bench/msrc/full/gt0/runs/config.json --classes body,face,dog
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,11 @@ TILE_INCHES = (1.6, 1.2)  # width, height of one tile
 def worst_classes(per_class_iou: dict, count: int = 3) -> list[tuple[str, float]]:
     """The ``count`` classes of lowest IoU, lowest first; background and classes without a score
     (None or NaN: absent from the val set) are left out."""
-    scored = [(float(iou), name) for name, iou in per_class_iou.items()
-              if name != "background" and iou is not None and math.isfinite(float(iou))]
+    scored = [
+        (float(iou), name)
+        for name, iou in per_class_iou.items()
+        if name != "background" and iou is not None and math.isfinite(float(iou))
+    ]
     return [(name, iou) for iou, name in sorted(scored)[:count]]
 
 
@@ -80,9 +84,14 @@ def row_tiles(layout: Layout, image_set, image_id: str, class_id: int) -> list[n
     if layout.saliency_prob(image_id).exists():
         saliency = np.repeat((layout.read_saliency(image_id) * 255).astype(np.uint8)[..., None], 3, axis=2)
     mask = image_set.mask(image_id)
-    return [image, saliency, _cam_overlay(image, layout, image_id, class_id),
-            _label_tile(layout.pseudo_label(image_id)), _label_tile(layout.prediction(image_id)),
-            files.colorize(mask) if mask is not None else None]
+    return [
+        image,
+        saliency,
+        _cam_overlay(image, layout, image_id, class_id),
+        _label_tile(layout.pseudo_label(image_id)),
+        _label_tile(layout.prediction(image_id)),
+        files.colorize(mask) if mask is not None else None,
+    ]
 
 
 def draw(cfg, class_names: list[str], path: Path, val_images: int = 2, train_images: int = 1) -> list[dict]:
@@ -101,17 +110,29 @@ def draw(cfg, class_names: list[str], path: Path, val_images: int = 2, train_ima
     wanted = (("val", val_images, layout.prediction), ("train", train_images, layout.pseudo_label))
     for name in class_names:
         if name not in known:
-            raise ValueError(f"worst-class sheet: no class {name!r} in {cfg.dataset.root} "
-                             f"(classes: {', '.join(known)})")
+            raise ValueError(
+                f"worst-class sheet: no class {name!r} in {cfg.dataset.root} (classes: {', '.join(known)})"
+            )
         class_id = known.index(name) + 1
         for split, count, output in wanted:
             image_set = splits[split]
             for image_id in images_with_class(image_set, class_id, count, lambda i, path=output: path(i).exists()):
-                rows.append({"class": name, "split": split, "id": image_id,
-                             "tiles": row_tiles(layout, image_set, image_id, class_id)})
+                rows.append(
+                    {
+                        "class": name,
+                        "split": split,
+                        "id": image_id,
+                        "tiles": row_tiles(layout, image_set, image_id, class_id),
+                    }
+                )
     width, height = TILE_INCHES
-    figure, axes = plt.subplots(max(len(rows), 1), len(COLUMNS), dpi=80, squeeze=False,
-                                figsize=(width * len(COLUMNS), height * max(len(rows), 1) + 0.3))
+    figure, axes = plt.subplots(
+        max(len(rows), 1),
+        len(COLUMNS),
+        dpi=80,
+        squeeze=False,
+        figsize=(width * len(COLUMNS), height * max(len(rows), 1) + 0.3),
+    )
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
@@ -147,8 +168,12 @@ def main_cli(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="a run's runs/config.json")
-    parser.add_argument("--classes", default="", help="comma-separated class names (default: the three of "
-                                                      "lowest IoU in the run's runs/eval_deeplab/report.json)")
+    parser.add_argument(
+        "--classes",
+        default="",
+        help="comma-separated class names (default: the three of "
+        "lowest IoU in the run's runs/eval_deeplab/report.json)",
+    )
     parser.add_argument("--output", default="docs/benchmark_worst_classes.png")
     args = parser.parse_args(argv)
     cfg = config_module.load_config(args.config)

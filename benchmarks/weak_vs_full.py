@@ -5,6 +5,7 @@ Prints both final mIoUs and their ratio, and writes them to <out>/weak_vs_full.j
     python -m benchmarks.weak_vs_full [--preset demo] [--out bench/weak_vs_full] [--set k=v ...]
     make bench-weak-full
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,13 +35,16 @@ def run(preset: str, overrides: list[str], out: Path) -> dict:
     full = configured(preset, overrides, out, "full", ["deeplab.gt_percentage=100"])
     full_summary = main.run_stages(full, ["train_deeplab", "eval_deeplab"])
     result = {
-        "preset": preset, "overrides": overrides,
+        "preset": preset,
+        "overrides": overrides,
         "weak_mIoU": weak_summary["eval_deeplab"]["mIoU"],
         "full_mIoU": full_summary["eval_deeplab"]["mIoU"],
         "pseudo_label_mIoU": weak_summary["create_guide"].get("mIoU"),
         "seconds": round(time.time() - started, 1),
-        "stage_seconds": {**{f"weak/{k}": v["seconds"] for k, v in weak_summary.items()},
-                          **{f"full/{k}": v["seconds"] for k, v in full_summary.items()}},
+        "stage_seconds": {
+            **{f"weak/{k}": v["seconds"] for k, v in weak_summary.items()},
+            **{f"full/{k}": v["seconds"] for k, v in full_summary.items()},
+        },
     }
     result["weak_over_full"] = result["weak_mIoU"] / result["full_mIoU"]
     out.mkdir(parents=True, exist_ok=True)

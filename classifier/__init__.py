@@ -1,4 +1,5 @@
 """The multi-label classifier (TRAIN_SEED). Other stages use it only through :func:`load_trained`."""
+
 from __future__ import annotations
 
 import torch
@@ -15,15 +16,22 @@ def load_trained(cfg, class_names: list[str], device: torch.device) -> MultiLabe
     layout = Layout(cfg)
     path = layout.trained_network("classifier")
     if path is None:
-        raise FileNotFoundError(f"no trained classifier at {layout.checkpoint('classifier').parent}: run "
-                                f"TRAIN_SEED first (python main.py --stages train_seed)")
+        raise FileNotFoundError(
+            f"no trained classifier at {layout.checkpoint('classifier').parent}: run "
+            f"TRAIN_SEED first (python main.py --stages train_seed)"
+        )
     state = torch.load(path, map_location="cpu", weights_only=False)
     extra = state.get("extra", {})
     if extra.get("class_names") != list(class_names):
-        raise InputError(f"{path} was trained on classes {extra.get('class_names')}, "
-                         f"but the data set has {list(class_names)}")
-    model = build_classifier(backbone=extra["backbone"], num_classes=extra["num_classes"],
-                             pretrained=False, output_stride=extra["output_stride"])
+        raise InputError(
+            f"{path} was trained on classes {extra.get('class_names')}, but the data set has {list(class_names)}"
+        )
+    model = build_classifier(
+        backbone=extra["backbone"],
+        num_classes=extra["num_classes"],
+        pretrained=False,
+        output_stride=extra["output_stride"],
+    )
     model.load_state_dict(state["model"])
     return model.to(device).eval()
 

@@ -1,4 +1,5 @@
 """Image-level training and validation samples for the classifier."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,7 +36,7 @@ def place_in_square(tensor: torch.Tensor, side: int, rng: np.random.Generator | 
 
     (dst_y, src_y), (dst_x, src_x) = offsets(height), offsets(width)
     copy_h, copy_w = min(side, height), min(side, width)
-    out[:, dst_y:dst_y + copy_h, dst_x:dst_x + copy_w] = tensor[:, src_y:src_y + copy_h, src_x:src_x + copy_w]
+    out[:, dst_y : dst_y + copy_h, dst_x : dst_x + copy_w] = tensor[:, src_y : src_y + copy_h, src_x : src_x + copy_w]
     return out
 
 
@@ -51,8 +52,18 @@ class ClassificationSamples(Dataset):
     whatever the worker, the process or the number of restarts.
     """
 
-    def __init__(self, image_set: ImageSet, *, crop_size: int, mean, std, train: bool,
-                 scale_min: float = 1.0, scale_max: float = 1.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        image_set: ImageSet,
+        *,
+        crop_size: int,
+        mean,
+        std,
+        train: bool,
+        scale_min: float = 1.0,
+        scale_max: float = 1.0,
+        seed: int = 0,
+    ) -> None:
         self.image_set = image_set
         self.crop_size = crop_size
         self.mean, self.std = mean, std

@@ -3,6 +3,7 @@
 A GAP + linear head keeps Grad-CAM faithful at any input size and aspect ratio: the network never
 needs a fixed 224 x 224 input, so images are classified (and explained) at their own shape.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,21 +28,31 @@ class MultiLabelClassifier(FrozenBatchNormMixin, nn.Module):
 
     frozen_batchnorm_scope = "features"
 
-    def __init__(self, *, backbone: str, num_classes: int, pretrained: bool = True,
-                 weights_path: str = "", output_stride: int = 16, dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        *,
+        backbone: str,
+        num_classes: int,
+        pretrained: bool = True,
+        weights_path: str = "",
+        output_stride: int = 16,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"classifier backbone {backbone!r} is not one of {', '.join(BACKBONES)}")
         form = backbones.form(backbone, for_="classifier")
         if output_stride not in form.output_strides:
-            raise ValueError(f"output_stride {output_stride}: expected "
-                             f"{' or '.join(map(str, sorted(form.output_strides)))}")
+            raise ValueError(
+                f"output_stride {output_stride}: expected {' or '.join(map(str, sorted(form.output_strides)))}"
+            )
         self.backbone_name = backbone
         self.num_classes = num_classes
         self.output_stride = output_stride
         # built (and ImageNet weights loaded) before the head: both draw from the global RNG
-        self.features = backbones.build(backbone, for_="classifier", output_stride=output_stride,
-                                        pretrained=pretrained, weights_path=weights_path)
+        self.features = backbones.build(
+            backbone, for_="classifier", output_stride=output_stride, pretrained=pretrained, weights_path=weights_path
+        )
         self.default_target_layer = "features." + form.cam_layer
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Conv2d(form.channels[-1], num_classes, kernel_size=1, bias=True)
@@ -68,12 +79,17 @@ class MultiLabelClassifier(FrozenBatchNormMixin, nn.Module):
 
     def describe(self) -> dict:
         """What is needed to rebuild this network around a checkpoint."""
-        return {"backbone": self.backbone_name, "num_classes": self.num_classes,
-                "output_stride": self.output_stride}
+        return {"backbone": self.backbone_name, "num_classes": self.num_classes, "output_stride": self.output_stride}
 
 
-def build_classifier(*, backbone: str, num_classes: int, pretrained: bool = True,
-                     weights_path: str = "", output_stride: int = 16) -> MultiLabelClassifier:
+def build_classifier(
+    *, backbone: str, num_classes: int, pretrained: bool = True, weights_path: str = "", output_stride: int = 16
+) -> MultiLabelClassifier:
     """A :class:`MultiLabelClassifier`; see its docstring."""
-    return MultiLabelClassifier(backbone=backbone, num_classes=num_classes, pretrained=pretrained,
-                                weights_path=weights_path, output_stride=output_stride)
+    return MultiLabelClassifier(
+        backbone=backbone,
+        num_classes=num_classes,
+        pretrained=pretrained,
+        weights_path=weights_path,
+        output_stride=output_stride,
+    )

@@ -6,6 +6,7 @@ validation split to tensorboard; the best checkpoint by mAP and the last one (fu
 resumed from on the next run) under checkpoints/classifier/. The loop itself (step-deterministic
 batches, resume, checkpoints, precision, several processes) is ``common.training.fit``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,8 +27,13 @@ CHECKPOINTS = "classifier"
 RESUME_KEYS = ("backbone", "num_classes", "output_stride", "class_names")
 
 
-def evaluate(model: MultiLabelClassifier, loader: DataLoader, device: torch.device,
-             class_names: list[str], precision: str = "fp32") -> dict:
+def evaluate(
+    model: MultiLabelClassifier,
+    loader: DataLoader,
+    device: torch.device,
+    class_names: list[str],
+    precision: str = "fp32",
+) -> dict:
     """mAP, per-class AP and F1 (at probability 0.5) over ``loader``."""
     was_training = model.training
     model.eval()
@@ -46,9 +52,12 @@ def metrics_of(scores: np.ndarray, targets: np.ndarray, class_names: list[str]) 
     from common import metrics
 
     result = metrics.multilabel_metrics(scores, targets)
-    return {"mAP": result["mAP"], "micro_F1": result["micro_F1"],
-            "AP": {name: float(v) for name, v in zip(class_names, result["AP"])},
-            "F1": {name: float(v) for name, v in zip(class_names, result["F1"])}}
+    return {
+        "mAP": result["mAP"],
+        "micro_F1": result["micro_F1"],
+        "AP": {name: float(v) for name, v in zip(class_names, result["AP"])},
+        "F1": {name: float(v) for name, v in zip(class_names, result["F1"])},
+    }
 
 
 def make_optimizer(model: MultiLabelClassifier, settings):
@@ -57,9 +66,10 @@ def make_optimizer(model: MultiLabelClassifier, settings):
     head_ids = {id(p) for p in head}
     backbone = [p for p in model.parameters() if id(p) not in head_ids]
     optimizer = torch.optim.SGD(
-        [{"params": backbone, "lr": settings.lr * settings.backbone_lr_mult},
-         {"params": head, "lr": settings.lr}],
-        momentum=settings.momentum, weight_decay=settings.weight_decay)
+        [{"params": backbone, "lr": settings.lr * settings.backbone_lr_mult}, {"params": head, "lr": settings.lr}],
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+    )
     return optimizer, training.poly_schedule(optimizer, settings.steps, 0.9)
 
 
@@ -85,19 +95,33 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
     if distributed.is_main():
         for companion in entangled:
             print(f"note: {companion.message()}", flush=True)
-    model = build_classifier(backbone=settings.backbone, num_classes=train_set.num_classes,
-                             pretrained=settings.pretrained,
-                             weights_path=backbones.resolved_weights_path(cfg, settings.weights_path),
-                             output_stride=settings.output_stride).to(device)
+    model = build_classifier(
+        backbone=settings.backbone,
+        num_classes=train_set.num_classes,
+        pretrained=settings.pretrained,
+        weights_path=backbones.resolved_weights_path(cfg, settings.weights_path),
+        output_stride=settings.output_stride,
+    ).to(device)
     optimizer, scheduler = make_optimizer(model, settings)
     mean, std = model.mean, model.std
-    train_samples = ClassificationSamples(train_set, crop_size=settings.crop_size, mean=mean, std=std,
-                                          train=True, scale_min=settings.scale_min,
-                                          scale_max=settings.scale_max, seed=cfg.runtime.seed)
-    val_samples = ClassificationSamples(val_set, crop_size=settings.crop_size, mean=mean, std=std,
-                                        train=False)
-    val_loader = training.eval_loader(val_samples, batch_size=settings.batch_size,
-                                      num_workers=cfg.runtime.num_workers, device=device, seed=cfg.runtime.seed)
+    train_samples = ClassificationSamples(
+        train_set,
+        crop_size=settings.crop_size,
+        mean=mean,
+        std=std,
+        train=True,
+        scale_min=settings.scale_min,
+        scale_max=settings.scale_max,
+        seed=cfg.runtime.seed,
+    )
+    val_samples = ClassificationSamples(val_set, crop_size=settings.crop_size, mean=mean, std=std, train=False)
+    val_loader = training.eval_loader(
+        val_samples,
+        batch_size=settings.batch_size,
+        num_workers=cfg.runtime.num_workers,
+        device=device,
+        seed=cfg.runtime.seed,
+    )
     precision = cfg.runtime.precision
 
     def validate(net, step: int, writer) -> dict:
@@ -120,17 +144,33 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
             net.freeze_batchnorm()
 
     spec = training.TrainingSpec(
-        stage=STAGE, checkpoints=CHECKPOINTS, model=model, optimizer=optimizer, scheduler=scheduler,
-        steps=settings.steps, val_every=settings.val_every,
-        batch_size=min(settings.batch_size, len(train_set)), samples=train_samples, loss=bce_loss,
-        metric="mAP", describe={**model.describe(), "class_names": train_set.class_names},
-        resume_keys=RESUME_KEYS, validate=validate, train_mode=train_mode)
+        stage=STAGE,
+        checkpoints=CHECKPOINTS,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        steps=settings.steps,
+        val_every=settings.val_every,
+        batch_size=min(settings.batch_size, len(train_set)),
+        samples=train_samples,
+        loss=bce_loss,
+        metric="mAP",
+        describe={**model.describe(), "class_names": train_set.class_names},
+        resume_keys=RESUME_KEYS,
+        validate=validate,
+        train_mode=train_mode,
+    )
     outcome = training.fit(cfg, spec, device=device, stop_after=stop_after)
     best = outcome.best
     if not outcome.trained:
         print(f"classifier already trained for {outcome.step} steps; best val mAP {best['mAP']:.3f}")
     elif distributed.is_main():
         print(f"classifier: best val mAP {best['mAP']:.3f} at step {best.get('step')}")
-    return {"mAP": best["mAP"], "steps": outcome.step, "AP": best.get("AP", {}),
-            "entangled_classes": [{"class": c.name, "with": c.partner, "images": c.images, "shared": c.shared}
-                                  for c in entangled]}
+    return {
+        "mAP": best["mAP"],
+        "steps": outcome.step,
+        "AP": best.get("AP", {}),
+        "entangled_classes": [
+            {"class": c.name, "with": c.partner, "images": c.images, "shared": c.shared} for c in entangled
+        ],
+    }

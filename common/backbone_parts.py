@@ -4,6 +4,7 @@ conversion of an RGB image into a backbone's input.
 
 The registry itself imports no torch (config.py reads its names); everything here does.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,6 +20,7 @@ def to_tensor(image: np.ndarray, mean, std) -> torch.Tensor:
 
 
 # ---- frozen BatchNorm ----------------------------------------------------------------------------
+
 
 def batchnorm_layers(module: nn.Module) -> list[nn.Module]:
     """Every BatchNorm layer (any dimension, SyncBatchNorm included) inside ``module``."""
@@ -59,6 +61,7 @@ class FrozenBatchNormMixin:
 
 
 # ---- extractors returning one feature map --------------------------------------------------------
+
 
 class TimmFeatures(nn.Module):
     """A timm model used up to its last feature map (``forward_features``)."""
@@ -107,11 +110,30 @@ def dilate_to_output_stride(features: nn.Module, output_stride: int) -> None:
 
 # ---- pyramids of taps (PiCANet's encoders), coarse to fine ---------------------------------------
 
+
 def _vgg16_layers() -> nn.Sequential:
     """torchvision's vgg16().features with block 4's pool made 1x1/stride 1 and block 5 dilated."""
     layers: list[nn.Module] = []
-    plan = [(3, 64), (64, 64), "P", (64, 128), (128, 128), "P", (128, 256), (256, 256), (256, 256), "P",
-            (256, 512), (512, 512), (512, 512), "P1", (512, 512, 2), (512, 512, 2), (512, 512, 2), "P1"]
+    plan = [
+        (3, 64),
+        (64, 64),
+        "P",
+        (64, 128),
+        (128, 128),
+        "P",
+        (128, 256),
+        (256, 256),
+        (256, 256),
+        "P",
+        (256, 512),
+        (512, 512),
+        (512, 512),
+        "P1",
+        (512, 512, 2),
+        (512, 512, 2),
+        (512, 512, 2),
+        "P1",
+    ]
     for item in plan:
         if item == "P":
             layers.append(nn.MaxPool2d(2, 2))
@@ -153,8 +175,9 @@ class Lite0Encoder(nn.Module):
         super().__init__()
         import timm
 
-        self.body = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True,
-                                      out_indices=(0, 1, 2, 3, 4), output_stride=16)
+        self.body = timm.create_model(
+            "tf_efficientnet_lite0", pretrained=False, features_only=True, out_indices=(0, 1, 2, 3, 4), output_stride=16
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(reversed(self.body(x)))

@@ -10,6 +10,7 @@ backbone is one entry in ``REGISTRY`` (tests/test_backbones.py then checks it li
 This module imports no torch (config.py takes its ``choices`` from :func:`names`); the builders
 import torch, torchvision, timm and ``common.backbone_parts`` when called.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -77,6 +78,7 @@ class Backbone:
 
 # ---- builders (torch is imported here, when a network is built) ---------------------------------
 
+
 def _vgg16_bn_classifier(output_stride: int):
     import torchvision
 
@@ -92,9 +94,12 @@ def _resnet50_classifier(output_stride: int):
     import torchvision
 
     resnet = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=[False, False, output_stride == 16])
-    return nn.Sequential(OrderedDict(
-        (key, getattr(resnet, key)) for key in
-        ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")))
+    return nn.Sequential(
+        OrderedDict(
+            (key, getattr(resnet, key))
+            for key in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+        )
+    )
 
 
 def _lite0_classifier(output_stride: int):
@@ -102,8 +107,11 @@ def _lite0_classifier(output_stride: int):
 
     from common.backbone_parts import TimmFeatures
 
-    return TimmFeatures(timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0,
-                                          global_pool="", output_stride=output_stride))
+    return TimmFeatures(
+        timm.create_model(
+            "tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool="", output_stride=output_stride
+        )
+    )
 
 
 def _resnet_deeplab(depth: int) -> Callable[[int], Any]:
@@ -116,6 +124,7 @@ def _resnet_deeplab(depth: int) -> Callable[[int], Any]:
         make = torchvision.models.resnet101 if depth == 101 else torchvision.models.resnet50
         net = make(weights=None, replace_stride_with_dilation=[False, output_stride == 8, True])
         return LastFeature(IntermediateLayerGetter(net, return_layers={"layer4": "out"}), "out")
+
     return build
 
 
@@ -134,8 +143,11 @@ def _lite0_deeplab(output_stride: int):
 
     from common.backbone_parts import LastFeature
 
-    return LastFeature(timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True,
-                                         out_indices=(4,), output_stride=output_stride))
+    return LastFeature(
+        timm.create_model(
+            "tf_efficientnet_lite0", pretrained=False, features_only=True, out_indices=(4,), output_stride=output_stride
+        )
+    )
 
 
 def _vgg16_saliency(output_stride: int):
@@ -153,37 +165,86 @@ def _lite0_saliency(output_stride: int):
 # ---- the registry --------------------------------------------------------------------------------
 # the order is that of every use's choices (config.py, error messages): vgg16 before lite0 for
 # PiCANet, vgg16_bn, resnet50, lite0 for the classifier, resnet101 first for DeepLab
-REGISTRY: dict[str, Backbone] = {entry.name: entry for entry in (
-    Backbone("vgg16", UNIT_MEAN, UNIT_STD, "torchvision.vgg16", {
-        "saliency": Form(_vgg16_saliency, (8,), (1024, 512, 512, 256, 128, 64), tap_strides=(8, 8, 8, 4, 2, 1),
-                         weights_keys=("features.", "seq."), new_layers=("conv6", "conv7")),
-    }),
-    Backbone("vgg16_bn", IMAGENET_MEAN, IMAGENET_STD, "torchvision.vgg16_bn", {
-        "classifier": Form(_vgg16_bn_classifier, (16, 32), (512,), cam_layer="42",
-                           weights_keys=("features.", "")),
-    }),
-    Backbone("resnet101", IMAGENET_MEAN, IMAGENET_STD, "torchvision.resnet101", {
-        "deeplab": Form(_resnet_deeplab(101), (16, 8), (2048,), weights_into="body"),
-    }),
-    Backbone("resnet50", IMAGENET_MEAN, IMAGENET_STD, "torchvision.resnet50", {
-        "classifier": Form(_resnet50_classifier, (16, 32), (2048,), cam_layer="layer4"),
-        "deeplab": Form(_resnet_deeplab(50), (16, 8), (2048,), weights_into="body"),
-    }),
-    Backbone("mobilenet_v3_large", IMAGENET_MEAN, IMAGENET_STD, "torchvision.mobilenet_v3_large", {
-        "deeplab": Form(_mobilenet_v3_large_deeplab, (16, 8), (960,), weights_into="body",
-                        weights_keys=("features.", "")),
-    }),
-    Backbone("efficientnet_lite0", LITE0_MEAN, LITE0_STD, "timm.tf_efficientnet_lite0", {
-        # bn2 is BatchNorm + ReLU6 after the 1x1 head convolution: the last activation before pooling
-        "classifier": Form(_lite0_classifier, (16, 32), (1280,), cam_layer="model.bn2", weights_into="model"),
-        "deeplab": Form(_lite0_deeplab, (16, 8), (320,), weights_into="body"),
-        "saliency": Form(_lite0_saliency, (16,), (320, 112, 40, 24, 16), tap_strides=(16, 16, 8, 4, 2),
-                         weights_into="body"),
-    }),
-)}
+REGISTRY: dict[str, Backbone] = {
+    entry.name: entry
+    for entry in (
+        Backbone(
+            "vgg16",
+            UNIT_MEAN,
+            UNIT_STD,
+            "torchvision.vgg16",
+            {
+                "saliency": Form(
+                    _vgg16_saliency,
+                    (8,),
+                    (1024, 512, 512, 256, 128, 64),
+                    tap_strides=(8, 8, 8, 4, 2, 1),
+                    weights_keys=("features.", "seq."),
+                    new_layers=("conv6", "conv7"),
+                ),
+            },
+        ),
+        Backbone(
+            "vgg16_bn",
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "torchvision.vgg16_bn",
+            {
+                "classifier": Form(
+                    _vgg16_bn_classifier, (16, 32), (512,), cam_layer="42", weights_keys=("features.", "")
+                ),
+            },
+        ),
+        Backbone(
+            "resnet101",
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "torchvision.resnet101",
+            {
+                "deeplab": Form(_resnet_deeplab(101), (16, 8), (2048,), weights_into="body"),
+            },
+        ),
+        Backbone(
+            "resnet50",
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "torchvision.resnet50",
+            {
+                "classifier": Form(_resnet50_classifier, (16, 32), (2048,), cam_layer="layer4"),
+                "deeplab": Form(_resnet_deeplab(50), (16, 8), (2048,), weights_into="body"),
+            },
+        ),
+        Backbone(
+            "mobilenet_v3_large",
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "torchvision.mobilenet_v3_large",
+            {
+                "deeplab": Form(
+                    _mobilenet_v3_large_deeplab, (16, 8), (960,), weights_into="body", weights_keys=("features.", "")
+                ),
+            },
+        ),
+        Backbone(
+            "efficientnet_lite0",
+            LITE0_MEAN,
+            LITE0_STD,
+            "timm.tf_efficientnet_lite0",
+            {
+                # bn2 is BatchNorm + ReLU6 after the 1x1 head convolution: the last activation before pooling
+                "classifier": Form(_lite0_classifier, (16, 32), (1280,), cam_layer="model.bn2", weights_into="model"),
+                "deeplab": Form(_lite0_deeplab, (16, 8), (320,), weights_into="body"),
+                "saliency": Form(
+                    _lite0_saliency, (16,), (320, 112, 40, 24, 16), tap_strides=(16, 16, 8, 4, 2), weights_into="body"
+                ),
+            },
+        ),
+    )
+}
 
 
 # ---- queries -------------------------------------------------------------------------------------
+
 
 def _check_use(for_: str) -> None:
     if for_ not in USES:
@@ -199,8 +260,9 @@ def names(*, for_: str) -> tuple[str, ...]:
 def output_strides(*, for_: str) -> tuple[int, ...]:
     """Every output stride some backbone supports for ``for_``, ascending."""
     _check_use(for_)
-    return tuple(sorted({s for entry in REGISTRY.values() if for_ in entry.forms
-                         for s in entry.forms[for_].output_strides}))
+    return tuple(
+        sorted({s for entry in REGISTRY.values() if for_ in entry.forms for s in entry.forms[for_].output_strides})
+    )
 
 
 def get(name: str) -> Backbone:
@@ -225,8 +287,7 @@ def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return entry.mean, entry.std
 
 
-def build(name: str, *, for_: str, output_stride: int | None = None, pretrained: bool = False,
-          weights_path: str = ""):
+def build(name: str, *, for_: str, output_stride: int | None = None, pretrained: bool = False, weights_path: str = ""):
     """The feature extractor of backbone ``name`` for ``for_`` (an ``nn.Module``; see :class:`Form`).
 
     Args:
@@ -244,8 +305,9 @@ def build(name: str, *, for_: str, output_stride: int | None = None, pretrained:
     chosen = form(name, for_=for_)
     stride = chosen.output_strides[0] if output_stride is None else output_stride
     if stride not in chosen.output_strides:
-        raise ValueError(f"{name} ({for_}) supports output stride {', '.join(map(str, chosen.output_strides))}, "
-                         f"not {stride}")
+        raise ValueError(
+            f"{name} ({for_}) supports output stride {', '.join(map(str, chosen.output_strides))}, not {stride}"
+        )
     extractor = chosen.build(stride)
     if pretrained:
         load_imagenet(name, extractor, for_=for_, weights_path=weights_path)
@@ -269,8 +331,10 @@ def load_imagenet(name: str, extractor, *, for_: str, weights_path: str = "") ->
     source, into = chosen.weights_keys
     rename = None
     if (source, into) != ("", ""):
+
         def rename(key: str) -> str | None:
-            return into + key[len(source):] if key.startswith(source) else None
+            return into + key[len(source) :] if key.startswith(source) else None
+
     imagenet.load_torchvision_imagenet(target, arch, weights_path, prefix_filter=rename)
 
 

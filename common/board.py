@@ -1,4 +1,5 @@
 """Tensorboard writers, one folder per stage, each starting with the resolved config."""
+
 from __future__ import annotations
 
 import json
@@ -61,11 +62,18 @@ def write_hparams(cfg, stage: str, summary: dict) -> None:
     (so each experiment and stage is one run that the HParams tab can compare)."""
     from torch.utils.tensorboard.summary import hparams
 
-    flat = {key: _hparam_value(value) for section, values in cfg.to_dict().items() if isinstance(values, dict)
-            for key, value in _flat_settings(section, values).items()}
+    flat = {
+        key: _hparam_value(value)
+        for section, values in cfg.to_dict().items()
+        if isinstance(values, dict)
+        for key, value in _flat_settings(section, values).items()
+    }
     flat["class_names"] = ",".join(cfg.class_names)
-    metrics = {f"final/{key}": float(value) for key, value in summary.items()
-               if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+    metrics = {
+        f"final/{key}": float(value)
+        for key, value in summary.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
     run_dir = Layout(cfg).run_dir(stage)
     run_dir.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(log_dir=str(run_dir))

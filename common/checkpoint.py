@@ -5,6 +5,7 @@ num_classes, ...), the settings a resume must share, the best validation result,
 under several processes, ``rng_ranks``: every rank's random state. Resuming goes through
 ``common.training.fit``, which compares the settings before any weights load.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +16,15 @@ import torch
 from common import files, runtime
 
 
-def save_training_state(path: Path, *, model: torch.nn.Module, optimizer=None, scheduler=None,
-                        step: int = 0, extra: dict[str, Any] | None = None) -> None:
+def save_training_state(
+    path: Path,
+    *,
+    model: torch.nn.Module,
+    optimizer=None,
+    scheduler=None,
+    step: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Write the state atomically (a reader never sees half a file, a kill never leaves one)."""
     state = {
         "model": model.state_dict(),

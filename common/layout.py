@@ -16,6 +16,7 @@ CAM file (``.npz``): ``class_ids`` int16 (K,) with ids 1..C; ``cams`` float16 (K
 ReLU'd and divided by its maximum (so in [0, 1]), at ceil(H / stride) x ceil(W / stride);
 ``image_size`` int32 (H, W). Read it with :meth:`Layout.read_cams`, which can upsample to (H, W).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from common import files
+
 
 def check_id(image_id: str) -> str:
     if not image_id or "/" in image_id or "\\" in image_id or image_id.startswith("."):
@@ -101,22 +103,26 @@ class Layout:
         return self.folder("attention") / "masks" / f"{check_id(image_id)}_c{int(class_id):02d}.png"
 
     def write_cams(self, image_id: str, class_ids, cams: np.ndarray, image_size) -> None:
-        files.write_npz(self.cams(image_id), class_ids=np.asarray(class_ids, dtype=np.int16),
-                        cams=np.asarray(cams, dtype=np.float16),
-                        image_size=np.asarray(image_size, dtype=np.int32))
+        files.write_npz(
+            self.cams(image_id),
+            class_ids=np.asarray(class_ids, dtype=np.int16),
+            cams=np.asarray(cams, dtype=np.float16),
+            image_size=np.asarray(image_size, dtype=np.int32),
+        )
 
     def read_cams(self, image_id: str) -> ClassCams:
         path = self.cams(image_id)
         try:
             with np.load(path) as data:
-                return ClassCams(class_ids=data["class_ids"].astype(np.int64),
-                                 cams=data["cams"].astype(np.float32),
-                                 image_size=tuple(int(v) for v in data["image_size"]))
+                return ClassCams(
+                    class_ids=data["class_ids"].astype(np.int64),
+                    cams=data["cams"].astype(np.float32),
+                    image_size=tuple(int(v) for v in data["image_size"]),
+                )
         except (OSError, KeyError, ValueError) as err:
             raise OSError(f"cannot read CAM file {path}: {err}") from err
 
-    def write_cams_and_masks(self, image_id: str, class_ids, cams: np.ndarray, image_size,
-                             threshold: float) -> None:
+    def write_cams_and_masks(self, image_id: str, class_ids, cams: np.ndarray, image_size, threshold: float) -> None:
         """The CAMs of one image and its class masks; the masks come from the stored float16 maps
         (:meth:`ClassCams.masks`), so they match what later stages read back."""
         self.write_cams(image_id, class_ids, cams, image_size)

@@ -1,4 +1,5 @@
 """Metrics shared by the stages: segmentation confusion matrices, multi-label AP, saliency F/MAE."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,8 +29,9 @@ class ConfusionMatrix:
         if truth.size and (truth.max() >= self.num_classes or truth.min() < 0):
             raise ValueError(f"ground truth holds class {truth.max()} >= {self.num_classes}")
         valid = (prediction >= 0) & (prediction < self.num_classes)
-        self.matrix += np.bincount(truth[valid] * self.num_classes + prediction[valid],
-                                   minlength=self.num_classes ** 2).reshape(self.num_classes, -1)
+        self.matrix += np.bincount(
+            truth[valid] * self.num_classes + prediction[valid], minlength=self.num_classes**2
+        ).reshape(self.num_classes, -1)
         self.missed += np.bincount(truth[~valid], minlength=self.num_classes)
 
     def merge(self, other: ConfusionMatrix) -> None:
@@ -89,9 +91,12 @@ def multilabel_metrics(scores: np.ndarray, targets: np.ndarray, threshold: float
     fn = (~predicted & targets).sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
-    return {"mAP": float(np.nanmean(ap)) if np.any(~np.isnan(ap)) else float("nan"),
-            "AP": ap, "F1": f1,
-            "micro_F1": float(2 * tp.sum() / max(1, 2 * tp.sum() + fp.sum() + fn.sum()))}
+    return {
+        "mAP": float(np.nanmean(ap)) if np.any(~np.isnan(ap)) else float("nan"),
+        "AP": ap,
+        "F1": f1,
+        "micro_F1": float(2 * tp.sum() / max(1, 2 * tp.sum() + fp.sum() + fn.sum())),
+    }
 
 
 class SaliencyScores:
@@ -108,12 +113,12 @@ class SaliencyScores:
 
     def update(self, prob: np.ndarray, truth: np.ndarray) -> None:
         prob = np.asarray(prob, dtype=np.float64).reshape(-1)
-        positive = np.asarray(truth).reshape(-1) > 127 if np.asarray(truth).max() > 1 else \
-            np.asarray(truth).reshape(-1) > 0.5
+        positive = (
+            np.asarray(truth).reshape(-1) > 127 if np.asarray(truth).max() > 1 else np.asarray(truth).reshape(-1) > 0.5
+        )
         self.mae_sum += float(np.abs(prob - positive).mean())
         # counts of predicted-positive pixels at each threshold, from a histogram (fast)
-        bins = np.clip(np.floor(prob * (len(self.thresholds) - 1) + 1e-9).astype(np.int64), 0,
-                       len(self.thresholds) - 1)
+        bins = np.clip(np.floor(prob * (len(self.thresholds) - 1) + 1e-9).astype(np.int64), 0, len(self.thresholds) - 1)
         pos_hist = np.bincount(bins[positive], minlength=len(self.thresholds))
         all_hist = np.bincount(bins, minlength=len(self.thresholds))
         tp = np.cumsum(pos_hist[::-1])[::-1].astype(np.float64)  # pixels with prob >= threshold
@@ -132,5 +137,4 @@ class SaliencyScores:
             f = (1 + self.beta2) * precision * recall / (self.beta2 * precision + recall)
         f = np.nan_to_num(f)
         best = int(np.argmax(f))
-        return {"max_F": float(f[best]), "threshold": float(self.thresholds[best]),
-                "MAE": self.mae_sum / self.count}
+        return {"max_F": float(f[best]), "threshold": float(self.thresholds[best]), "MAE": self.mae_sum / self.count}

@@ -14,6 +14,7 @@ stage runs, :func:`begin` compares them with the stored record:
 
 :func:`finish` marks the record complete; a downstream stage may only start from complete records.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -106,8 +107,13 @@ def settings_of(cfg, stage: Stage) -> dict:
         for key in [key for key in flat if key == ignored or key.startswith(ignored + ".")]:
             del flat[key]
     # a path setting names a file: what matters is the file
-    for key in ("saliency.checkpoint", "saliency.weights_path", "classifier.weights_path",
-                "deeplab.weights_path", "deeplab.segmentation_weights_path"):
+    for key in (
+        "saliency.checkpoint",
+        "saliency.weights_path",
+        "classifier.weights_path",
+        "deeplab.weights_path",
+        "deeplab.segmentation_weights_path",
+    ):
         if flat.get(key):
             flat[key] = {"path": flat[key], "sha1": file_digest(cfg.path(flat[key]))}
     return flat
@@ -147,23 +153,28 @@ def output_digest(cfg, name: str) -> str:
     if stage.trains:
         network = layout.trained_network(stage.checkpoint_folder)
         if network is None:
-            raise MissingInput(f"{stage.name} has not trained a network yet "
-                               f"({layout.outputs(stage)} holds no best.pt or last.pt): run {stage.name} first")
+            raise MissingInput(
+                f"{stage.name} has not trained a network yet "
+                f"({layout.outputs(stage)} holds no best.pt or last.pt): run {stage.name} first"
+            )
         return file_digest(network)
     record = read_record(cfg, stage)
     if record is None or not record.get("complete"):
         state = "did not finish" if record else "has not run"
-        raise MissingInput(f"{stage.name} {state} ({layout.record(stage)}): run it first "
-                           f"(python main.py --stages {stage.name})")
+        raise MissingInput(
+            f"{stage.name} {state} ({layout.record(stage)}): run it first (python main.py --stages {stage.name})"
+        )
     return _sha1(record["inputs"])
 
 
 def inputs_of(cfg, stage: Stage) -> dict:
     """What a stage's outputs depend on, as JSON gives it back (tuples as lists, paths as text), so
     a stored record and a fresh one compare equal exactly when nothing changed."""
-    inputs = {"settings": settings_of(cfg, stage),
-              "upstream": {name: output_digest(cfg, name) for name in stage.upstream(cfg)},
-              "data": data_digest(cfg, stage.data)}
+    inputs = {
+        "settings": settings_of(cfg, stage),
+        "upstream": {name: output_digest(cfg, name) for name in stage.upstream(cfg)},
+        "data": data_digest(cfg, stage.data),
+    }
     return json.loads(json.dumps(inputs, default=str))
 
 
@@ -183,16 +194,23 @@ def check_inputs(cfg, stages: list[str]) -> None:
                 record = read_record(cfg, BY_NAME[upstream])
                 if record is not None:  # a network placed by hand has none: taken as it is
                     if not record.get("complete"):
-                        raise MissingInput(f"{upstream} did not finish ({Layout(cfg).record(BY_NAME[upstream])}): "
-                                           f"run it again (python main.py --stages {upstream})")
+                        raise MissingInput(
+                            f"{upstream} did not finish ({Layout(cfg).record(BY_NAME[upstream])}): "
+                            f"run it again (python main.py --stages {upstream})"
+                        )
                     # outputs made outside the stage (record_made_elsewhere) are taken as they are
                     made_here = isinstance(record.get("inputs"), dict) and "settings" in record["inputs"]
-                    changed = (_changes(_current_names(record["inputs"]), inputs_of(cfg, BY_NAME[upstream]))
-                               if made_here else [])
+                    changed = (
+                        _changes(_current_names(record["inputs"]), inputs_of(cfg, BY_NAME[upstream]))
+                        if made_here
+                        else []
+                    )
                     if changed:
-                        raise MissingInput(f"{upstream}'s outputs were made from other inputs than this "
-                                           f"configuration gives it (changed: {', '.join(changed)}): run it "
-                                           f"again (python main.py --stages {upstream},{name})")
+                        raise MissingInput(
+                            f"{upstream}'s outputs were made from other inputs than this "
+                            f"configuration gives it (changed: {', '.join(changed)}): run it "
+                            f"again (python main.py --stages {upstream},{name})"
+                        )
             except MissingInput as err:
                 raise MissingInput(f"{name} reads the outputs of {upstream}, but {err}") from None
 
@@ -208,10 +226,16 @@ def _current_names(inputs):
 def _changes(old: dict | None, new: dict) -> list[str]:
     if not old:
         return ["(no readable record)"]
-    changed = [key for key in sorted(set(old.get("settings", {})) | set(new["settings"]))
-               if old.get("settings", {}).get(key) != new["settings"].get(key)]
-    changed += [f"outputs of {name}" for name in sorted(set(old.get("upstream", {})) | set(new["upstream"]))
-                if old.get("upstream", {}).get(name) != new["upstream"].get(name)]
+    changed = [
+        key
+        for key in sorted(set(old.get("settings", {})) | set(new["settings"]))
+        if old.get("settings", {}).get(key) != new["settings"].get(key)
+    ]
+    changed += [
+        f"outputs of {name}"
+        for name in sorted(set(old.get("upstream", {})) | set(new["upstream"]))
+        if old.get("upstream", {}).get(name) != new["upstream"].get(name)
+    ]
     if old.get("data") != new["data"]:
         changed.append("the data set's files or settings")
     return changed
@@ -223,8 +247,10 @@ def _now() -> str:
 
 def _empty(folder: Path) -> None:
     if folder.is_symlink():
-        raise StaleOutputs(f"{folder} is a link to outputs made elsewhere and its inputs changed; "
-                           "remove the link or point the stage at its own folder")
+        raise StaleOutputs(
+            f"{folder} is a link to outputs made elsewhere and its inputs changed; "
+            "remove the link or point the stage at its own folder"
+        )
     if folder.is_dir():
         shutil.rmtree(folder)
 
@@ -255,14 +281,19 @@ def begin(cfg, name: str) -> dict:
                     f"{layout.outputs(stage)} was trained from other inputs than this configuration gives "
                     f"(changed: {', '.join(changed)}); retrain it from scratch (the network there is "
                     f"replaced) with: --stages {name},... --set runtime.overwrite=true (runtime.overwrite "
-                    f"recomputes every selected stage), or keep both with runtime.experiment=NAME")
+                    f"recomputes every selected stage), or keep both with runtime.experiment=NAME"
+                )
         else:
-            print(f"{name}: its inputs changed since {layout.outputs(stage)} was made "
-                  f"({', '.join(changed)}): redoing it", flush=True)
+            print(
+                f"{name}: its inputs changed since {layout.outputs(stage)} was made ({', '.join(changed)}): redoing it",
+                flush=True,
+            )
             _empty(layout.outputs(stage))
             _empty(layout.run_dir(name))
-    files.write_text(layout.record(stage), json.dumps(
-        {"stage": name, "inputs": inputs, "complete": False, "started": _now()}, indent=2, default=str))
+    files.write_text(
+        layout.record(stage),
+        json.dumps({"stage": name, "inputs": inputs, "complete": False, "started": _now()}, indent=2, default=str),
+    )
     return {"redone": changed}
 
 
@@ -280,5 +311,7 @@ def finish(cfg, name: str) -> None:
 def record_made_elsewhere(cfg, name: str, inputs: dict, complete: bool = True) -> None:
     """The record of outputs made outside the stage (labels written by hand or by a self-training
     round): ``inputs`` says what they were made from, so stages reading them notice a change."""
-    files.write_text(Layout(cfg).record(BY_NAME[name]), json.dumps(
-        {"stage": name, "inputs": inputs, "complete": complete, "finished": _now()}, indent=2, default=str))
+    files.write_text(
+        Layout(cfg).record(BY_NAME[name]),
+        json.dumps({"stage": name, "inputs": inputs, "complete": complete, "finished": _now()}, indent=2, default=str),
+    )

@@ -1,4 +1,5 @@
 """Device choice, seeding, and the random state that training checkpoints carry."""
+
 from __future__ import annotations
 
 import random
@@ -23,8 +24,7 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

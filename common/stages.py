@@ -1,10 +1,11 @@
 """The one list of stages: flag, name, module, what each writes, what its outputs depend on, and the
 rows it adds to the closing table. main.py, the provenance records and the benchmarks read it.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -36,39 +37,89 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("train_saliency", "TRAIN_SALIENCY", "saliency.train_saliency", checkpoint_folder="saliency",
-          depends_on=("saliency", "runtime.seed", "runtime.precision"),
-          ignores=("saliency.threshold", "saliency.batch_size", "saliency.minmax_normalise", "saliency.steps",
-                   "saliency.val_every", "saliency.checkpoint", "saliency.second_val_root"),
-          data="saliency_data", active=lambda cfg: not cfg.saliency.checkpoint,
-          table=(("max_F", "saliency max F (val)"), ("MAE", "saliency MAE (val)"))),
-    Stage("create_saliency", "CREATE_SALIENCY", "saliency.make_saliency", tmp_folder="saliency",
-          depends_on=("saliency.checkpoint", "saliency.encoder", "saliency.input_size",
-                      "saliency.minmax_normalise", "saliency.paper_attention", "runtime.precision"),
-          upstream=lambda cfg: () if cfg.saliency.checkpoint else ("train_saliency",)),
-    Stage("train_seed", "TRAIN_SEED", "classifier.train_classifier", checkpoint_folder="classifier",
-          depends_on=("classifier", "runtime.seed", "runtime.precision"),
-          ignores=("classifier.steps", "classifier.val_every"),
-          table=(("mAP", "classifier mAP (val)"),)),
-    Stage("create_attention", "CREATE_ATTENTION", "attention.make_cam", tmp_folder="attention",
-          depends_on=("attention", "runtime.precision"),
-          ignores=("attention.seed_thresholds", "attention.batch_size"),
-          upstream=lambda cfg: ("train_seed",),
-          table=(("seed_mIoU", "CAM seed mIoU (train)"),)),
-    Stage("create_guide", "CREATE_GUIDE", "guide.make_guide", tmp_folder="guide",
-          depends_on=("guide", "saliency.threshold", "attention.threshold"),
-          ignores=("guide.workers", "guide.previews"),
-          upstream=lambda cfg: ("create_saliency", "create_attention"),
-          table=(("mIoU", "pseudo-label mIoU (train)"),)),
-    Stage("train_deeplab", "TRAIN_DEEPLAB", "deeplab.train_deeplab", checkpoint_folder="deeplab",
-          depends_on=("deeplab", "runtime.seed", "runtime.precision"),
-          ignores=("deeplab.steps", "deeplab.val_every"),
-          upstream=lambda cfg: () if cfg.deeplab.gt_percentage >= 100 else ("create_guide",),
-          table=(("val_mIoU", "DeepLab best val mIoU while training"),)),
-    Stage("eval_deeplab", "EVAL_DEEPLAB", "deeplab.eval_deeplab", tmp_folder="deeplab",
-          depends_on=("eval", "runtime.precision"), ignores=("eval.batch_size", "eval.overlays"),
-          upstream=lambda cfg: ("train_deeplab",),
-          table=(("mIoU", "DeepLab mIoU (val)"),)),
+    Stage(
+        "train_saliency",
+        "TRAIN_SALIENCY",
+        "saliency.train_saliency",
+        checkpoint_folder="saliency",
+        depends_on=("saliency", "runtime.seed", "runtime.precision"),
+        ignores=(
+            "saliency.threshold",
+            "saliency.batch_size",
+            "saliency.minmax_normalise",
+            "saliency.steps",
+            "saliency.val_every",
+            "saliency.checkpoint",
+            "saliency.second_val_root",
+        ),
+        data="saliency_data",
+        active=lambda cfg: not cfg.saliency.checkpoint,
+        table=(("max_F", "saliency max F (val)"), ("MAE", "saliency MAE (val)")),
+    ),
+    Stage(
+        "create_saliency",
+        "CREATE_SALIENCY",
+        "saliency.make_saliency",
+        tmp_folder="saliency",
+        depends_on=(
+            "saliency.checkpoint",
+            "saliency.encoder",
+            "saliency.input_size",
+            "saliency.minmax_normalise",
+            "saliency.paper_attention",
+            "runtime.precision",
+        ),
+        upstream=lambda cfg: () if cfg.saliency.checkpoint else ("train_saliency",),
+    ),
+    Stage(
+        "train_seed",
+        "TRAIN_SEED",
+        "classifier.train_classifier",
+        checkpoint_folder="classifier",
+        depends_on=("classifier", "runtime.seed", "runtime.precision"),
+        ignores=("classifier.steps", "classifier.val_every"),
+        table=(("mAP", "classifier mAP (val)"),),
+    ),
+    Stage(
+        "create_attention",
+        "CREATE_ATTENTION",
+        "attention.make_cam",
+        tmp_folder="attention",
+        depends_on=("attention", "runtime.precision"),
+        ignores=("attention.seed_thresholds", "attention.batch_size"),
+        upstream=lambda cfg: ("train_seed",),
+        table=(("seed_mIoU", "CAM seed mIoU (train)"),),
+    ),
+    Stage(
+        "create_guide",
+        "CREATE_GUIDE",
+        "guide.make_guide",
+        tmp_folder="guide",
+        depends_on=("guide", "saliency.threshold", "attention.threshold"),
+        ignores=("guide.workers", "guide.previews"),
+        upstream=lambda cfg: ("create_saliency", "create_attention"),
+        table=(("mIoU", "pseudo-label mIoU (train)"),),
+    ),
+    Stage(
+        "train_deeplab",
+        "TRAIN_DEEPLAB",
+        "deeplab.train_deeplab",
+        checkpoint_folder="deeplab",
+        depends_on=("deeplab", "runtime.seed", "runtime.precision"),
+        ignores=("deeplab.steps", "deeplab.val_every"),
+        upstream=lambda cfg: () if cfg.deeplab.gt_percentage >= 100 else ("create_guide",),
+        table=(("val_mIoU", "DeepLab best val mIoU while training"),),
+    ),
+    Stage(
+        "eval_deeplab",
+        "EVAL_DEEPLAB",
+        "deeplab.eval_deeplab",
+        tmp_folder="deeplab",
+        depends_on=("eval", "runtime.precision"),
+        ignores=("eval.batch_size", "eval.overlays"),
+        upstream=lambda cfg: ("train_deeplab",),
+        table=(("mIoU", "DeepLab mIoU (val)"),),
+    ),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 NAMES = tuple(stage.name for stage in STAGES)

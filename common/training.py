@@ -22,6 +22,7 @@ still learn statistics are converted to SyncBatchNorm, so the statistics are the
 in one process; gloo (CPU) has no SyncBatchNorm, and there the per-rank statistics are the
 documented difference from one process. Frozen BatchNorm (eval mode) is exact everywhere.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,10 +30,10 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -54,6 +55,7 @@ class SettingsMismatch(TrainingError, ValueError):
 
 # ---- batches ---------------------------------------------------------------------------------------
 
+
 class StepBatches(Sampler):
     """Batches for steps ``start`` .. ``total - 1`` of an endless shuffled stream of ``num_items``
     training items.
@@ -65,8 +67,9 @@ class StepBatches(Sampler):
     processes, rank r takes positions r*B/world .. (r+1)*B/world - 1 of each global batch.
     """
 
-    def __init__(self, num_items: int, batch_size: int, *, seed: int, start: int, total: int,
-                 rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self, num_items: int, batch_size: int, *, seed: int, start: int, total: int, rank: int = 0, world: int = 1
+    ) -> None:
         if num_items <= 0:
             raise ValueError("no training items")
         if batch_size % world:
@@ -112,16 +115,24 @@ def split_item(item) -> tuple[int, int]:
     return (int(item[0]), int(item[1])) if isinstance(item, tuple) else (int(item), int(item))
 
 
-def eval_loader(samples: Dataset, *, batch_size: int, num_workers: int, device: torch.device,
-                seed: int = 0, collate_fn=None) -> DataLoader:
+def eval_loader(
+    samples: Dataset, *, batch_size: int, num_workers: int, device: torch.device, seed: int = 0, collate_fn=None
+) -> DataLoader:
     """A validation loader in item order. It has its own generator so iterating it draws nothing
     from the global random stream that checkpoints carry."""
-    return DataLoader(samples, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=collate_fn, pin_memory=device.type == "cuda",
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        samples,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 # ---- schedules -------------------------------------------------------------------------------------
+
 
 def poly_schedule(optimizer, total_steps: int, power: float = 0.9):
     """Learning rate x (1 - step / total) ** power, reaching 0 at ``total_steps``."""
@@ -136,6 +147,7 @@ def step_schedule(optimizer, step_size: int, gamma: float = 0.1):
 
 # ---- checkpoints and settings ----------------------------------------------------------------------
 
+
 def check_settings(path: Path, saved: dict, current: dict, keys: Sequence[str]) -> None:
     """Refuse to resume ``path`` when any of ``keys`` differs between the checkpoint's saved
     settings and the current ones. Called before any weights load, so a setting that changes a
@@ -143,11 +155,14 @@ def check_settings(path: Path, saved: dict, current: dict, keys: Sequence[str]) 
     different = [k for k in keys if saved.get(k) != current.get(k)]
     if different:
         listed = ", ".join(f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now" for k in different)
-        raise SettingsMismatch(f"{path} was trained with other settings ({listed}): set "
-                               f"runtime.overwrite=true to start again, or use another paths.checkpoints")
+        raise SettingsMismatch(
+            f"{path} was trained with other settings ({listed}): set "
+            f"runtime.overwrite=true to start again, or use another paths.checkpoints"
+        )
 
 
 # ---- the loop --------------------------------------------------------------------------------------
+
 
 @dataclass
 class TrainingSpec:
@@ -241,8 +256,10 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
     best_path = layout.checkpoint(spec.checkpoints, "best")
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     if spec.batch_size % world:
-        raise TrainingError(f"{spec.stage}: the batch size {spec.batch_size} does not split evenly over "
-                            f"{world} processes; choose a multiple of {world}")
+        raise TrainingError(
+            f"{spec.stage}: the batch size {spec.batch_size} does not split evenly over "
+            f"{world} processes; choose a multiple of {world}"
+        )
     model, optimizer, scheduler = spec.model, spec.optimizer, spec.scheduler
     metric = spec.metric
     start, best = 0, {metric: float("-inf")}
@@ -263,13 +280,20 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
     _restore_random_state(state, cfg.runtime.seed, rank, world)
 
     end = spec.steps if stop_after is None else max(start, min(spec.steps, stop_after))
-    batches = StepBatches(len(spec.samples), spec.batch_size, seed=cfg.runtime.seed, start=start, total=end,
-                          rank=rank, world=world)
+    batches = StepBatches(
+        len(spec.samples), spec.batch_size, seed=cfg.runtime.seed, start=start, total=end, rank=rank, world=world
+    )
     # the loader's own generator keeps its draws out of the global stream (dropout) that resuming restores
     workers = cfg.runtime.num_workers
-    loader = DataLoader(spec.samples, batch_sampler=batches, num_workers=workers, collate_fn=spec.collate_fn,
-                        worker_init_fn=runtime.worker_seed, pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(cfg.runtime.seed))
+    loader = DataLoader(
+        spec.samples,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=spec.collate_fn,
+        worker_init_fn=runtime.worker_seed,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.runtime.seed),
+    )
     train_mode = spec.train_mode or (lambda m: m.train())
     # before DDP's wrapper records which parameters learn (freezing may switch some off)
     train_mode(model)
@@ -278,8 +302,8 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
     network: torch.nn.Module = model
     if world > 1:
         network = torch.nn.parallel.DistributedDataParallel(
-            _convert_batchnorm_for_ddp(model, device),
-            device_ids=[device.index] if device.type == "cuda" else None)
+            _convert_batchnorm_for_ddp(model, device), device_ids=[device.index] if device.type == "cuda" else None
+        )
     precision = cfg.runtime.precision
     scaler = runtime.grad_scaler(device, precision)
     own_writer = spec.writer is None and main
@@ -295,8 +319,9 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
             extra = {**spec.describe, "best": best}
             if rng_ranks is not None:
                 extra["rng_ranks"] = rng_ranks
-            checkpoint.save_training_state(last_path, model=model, optimizer=optimizer, scheduler=scheduler,
-                                           step=done, extra=extra)
+            checkpoint.save_training_state(
+                last_path, model=model, optimizer=optimizer, scheduler=scheduler, step=done, extra=extra
+            )
         saved["step"] = done
 
     progress = tqdm(total=end, initial=start, desc=spec.stage, unit="step", disable=not main)
@@ -309,17 +334,22 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
                     loss = spec.loss(network, batch, device)
                 # one all-reduce per step: the mean loss (NaN anywhere stops everyone) and any stop signal
                 # on the training device: NCCL all-reduces CUDA tensors only
-                shared = torch.tensor([loss.detach().float().item(), float(signals.received is not None)],
-                                      device=device)
+                shared = torch.tensor(
+                    [loss.detach().float().item(), float(signals.received is not None)], device=device
+                )
                 distributed.all_reduce_sum_(shared)
                 mean_loss = shared[0].item() / world
                 if not math.isfinite(mean_loss):
-                    kept = (f"the last good checkpoint {last_path} (step {saved['step']}) is kept"
-                            if saved["step"] is not None else "no checkpoint was written yet")
+                    kept = (
+                        f"the last good checkpoint {last_path} (step {saved['step']}) is kept"
+                        if saved["step"] is not None
+                        else "no checkpoint was written yet"
+                    )
                     raise TrainingError(
                         f"{spec.stage}: the loss is {mean_loss} at step {done + 1}; training stopped before "
                         f"that step's update and {kept}. Lower the learning rate, or use "
-                        f"runtime.precision=fp32 if it is {precision}")
+                        f"runtime.precision=fp32 if it is {precision}"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if spec.grad_clip:
@@ -347,15 +377,15 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
                     if not (result[metric] <= best[metric]):  # NaN (nothing to score): keep the latest
                         best = {**result, "step": done}
                         if main:
-                            checkpoint.save_training_state(best_path, model=model, step=done,
-                                                           extra={**spec.describe, "best": best})
+                            checkpoint.save_training_state(
+                                best_path, model=model, step=done, extra={**spec.describe, "best": best}
+                            )
                 if validated or (every and done % every == 0) or done == end:
                     save_last(done)
                 if shared[1].item() > 0:
                     save_last(done)
                     name = signal.Signals(signals.received).name if signals.received else "a stop signal"
-                    message = (f"{spec.stage}: {name} received: saved step {done} to {last_path}; "
-                               f"run again to resume")
+                    message = f"{spec.stage}: {name} received: saved step {done} to {last_path}; run again to resume"
                     if main:
                         progress.write(message, file=sys.stderr)
                     raise SystemExit(128 + (signals.received or signal.SIGTERM))

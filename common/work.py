@@ -13,12 +13,13 @@ run had finished, or on which other images shared a batch:
 4. each rank writes only its own items' files; after :func:`distributed.barrier` rank 0 alone
    merges scores and writes reports, previews and tensorboard.
 """
+
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from pathlib import Path
 from collections.abc import Callable, Hashable, Iterable, Sequence
+from pathlib import Path
 
 from common import distributed, files
 
@@ -37,8 +38,9 @@ def pending(ids: Iterable[str], done: Callable[[str], bool], overwrite: bool) ->
     return ids if overwrite else [i for i in ids if not done(i)]
 
 
-def fixed_batches(ids: Sequence[str], batch_size: int,
-                  group: Callable[[str], Hashable] | None = None) -> list[list[str]]:
+def fixed_batches(
+    ids: Sequence[str], batch_size: int, group: Callable[[str], Hashable] | None = None
+) -> list[list[str]]:
     """``ids`` cut into batches of at most ``batch_size`` that depend on nothing but ``ids``.
 
     With ``group`` (e.g. the image size) a batch holds ids of one group only; groups come in sorted
@@ -55,8 +57,7 @@ def fixed_batches(ids: Sequence[str], batch_size: int,
         for image_id in ids:
             by_key[group(image_id)].append(image_id)
         groups = [by_key[key] for key in sorted(by_key)]
-    return [members[start:start + batch_size] for members in groups
-            for start in range(0, len(members), batch_size)]
+    return [members[start : start + batch_size] for members in groups for start in range(0, len(members), batch_size)]
 
 
 def my_batches(batches: Sequence[list[str]], done: Callable[[str], bool], overwrite: bool) -> list[list[str]]:

@@ -1,4 +1,5 @@
 """Data sets: ``build(cfg, split)`` gives an :class:`ImageSet` of the configured kind."""
+
 from __future__ import annotations
 
 from config import VOC_CLASSES
@@ -20,6 +21,7 @@ def build_unchecked(cfg, split: str) -> ImageSet:
     name = split_name(cfg, split)
     if cfg.dataset.kind == "synthetic":
         from datasets import synthetic
+
         synthetic.ensure_generated(cfg)
     if cfg.dataset.kind in ("synthetic", "voc"):
         class_names = cfg.class_names or read_class_names(root) or list(VOC_CLASSES)
@@ -38,6 +40,7 @@ def build(cfg, split: str) -> ImageSet:
     image_set = build_unchecked(cfg, split)
     if cfg.dataset.on_bad_image == "skip":
         from datasets.check import ids_to_skip
+
         image_set.drop(ids_to_skip(cfg, split, image_set))
     return image_set
 

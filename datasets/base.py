@@ -1,4 +1,5 @@
 """The interface every data set offers to the stages, and the problems loading one can find."""
+
 from __future__ import annotations
 
 import difflib
@@ -85,8 +86,10 @@ def suspicious_names(counts: dict[str, int]) -> dict[str, str]:
     for rank, name in enumerate(by_count):
         for other in by_count[:rank]:  # only names used at least as often
             same = _canonical_name(other) == _canonical_name(name)
-            close = counts[other] >= 5 * counts[name] and difflib.SequenceMatcher(
-                None, other.casefold(), name.casefold()).ratio() >= 0.85
+            close = (
+                counts[other] >= 5 * counts[name]
+                and difflib.SequenceMatcher(None, other.casefold(), name.casefold()).ratio() >= 0.85
+            )
             if same or close:
                 suspects[name] = other
                 break
@@ -178,8 +181,9 @@ def read_id_lines(path) -> list[tuple[int, str]]:
     lines skipped."""
     try:
         with open(path, encoding="utf-8") as handle:
-            return [(line_no, _list_id(line.split()[0])) for line_no, line in enumerate(handle, start=1)
-                    if line.strip()]
+            return [
+                (line_no, _list_id(line.split()[0])) for line_no, line in enumerate(handle, start=1) if line.strip()
+            ]
     except (OSError, UnicodeDecodeError) as err:
         raise OSError(f"cannot read id list {path}: {err}") from err
 
@@ -195,10 +199,17 @@ def unique_ids(id_lines: list[tuple[int, str]], source: Path, split: str) -> tup
     lines: dict[str, list[int]] = {}
     for line_no, image_id in id_lines:
         lines.setdefault(image_id, []).append(line_no)
-    problems = [Problem("duplicate_id", str(source),
-                        f"id {image_id!r} is listed {len(at)} times (lines {', '.join(map(str, at))})",
-                        image_id, split)
-                for image_id, at in lines.items() if len(at) > 1]
+    problems = [
+        Problem(
+            "duplicate_id",
+            str(source),
+            f"id {image_id!r} is listed {len(at)} times (lines {', '.join(map(str, at))})",
+            image_id,
+            split,
+        )
+        for image_id, at in lines.items()
+        if len(at) > 1
+    ]
     return list(lines), problems
 
 
@@ -244,7 +255,15 @@ def list_images(folder: Path, suffixes) -> dict[str, list[Path]]:
 
 def two_file_problems(found: dict[str, list[Path]], ids, split: str) -> list[Problem]:
     """One problem per id of ``ids`` with more than one image file (only the first is ever used)."""
-    return [Problem("two_files", str(found[i][0]),
-                    f"id {i!r} has {len(found[i])} image files ({', '.join(p.name for p in found[i])}); "
-                    f"only {found[i][0].name} would be used: remove or rename the others", i, split)
-            for i in ids if len(found.get(i, ())) > 1]
+    return [
+        Problem(
+            "two_files",
+            str(found[i][0]),
+            f"id {i!r} has {len(found[i])} image files ({', '.join(p.name for p in found[i])}); "
+            f"only {found[i][0].name} would be used: remove or rename the others",
+            i,
+            split,
+        )
+        for i in ids
+        if len(found.get(i, ())) > 1
+    ]

@@ -18,6 +18,7 @@ are decoded in full, which is the only proof. Masks are decoded (their values ar
 returns the ids to drop per split. ``datasets.build`` drops them in skip mode (``ids_to_skip``,
 checked once per split and process). ``write_report`` writes the list as JSON.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,18 @@ from datasets.base import PROBLEM_KINDS, ImageSet, Problem, nearest_class_name
 from datasets.folder import FolderImageSet
 from datasets.voc import VOCImageSet, xml_object_names
 
-__all__ = ["PROBLEM_KINDS", "DataCheck", "DataError", "Problem", "check_data", "enforce",
-           "ids_to_skip", "inspect_image", "inspect_mask", "write_report"]
+__all__ = [
+    "PROBLEM_KINDS",
+    "DataCheck",
+    "DataError",
+    "Problem",
+    "check_data",
+    "enforce",
+    "ids_to_skip",
+    "inspect_image",
+    "inspect_mask",
+    "write_report",
+]
 
 JPEG_EOI = b"\xff\xd9"
 # bytes read from a JPEG's end to find its EOI marker (some writers pad after it)
@@ -109,27 +120,36 @@ class DataCheck:
         """The full list, readable: a summary line, set-level problems, then image problems."""
         counts = ", ".join(f"{split} {_count(n, 'image')}" for split, n in self.images.items())
         bad = sorted({i for ids in self.bad_ids.values() for i in ids})
-        lines = [f"Data check of the {self.dataset} data set at {self.root} ({counts}; "
-                 f"{self.seconds:.2f} s): "
-                 + ("no problems" if self.ok else
-                    f"{_count(len(self.problems), 'problem')}: {len(self.set_problems)} set-level, "
-                    f"{len(self.image_problems)} in {_count(len(bad), 'image')}")]
+        lines = [
+            f"Data check of the {self.dataset} data set at {self.root} ({counts}; "
+            f"{self.seconds:.2f} s): "
+            + (
+                "no problems"
+                if self.ok
+                else f"{_count(len(self.problems), 'problem')}: {len(self.set_problems)} set-level, "
+                f"{len(self.image_problems)} in {_count(len(bad), 'image')}"
+            )
+        ]
         if self.set_problems:
             lines.append("Set-level problems (fix the data; dropping images does not repair these):")
             lines += [self._line(p) for p in self.set_problems]
         if self.image_problems:
-            lines.append(f"Image problems ({_count(len(bad), 'image')}; dataset.on_bad_image=skip "
-                         f"drops them):")
+            lines.append(f"Image problems ({_count(len(bad), 'image')}; dataset.on_bad_image=skip drops them):")
             lines += [self._line(p) for p in self.image_problems]
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
-        return {"dataset": self.dataset, "root": self.root, "images": dict(self.images),
-                "seconds": round(self.seconds, 3), "ok": self.ok,
-                "set_level_problems": len(self.set_problems),
-                "image_problems": len(self.image_problems),
-                "bad_ids": {split: list(ids) for split, ids in self.bad_ids.items()},
-                "problems": [p.as_dict() for p in self.problems]}
+        return {
+            "dataset": self.dataset,
+            "root": self.root,
+            "images": dict(self.images),
+            "seconds": round(self.seconds, 3),
+            "ok": self.ok,
+            "set_level_problems": len(self.set_problems),
+            "image_problems": len(self.image_problems),
+            "bad_ids": {split: list(ids) for split, ids in self.bad_ids.items()},
+            "problems": [p.as_dict() for p in self.problems],
+        }
 
 
 _MODE_CONVERTS: dict[str, bool] = {}
@@ -187,8 +207,7 @@ def inspect_image(path: Path) -> ImageFacts:
         facts.problems.append(("unreadable_image", f"not an image that can be read ({err})"))
         return facts
     height, width = facts.stored_size
-    facts.displayed_size = (width, height) if facts.orientation in files.QUARTER_TURN_ORIENTATIONS \
-        else (height, width)
+    facts.displayed_size = (width, height) if facts.orientation in files.QUARTER_TURN_ORIENTATIONS else (height, width)
     if fmt == "PNG":
         try:
             with Image.open(path) as img:
@@ -201,8 +220,7 @@ def inspect_image(path: Path) -> ImageFacts:
     else:
         error = _decode_error(path)
     if error is not None:
-        facts.problems.append(("truncated_image",
-                               f"the {fmt} file is cut short or corrupt ({error}; {size} bytes)"))
+        facts.problems.append(("truncated_image", f"the {fmt} file is cut short or corrupt ({error}; {size} bytes)"))
     if not _mode_converts(mode):
         facts.problems.append(("unsupported_mode", f"pixel mode {mode} cannot be converted to RGB"))
     return facts
@@ -223,18 +241,24 @@ def inspect_mask(path: Path, image: ImageFacts, num_classes: int) -> list[tuple[
         (mh, mw), (ih, iw) = mask.shape, image.displayed_size
         hint = ""
         if image.orientation != 1 and mask.shape == image.stored_size:
-            hint = (f"; it matches the stored pixels, but the image has EXIF orientation "
-                    f"{image.orientation} and is used as displayed: draw the mask on the upright image")
-        problems.append(("mask_size",
-                         f"the mask is {mh}x{mw} (HxW), the image as displayed is {ih}x{iw}{hint}"))
+            hint = (
+                f"; it matches the stored pixels, but the image has EXIF orientation "
+                f"{image.orientation} and is used as displayed: draw the mask on the upright image"
+            )
+        problems.append(("mask_size", f"the mask is {mh}x{mw} (HxW), the image as displayed is {ih}x{iw}{hint}"))
     counts = np.bincount(mask.reshape(-1), minlength=256)
     beyond = [v for v in np.flatnonzero(counts) if num_classes < v < 255]
     if beyond:
-        listed = ", ".join(str(v) for v in beyond[:MAX_VALUES_LISTED]) + \
-            (f" and {len(beyond) - MAX_VALUES_LISTED} more" if len(beyond) > MAX_VALUES_LISTED else "")
+        listed = ", ".join(str(v) for v in beyond[:MAX_VALUES_LISTED]) + (
+            f" and {len(beyond) - MAX_VALUES_LISTED} more" if len(beyond) > MAX_VALUES_LISTED else ""
+        )
         pixels = int(counts[beyond].sum())
-        problems.append(("mask_values", (f"values {listed} ({pixels} pixels) are beyond the classes "
-                                         f"0..{num_classes} and 255 (ignore)")))
+        problems.append(
+            (
+                "mask_values",
+                (f"values {listed} ({pixels} pixels) are beyond the classes 0..{num_classes} and 255 (ignore)"),
+            )
+        )
     return problems
 
 
@@ -272,18 +296,29 @@ class _Checker:
         facts = ImageFacts()
         if image_path is None:
             folder = _image_folder(image_set)
-            found.append(("missing_image", f"id {image_id!r} is listed but has no image file",
-                          folder / image_id if folder else Path(image_id)))
+            found.append(
+                (
+                    "missing_image",
+                    f"id {image_id!r} is listed but has no image file",
+                    folder / image_id if folder else Path(image_id),
+                )
+            )
         else:
             facts = self.image(image_path)
             found += [(kind, message, image_path) for kind, message in facts.problems]
         mask_path = image_set.mask_path(image_id)
         if mask_path is not None:
-            found += [(kind, message, mask_path)
-                      for kind, message in self.mask(mask_path, facts, image_set.num_classes)]
+            found += [
+                (kind, message, mask_path) for kind, message in self.mask(mask_path, facts, image_set.num_classes)
+            ]
         elif image_set.mask_expected(image_id):
-            found.append(("missing_mask", "the id is in the segmentation split but has no mask",
-                          image_set.root / "SegmentationClass" / f"{image_id}.png"))
+            found.append(
+                (
+                    "missing_mask",
+                    "the id is in the segmentation split but has no mask",
+                    image_set.root / "SegmentationClass" / f"{image_id}.png",
+                )
+            )
         return found
 
     def split(self, image_set: ImageSet, split: str) -> list[Problem]:
@@ -299,19 +334,31 @@ class _Checker:
         for name, paths in sorted(unknown_in_xml.items()):
             nearest = nearest_class_name(name, image_set.class_names)
             hint = f"did you mean {nearest!r}?" if nearest else f"known: {', '.join(image_set.class_names)}"
-            problems.append(Problem("unknown_class", str(paths[0]),
-                                    f"class {name!r} ({_count(len(paths), 'annotation')}, first "
-                                    f"{paths[0].name}) is not among the class names; {hint}", split=split))
+            problems.append(
+                Problem(
+                    "unknown_class",
+                    str(paths[0]),
+                    f"class {name!r} ({_count(len(paths), 'annotation')}, first "
+                    f"{paths[0].name}) is not among the class names; {hint}",
+                    split=split,
+                )
+            )
         return problems
 
     @staticmethod
-    def _voc_labels(image_set: VOCImageSet, image_id: str, mask_path: Path | None,
-                    unknown: dict[str, list[Path]]) -> list[tuple[str, str, Path]]:
+    def _voc_labels(
+        image_set: VOCImageSet, image_id: str, mask_path: Path | None, unknown: dict[str, list[Path]]
+    ) -> list[tuple[str, str, Path]]:
         xml = image_set.annotation_path(image_id)
         if xml is None:
             if mask_path is None:
-                return [("missing_labels", "neither an annotation XML nor a mask gives the image's labels",
-                         image_set.root / "Annotations" / f"{image_id}.xml")]
+                return [
+                    (
+                        "missing_labels",
+                        "neither an annotation XML nor a mask gives the image's labels",
+                        image_set.root / "Annotations" / f"{image_id}.xml",
+                    )
+                ]
             return []
         try:
             names = xml_object_names(xml)
@@ -323,8 +370,9 @@ class _Checker:
 
 
 def _with_split(problem: Problem, split: str) -> Problem:
-    return Problem(problem.kind, problem.path, problem.message, problem.image_id,
-                   split if problem.image_level else problem.split)
+    return Problem(
+        problem.kind, problem.path, problem.message, problem.image_id, split if problem.image_level else problem.split
+    )
 
 
 def _merge(problems: list[Problem]) -> list[Problem]:
@@ -332,8 +380,13 @@ def _merge(problems: list[Problem]) -> list[Problem]:
     splits (they share labels.csv) is listed once."""
     seen, merged = set(), []
     for problem in problems:
-        key = (problem.kind, problem.path, problem.image_id, problem.message,
-               problem.split if problem.image_level else None)
+        key = (
+            problem.kind,
+            problem.path,
+            problem.image_id,
+            problem.message,
+            problem.split if problem.image_level else None,
+        )
         if key not in seen:
             seen.add(key)
             merged.append(problem)
@@ -345,9 +398,15 @@ _CHECKED: dict[tuple, DataCheck] = {}
 
 def _check_key(cfg, split: str) -> tuple:
     from datasets import split_name
-    return (cfg.dataset.kind, str(cfg.path(cfg.dataset.root)), split_name(cfg, split),
-            cfg.dataset.label_source, tuple(cfg.class_names or ()),
-            cfg.dataset.train_list if split == "train" else "")
+
+    return (
+        cfg.dataset.kind,
+        str(cfg.path(cfg.dataset.root)),
+        split_name(cfg, split),
+        cfg.dataset.label_source,
+        tuple(cfg.class_names or ()),
+        cfg.dataset.train_list if split == "train" else "",
+    )
 
 
 def check_data(cfg, splits=("train", "val"), image_sets: dict[str, ImageSet] | None = None) -> DataCheck:
@@ -356,6 +415,7 @@ def check_data(cfg, splits=("train", "val"), image_sets: dict[str, ImageSet] | N
     loaded at all is a problem too). ``image_sets`` may pass splits already built with
     ``datasets.build_unchecked``. Each split's result is remembered for ``ids_to_skip``."""
     from datasets import build_unchecked
+
     started = time.perf_counter()
     root = str(cfg.path(cfg.dataset.root))
     checker = _Checker()
@@ -368,8 +428,7 @@ def check_data(cfg, splits=("train", "val"), image_sets: dict[str, ImageSet] | N
             if image_set is None:
                 image_set = build_unchecked(cfg, split)
         except (OSError, ValueError) as err:
-            one.problems = [Problem("unloadable_split", root, f"split {split!r} cannot be loaded: {err}",
-                                    split=split)]
+            one.problems = [Problem("unloadable_split", root, f"split {split!r} cannot be loaded: {err}", split=split)]
             one.images[split], one.bad_ids[split] = 0, []
         else:
             one.problems = _merge(checker.split(image_set, split))
@@ -394,12 +453,12 @@ def enforce(cfg, check: DataCheck) -> dict[str, list[str]]:
     if cfg.dataset.on_bad_image == "skip" and not check.set_problems:
         return {split: list(ids) for split, ids in check.bad_ids.items()}
     if check.set_problems:
-        advice = ("Fix the set-level problems in the data (dataset.on_bad_image=skip cannot: it only "
-                  "drops images)")
+        advice = "Fix the set-level problems in the data (dataset.on_bad_image=skip cannot: it only drops images)"
     else:
         count = len({i for ids in check.bad_ids.values() for i in ids})
-        advice = (f"Fix or remove these files, or set dataset.on_bad_image=skip to drop the {count} "
-                  f"images (listed in runs/)")
+        advice = (
+            f"Fix or remove these files, or set dataset.on_bad_image=skip to drop the {count} images (listed in runs/)"
+        )
     raise DataError(f"{check.format()}\n{advice}.")
 
 

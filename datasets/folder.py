@@ -13,6 +13,7 @@ a labels.csv line that is not UTF-8, an id on two rows, two image files for one 
 without an image, images without a label row, class names that are not known (or, with the names
 taken from the labels, that look like a misspelling of another).
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,8 +26,16 @@ from pathlib import Path
 import numpy as np
 
 from common import files
-from datasets.base import (FolderOfImages, Problem, list_images, nearest_class_name, read_id_lines,
-                           suspicious_names, two_file_problems, unique_ids)
+from datasets.base import (
+    FolderOfImages,
+    Problem,
+    list_images,
+    nearest_class_name,
+    read_id_lines,
+    suspicious_names,
+    two_file_problems,
+    unique_ids,
+)
 from datasets.voc import IMAGE_SUFFIXES, names_to_vector, read_class_names, xml_object_names
 
 HEADER_WORDS = ("id", "image", "image_id", "filename")
@@ -58,14 +67,23 @@ def _decode_lines(raw: bytes, path: Path) -> tuple[str, list[Problem]]:
             text_lines.append(text)
             bad_lines.append(line_no)
             if len(bad_lines) <= MAX_ENCODING_LINES:
-                problems.append(Problem(
-                    "csv_encoding", str(path),
-                    f"line {line_no} is not UTF-8 (byte 0x{line[err.start]:02x} at column {err.start + 1}; "
-                    f"as Windows-1252 it reads {text.strip()!r}): save labels.csv as UTF-8"))
+                problems.append(
+                    Problem(
+                        "csv_encoding",
+                        str(path),
+                        f"line {line_no} is not UTF-8 (byte 0x{line[err.start]:02x} at column {err.start + 1}; "
+                        f"as Windows-1252 it reads {text.strip()!r}): save labels.csv as UTF-8",
+                    )
+                )
     if len(bad_lines) > MAX_ENCODING_LINES:
-        problems.append(Problem("csv_encoding", str(path),
-                                f"{len(bad_lines) - MAX_ENCODING_LINES} more lines are not UTF-8 "
-                                f"(the last: line {bad_lines[-1]}): save labels.csv as UTF-8"))
+        problems.append(
+            Problem(
+                "csv_encoding",
+                str(path),
+                f"{len(bad_lines) - MAX_ENCODING_LINES} more lines are not UTF-8 "
+                f"(the last: line {bad_lines[-1]}): save labels.csv as UTF-8",
+            )
+        )
     return "".join(text_lines), problems
 
 
@@ -95,10 +113,15 @@ def read_labels_csv(path: Path) -> LabelRows:
         rows.sources[image_id] = (Path(path), line_no)
     for image_id, at in lines.items():
         if len(at) > 1:
-            rows.problems.append(Problem(
-                "duplicate_id", str(path),
-                f"id {image_id!r} is on {len(at)} rows (lines {', '.join(map(str, at))}); "
-                f"keep one row per image with all its class names", image_id))
+            rows.problems.append(
+                Problem(
+                    "duplicate_id",
+                    str(path),
+                    f"id {image_id!r} is on {len(at)} rows (lines {', '.join(map(str, at))}); "
+                    f"keep one row per image with all its class names",
+                    image_id,
+                )
+            )
     return rows
 
 
@@ -138,18 +161,26 @@ def class_name_problems(rows: LabelRows, class_names: list[str], given: bool) ->
         for name in sorted(set(uses) - set(class_names)):
             nearest = nearest_class_name(name, class_names)
             hint = f"did you mean {nearest!r}?" if nearest else f"known: {', '.join(class_names)}"
-            problems.append(Problem(
-                "unknown_class", str(first_use[name][0]),
-                f"class {name!r} ({_rows(uses[name])}, first at {_where(first_use[name])}) is not "
-                f"among the class names; {hint}"))
+            problems.append(
+                Problem(
+                    "unknown_class",
+                    str(first_use[name][0]),
+                    f"class {name!r} ({_rows(uses[name])}, first at {_where(first_use[name])}) is not "
+                    f"among the class names; {hint}",
+                )
+            )
     else:
         for name, other in sorted(suspicious_names(uses).items()):
-            problems.append(Problem(
-                "unknown_class", str(first_use[name][0]),
-                f"class {name!r} ({_rows(uses[name])}, first at {_where(first_use[name])}) looks like "
-                f"a misspelling of {other!r} ({_rows(uses[other])}) and would become a class of its "
-                f"own; did you mean {other!r}? (if both are real classes, list the class names in "
-                f"class_names.txt)"))
+            problems.append(
+                Problem(
+                    "unknown_class",
+                    str(first_use[name][0]),
+                    f"class {name!r} ({_rows(uses[name])}, first at {_where(first_use[name])}) looks like "
+                    f"a misspelling of {other!r} ({_rows(uses[other])}) and would become a class of its "
+                    f"own; did you mean {other!r}? (if both are real classes, list the class names in "
+                    f"class_names.txt)",
+                )
+            )
     return problems
 
 
@@ -163,8 +194,7 @@ class FolderImageSet(FolderOfImages):
             rows = read_labels_csv(csv_path)
             label_file = csv_path.name
         else:
-            xml_dir = next((d for d in (self.root / "annotations", self.root / "Annotations")
-                            if d.is_dir()), None)
+            xml_dir = next((d for d in (self.root / "annotations", self.root / "Annotations") if d.is_dir()), None)
             if xml_dir is None:
                 raise FileNotFoundError(f"dataset.label_source = xml but {self.root}/annotations is missing")
             rows = read_label_xmls(xml_dir)
@@ -185,18 +215,28 @@ class FolderImageSet(FolderOfImages):
         self.problems += class_name_problems(rows, class_names, bool(given))
         for image_id in ids:
             if image_id not in rows.names and image_id in self._images:
-                self.problems.append(Problem(
-                    "image_without_label", str(self._images[image_id][0]),
-                    f"image {image_id!r} has no entry in {label_file}; add it (an empty class list "
-                    f"means no class of interest)", image_id, split))
+                self.problems.append(
+                    Problem(
+                        "image_without_label",
+                        str(self._images[image_id][0]),
+                        f"image {image_id!r} has no entry in {label_file}; add it (an empty class list "
+                        f"means no class of interest)",
+                        image_id,
+                        split,
+                    )
+                )
         for image_id, source in rows.sources.items():
             if image_id not in self._images:
                 others = sorted(p.name for p in (self.root / "images").glob(f"{image_id}.*"))
-                hint = f" ({', '.join(others)} is not a readable format: convert it to JPEG or PNG)" \
-                    if others else ""
-                self.problems.append(Problem(
-                    "label_without_image", str(source[0]),
-                    f"{_where(source)}: id {image_id!r} has no image in images/{hint}", image_id))
+                hint = f" ({', '.join(others)} is not a readable format: convert it to JPEG or PNG)" if others else ""
+                self.problems.append(
+                    Problem(
+                        "label_without_image",
+                        str(source[0]),
+                        f"{_where(source)}: id {image_id!r} has no image in images/{hint}",
+                        image_id,
+                    )
+                )
 
     def labels(self, image_id: str) -> np.ndarray:
         if image_id not in self._names:

@@ -7,6 +7,7 @@ B, and their Grad-CAMs come out nearly the same; the guide's split between them 
 chance. This is a property of the data set, not of the pipeline: it is reported before training so
 that a user reads their low IoU for what it is (and can add images where A appears without B).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,9 +30,11 @@ class Companion:
 
     def message(self) -> str:
         alone = self.images - self.shared
-        return (f"class {self.name!r} is labelled on {self.images} training images and {self.shared} of them "
-                f"also hold {self.partner!r} ({alone} without it): image labels can hardly tell their pixels "
-                f"apart, so expect their CAMs and pseudo labels to mix")
+        return (
+            f"class {self.name!r} is labelled on {self.images} training images and {self.shared} of them "
+            f"also hold {self.partner!r} ({alone} without it): image labels can hardly tell their pixels "
+            f"apart, so expect their CAMs and pseudo labels to mix"
+        )
 
 
 def label_matrix(image_set) -> np.ndarray:
@@ -41,8 +44,9 @@ def label_matrix(image_set) -> np.ndarray:
     return np.stack([image_set.labels(image_id) > 0.5 for image_id in image_set.ids])
 
 
-def companions(labels: np.ndarray, class_names: list[str], *, share: float = 0.9,
-               min_images: int = 5) -> list[Companion]:
+def companions(
+    labels: np.ndarray, class_names: list[str], *, share: float = 0.9, min_images: int = 5
+) -> list[Companion]:
     """Classes labelled on at least ``min_images`` images of which at least ``share`` also hold one
     other class (the most frequent such partner), most entangled first.
 

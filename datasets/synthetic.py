@@ -30,6 +30,7 @@ what the generator wrote (files named like its ids, nothing else) and generate a
 ``python -m datasets.synthetic [--set synthetic.num_train=40] [--sheet docs/synthetic_examples.png]``
 generates the configured set, prints its statistics and optionally writes a contact sheet.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,14 @@ LOCK = ".generating.lock"
 SCENES = "scenes.json"
 
 # class name -> texture; the shape is the name
-CLASS_TEXTURES = {"disc": "shaded", "box": "stripes", "triangle": "checker", "star": "dots",
-                  "ring": "grain", "cross": "waves"}
+CLASS_TEXTURES = {
+    "disc": "shaded",
+    "box": "stripes",
+    "triangle": "checker",
+    "star": "dots",
+    "ring": "grain",
+    "cross": "waves",
+}
 CLASS_NAMES = list(CLASS_TEXTURES)
 # objects of no class of interest: shapes and textures none of the classes has
 DISTRACTOR_TEXTURES = {"blob": "marble", "crescent": "target", "pill": "two-tone"}
@@ -86,13 +93,14 @@ def value_noise(rng: np.random.Generator, height: int, width: int, cells: float)
     return cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
-def fractal_noise(rng: np.random.Generator, height: int, width: int, octaves: int = 5,
-                  base: float = 3, persistence: float = 0.55) -> np.ndarray:
+def fractal_noise(
+    rng: np.random.Generator, height: int, width: int, octaves: int = 5, base: float = 3, persistence: float = 0.55
+) -> np.ndarray:
     """Multi-octave value noise stretched to [0, 1] (H, W)."""
     total = np.zeros((height, width), np.float32)
     amplitude = 1.0
     for octave in range(octaves):
-        total += amplitude * value_noise(rng, height, width, base * 2 ** octave)
+        total += amplitude * value_noise(rng, height, width, base * 2**octave)
         amplitude *= persistence
     low, high = float(total.min()), float(total.max())
     return (total - low) / max(1e-6, high - low)
@@ -125,8 +133,11 @@ def _landscape(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Sky over a wobbly horizon over textured ground (grass, sand, soil)."""
     rows = np.arange(height, dtype=np.float32)[:, None]
     sky_hue = rng.integers(85, 125) if rng.random() < 0.7 else None
-    sky = _lerp(muted_colour(rng, sky_hue, (150, 250)), muted_colour(rng, sky_hue, (90, 200)),
-                np.broadcast_to(rows / height, (height, width)))
+    sky = _lerp(
+        muted_colour(rng, sky_hue, (150, 250)),
+        muted_colour(rng, sky_hue, (90, 200)),
+        np.broadcast_to(rows / height, (height, width)),
+    )
     clouds = fractal_noise(rng, height, width, octaves=4, base=2)
     sky = sky + (0.35 * np.clip(clouds - 0.5, 0, 1))[..., None]
     line = 1 + 0.9 * (value_noise(rng, 1, width, rng.integers(2, 6))[0] - 0.5)
@@ -159,7 +170,7 @@ def _blobs(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     for _ in range(int(rng.integers(4, 10))):
         cy, cx = rng.uniform(-0.1, 1.1) * height, rng.uniform(-0.1, 1.1) * width
         sigma = rng.uniform(0.08, 0.25) * max(height, width)
-        weight = np.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * sigma ** 2)) * rng.uniform(0.5, 0.95)
+        weight = np.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * sigma**2)) * rng.uniform(0.5, 0.95)
         canvas = _lerp(canvas, np.broadcast_to(muted_colour(rng), canvas.shape), weight)
     speckle = fractal_noise(rng, height, width, octaves=2, base=max(height, width) / 6)
     return canvas * (0.9 + 0.2 * speckle)[..., None]
@@ -188,8 +199,9 @@ def _frame(height: int, width: int, cy: float, cx: float, radius: float, angle: 
     return xs * cos + ys * sin, -xs * sin + ys * cos
 
 
-def _star_polygon(height: int, width: int, cy: float, cx: float, radius: float, angle: float,
-                  points: int, inner: float) -> np.ndarray:
+def _star_polygon(
+    height: int, width: int, cy: float, cx: float, radius: float, angle: float, points: int, inner: float
+) -> np.ndarray:
     corner_angles = angle + np.arange(2 * points) * np.pi / points
     radii = np.where(np.arange(2 * points) % 2 == 0, 1.0, inner) * radius
     corners = np.stack([cx + radii * np.cos(corner_angles), cy + radii * np.sin(corner_angles)], 1)
@@ -210,18 +222,21 @@ class ShapeParams:
 
     @staticmethod
     def draw(rng: np.random.Generator) -> ShapeParams:
-        return ShapeParams(aspect=float(rng.uniform(0.55, 0.9)), inner=float(rng.uniform(0.42, 0.6)),
-                           arm=float(rng.uniform(0.24, 0.34)),
-                           wobble=[(k, float(rng.uniform(0.1, 0.2)), float(rng.uniform(0, 2 * np.pi)))
-                                   for k in (2, 3, 5)])
+        return ShapeParams(
+            aspect=float(rng.uniform(0.55, 0.9)),
+            inner=float(rng.uniform(0.42, 0.6)),
+            arm=float(rng.uniform(0.24, 0.34)),
+            wobble=[(k, float(rng.uniform(0.1, 0.2)), float(rng.uniform(0, 2 * np.pi))) for k in (2, 3, 5)],
+        )
 
 
-def shape_mask(kind: str, height: int, width: int, cy: float, cx: float, radius: float,
-               angle: float, params: ShapeParams) -> np.ndarray:
+def shape_mask(
+    kind: str, height: int, width: int, cy: float, cx: float, radius: float, angle: float, params: ShapeParams
+) -> np.ndarray:
     """Boolean mask (H, W) of one object: a class shape or a distractor shape."""
     u, v = _frame(height, width, cy, cx, radius, angle)
     if kind == "disc":  # a slightly elliptic disc
-        return u ** 2 + (v / (0.8 + 0.2 * params.aspect)) ** 2 <= 1.0
+        return u**2 + (v / (0.8 + 0.2 * params.aspect)) ** 2 <= 1.0
     if kind == "box":
         return (np.abs(u) <= 0.92) & (np.abs(v) <= 0.92 * params.aspect)
     if kind == "triangle":
@@ -229,24 +244,25 @@ def shape_mask(kind: str, height: int, width: int, cy: float, cx: float, radius:
     if kind == "star":
         return _star_polygon(height, width, cy, cx, radius, angle, 5, 0.42)
     if kind == "ring":
-        squared = u ** 2 + v ** 2
-        return (squared <= 1.0) & (squared >= params.inner ** 2)
+        squared = u**2 + v**2
+        return (squared <= 1.0) & (squared >= params.inner**2)
     if kind == "cross":
         return ((np.abs(u) <= 1.0) & (np.abs(v) <= params.arm)) | ((np.abs(v) <= 1.0) & (np.abs(u) <= params.arm))
     if kind == "blob":  # an irregular, lumpy outline
         theta = np.arctan2(v, u)
         outline = 0.72 + sum(amp * np.cos(k * theta + phase) for k, amp, phase in params.wobble)
-        return np.sqrt(u ** 2 + v ** 2) <= outline
+        return np.sqrt(u**2 + v**2) <= outline
     if kind == "crescent":
-        return (u ** 2 + v ** 2 <= 1.0) & ((u - 0.45) ** 2 + v ** 2 >= 0.78 ** 2)
+        return (u**2 + v**2 <= 1.0) & ((u - 0.45) ** 2 + v**2 >= 0.78**2)
     if kind == "pill":  # a capsule: a rectangle with round ends
         half_length, half_width = 0.65, 0.32
-        return (np.maximum(np.abs(u) - half_length, 0) ** 2 + v ** 2) <= half_width ** 2
+        return (np.maximum(np.abs(u) - half_length, 0) ** 2 + v**2) <= half_width**2
     raise ValueError(f"unknown shape {kind!r}")
 
 
-def texture_pattern(kind: str, height: int, width: int, cy: float, cx: float, radius: float,
-                    angle: float, rng: np.random.Generator) -> np.ndarray:
+def texture_pattern(
+    kind: str, height: int, width: int, cy: float, cx: float, radius: float, angle: float, rng: np.random.Generator
+) -> np.ndarray:
     """The object's brightness pattern (H, W), any scale; rescaled per object later."""
     texture = CLASS_TEXTURES.get(kind) or DISTRACTOR_TEXTURES[kind]
     u, v = _frame(height, width, cy, cx, radius, angle + rng.uniform(-0.3, 0.3))
@@ -262,7 +278,7 @@ def texture_pattern(kind: str, height: int, width: int, cy: float, cx: float, ra
         row = np.floor(v / period)
         du = (u / period + 0.5 * row) % 1 - 0.5  # staggered rows
         dv = (v / period) % 1 - 0.5
-        return -(du ** 2 + dv ** 2 < 0.31 ** 2).astype(np.float32)
+        return -(du**2 + dv**2 < 0.31**2).astype(np.float32)
     if texture == "grain":  # coarse mottled grain, a few pixels across
         cells = max(height, width) / rng.uniform(2.5, 3.5)
         return value_noise(rng, height, width, cells) + 0.5 * value_noise(rng, height, width, cells / 2)
@@ -270,9 +286,9 @@ def texture_pattern(kind: str, height: int, width: int, cy: float, cx: float, ra
         return np.sin((u + 0.22 * np.sin(v * np.pi * 1.5)) * np.pi * rng.uniform(2.5, 3.5))
     if texture == "marble":  # thin dark veins through a light stone
         turbulence = fractal_noise(rng, height, width, octaves=3, base=max(height, width) / radius / 1.5)
-        return -(1 - np.abs(np.sin((u * 2.5 + 4 * turbulence) * np.pi))) ** 8
+        return -((1 - np.abs(np.sin((u * 2.5 + 4 * turbulence) * np.pi))) ** 8)
     if texture == "target":  # concentric rings around the crescent's centre
-        return np.sin(np.sqrt(u ** 2 + v ** 2) * np.pi * rng.uniform(7, 10))
+        return np.sin(np.sqrt(u**2 + v**2) * np.pi * rng.uniform(7, 10))
     if texture == "two-tone":  # the pill's halves get two colours (see render_object)
         return (u > 0).astype(np.float32)
     raise ValueError(f"unknown texture {texture!r}")
@@ -281,25 +297,26 @@ def texture_pattern(kind: str, height: int, width: int, cy: float, cx: float, ra
 # ------------------------------------------------------------------------------------------------
 # lighting and objects
 # ------------------------------------------------------------------------------------------------
-def _height_field(kind: str, shape: np.ndarray, u: np.ndarray, v: np.ndarray, radius: float,
-                  params: ShapeParams) -> np.ndarray:
+def _height_field(
+    kind: str, shape: np.ndarray, u: np.ndarray, v: np.ndarray, radius: float, params: ShapeParams
+) -> np.ndarray:
     """Surface height in [0, 1]: a dome for round solids, a bevelled slab for the others."""
     if kind == "disc":
-        return np.sqrt(np.clip(1 - u ** 2 - (v / (0.8 + 0.2 * params.aspect)) ** 2, 0, 1))
+        return np.sqrt(np.clip(1 - u**2 - (v / (0.8 + 0.2 * params.aspect)) ** 2, 0, 1))
     if kind == "pill":
         return np.sqrt(np.clip(1 - (v / 0.32) ** 2, 0, 1))
-    distance = cv2.distanceTransform(np.pad(shape, 1).astype(np.uint8), cv2.DIST_L2,
-                                     cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    distance = cv2.distanceTransform(np.pad(shape, 1).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
     ramp = np.clip(distance / max(2.5, 0.18 * radius), 0, 1)
     # smoothstep, then a light blur: a rounded edge without the distance map's pixel steps
     return cv2.GaussianBlur(ramp * ramp * (3 - 2 * ramp), (0, 0), 0.8)
 
 
-def _shading(height_field: np.ndarray, shape: np.ndarray, radius: float, light: np.ndarray,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _shading(
+    height_field: np.ndarray, shape: np.ndarray, radius: float, light: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """(diffuse factor with mean 1 over the shape, specular highlight) from a height field."""
     gy, gx = np.gradient(height_field * radius * 0.35)
-    norm = np.sqrt(gx ** 2 + gy ** 2 + 1)
+    norm = np.sqrt(gx**2 + gy**2 + 1)
     nx, ny, nz = -gx / norm, -gy / norm, 1 / norm
     lambert = np.clip(nx * light[0] + ny * light[1] + nz * light[2], 0, 1)
     half = light + np.array([0, 0, 1], np.float32)
@@ -309,8 +326,18 @@ def _shading(height_field: np.ndarray, shape: np.ndarray, radius: float, light: 
     return diffuse / max(1e-6, float(diffuse[shape].mean())), specular
 
 
-def render_object(canvas: np.ndarray, kind: str, shape: np.ndarray, cy: float, cx: float, radius: float,
-                  angle: float, params: ShapeParams, light: np.ndarray, rng: np.random.Generator) -> None:
+def render_object(
+    canvas: np.ndarray,
+    kind: str,
+    shape: np.ndarray,
+    cy: float,
+    cx: float,
+    radius: float,
+    angle: float,
+    params: ShapeParams,
+    light: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
     """Paint one object into ``canvas`` (in place; a window of the image holding the object and
     its shadow, with ``cy, cx`` in the window): drop shadow, textured colour, lighting."""
     height, width = shape.shape
@@ -326,8 +353,11 @@ def render_object(canvas: np.ndarray, kind: str, shape: np.ndarray, cy: float, c
     inside = pattern[shape]
     spread = float(inside.std())
     # every texture gets the same mean (0.5) so it cannot shift the object's mean colour by class
-    weight = np.clip(0.5 + 0.5 * (pattern - float(inside.mean())) / spread, 0, 1) if spread > 1e-6 \
+    weight = (
+        np.clip(0.5 + 0.5 * (pattern - float(inside.mean())) / spread, 0, 1)
+        if spread > 1e-6
         else np.full(shape.shape, 0.5, np.float32)
+    )
     colour = object_colour(rng)
     if kind == "pill" or rng.random() < 0.35:  # two colours from the same distribution
         second = object_colour(rng)
@@ -385,7 +415,7 @@ def touching_pairs(instances: np.ndarray) -> set[tuple[int, int]]:
     pairs: set[tuple[int, int]] = set()
     height, width = instances.shape
     for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
-        other = padded[1 + dy:1 + dy + height, 1 + dx:1 + dx + width]
+        other = padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
         differ = (centre != other) & (centre > 0) & (other > 0)
         for a, b in set(zip(centre[differ].tolist(), other[differ].tolist())):
             pairs.add((min(a, b), max(a, b)))
@@ -394,8 +424,12 @@ def touching_pairs(instances: np.ndarray) -> set[tuple[int, int]]:
 
 def _window(height: int, width: int, cy: float, cx: float, reach: float) -> tuple[int, int, int, int]:
     """(top, bottom, left, right) of the image rows and columns within ``reach`` of a centre."""
-    return (max(0, int(cy - reach)), min(height, int(np.ceil(cy + reach)) + 1),
-            max(0, int(cx - reach)), min(width, int(np.ceil(cx + reach)) + 1))
+    return (
+        max(0, int(cy - reach)),
+        min(height, int(np.ceil(cy + reach)) + 1),
+        max(0, int(cx - reach)),
+        min(width, int(np.ceil(cx + reach)) + 1),
+    )
 
 
 def image_sides(min_side: int, max_side: int) -> list[int]:
@@ -426,8 +460,9 @@ def make_scene(rng: np.random.Generator, min_side: int, max_side: int) -> Scene:
     canvas = background(rng, height, width)
     elevation = rng.uniform(0.45, 0.9)
     azimuth = rng.uniform(0, 2 * np.pi)
-    light = np.array([np.cos(azimuth) * np.cos(elevation), np.sin(azimuth) * np.cos(elevation),
-                      np.sin(elevation)], np.float32)
+    light = np.array(
+        [np.cos(azimuth) * np.cos(elevation), np.sin(azimuth) * np.cos(elevation), np.sin(elevation)], np.float32
+    )
     instances = np.zeros((height, width), np.uint8)
     objects: list[SceneObject] = []
     min_visible = min(MIN_VISIBLE_PIXELS, 0.005 * height * width)
@@ -450,14 +485,17 @@ def make_scene(rng: np.random.Generator, min_side: int, max_side: int) -> Scene:
             angle = float(rng.uniform(0, 2 * np.pi))
             top, bottom, left, right = _window(height, width, cy, cx, radius * 1.02 + 2)
             shape = np.zeros((height, width), bool)
-            shape[top:bottom, left:right] = shape_mask(kind, bottom - top, right - left, cy - top, cx - left,
-                                                       radius, angle, params)
+            shape[top:bottom, left:right] = shape_mask(
+                kind, bottom - top, right - left, cy - top, cx - left, radius, angle, params
+            )
             drawn = int(shape.sum())
             if drawn < min_visible:
                 continue
             covered = np.bincount(instances[shape], minlength=len(objects) + 1)[1:]
-            if all(o.visible_pixels - covered[i] >= max(min_visible, MIN_VISIBLE_FRACTION * o.drawn_pixels)
-                   for i, o in enumerate(objects)):
+            if all(
+                o.visible_pixels - covered[i] >= max(min_visible, MIN_VISIBLE_FRACTION * o.drawn_pixels)
+                for i, o in enumerate(objects)
+            ):
                 placed = (cy, cx, radius, angle, shape, drawn, covered)
                 break
         if placed is None:
@@ -467,8 +505,18 @@ def make_scene(rng: np.random.Generator, min_side: int, max_side: int) -> Scene:
             o.visible_pixels -= int(covered[i])
         # everything an object paints (itself, its shadow) lies within this window
         top, bottom, left, right = _window(height, width, cy, cx, radius * 1.25 + 3 * (1 + 0.06 * radius) + 3)
-        render_object(canvas[top:bottom, left:right], kind, shape[top:bottom, left:right], cy - top, cx - left,
-                      radius, angle, params, light, rng)
+        render_object(
+            canvas[top:bottom, left:right],
+            kind,
+            shape[top:bottom, left:right],
+            cy - top,
+            cx - left,
+            radius,
+            angle,
+            params,
+            light,
+            rng,
+        )
         index = len(objects) + 1
         instances[shape] = index
         class_id = CLASS_NAMES.index(kind) + 1 if role == "class" else 0
@@ -511,11 +559,18 @@ def _is_generated_file(name: str) -> bool:
     return suffix in ("jpg", "png") and bool(SEGMENTATION_ID.fullmatch(stem) or SALIENCY_ID.fullmatch(stem))
 
 
-GENERATED_FOLDERS = ("JPEGImages", "SegmentationClass", "SegmentationObject",
-                     "saliency/train/images", "saliency/train/masks", "saliency/train/instances",
-                     "saliency/val/images", "saliency/val/masks", "saliency/val/instances")
-GENERATED_FILES = ("ImageSets/Segmentation/train.txt", "ImageSets/Segmentation/val.txt",
-                   "class_names.txt", SCENES)
+GENERATED_FOLDERS = (
+    "JPEGImages",
+    "SegmentationClass",
+    "SegmentationObject",
+    "saliency/train/images",
+    "saliency/train/masks",
+    "saliency/train/instances",
+    "saliency/val/images",
+    "saliency/val/masks",
+    "saliency/val/instances",
+)
+GENERATED_FILES = ("ImageSets/Segmentation/train.txt", "ImageSets/Segmentation/val.txt", "class_names.txt", SCENES)
 
 
 def _check_foreign(root: Path) -> None:
@@ -527,12 +582,16 @@ def _check_foreign(root: Path) -> None:
     foreign = [p.name for p in root.iterdir() if p.name not in known]
     for folder in GENERATED_FOLDERS:
         if (root / folder).is_dir():
-            foreign += [f"{folder}/{p.name}" for p in (root / folder).iterdir()
-                        if not (p.is_file() and _is_generated_file(p.name))]
+            foreign += [
+                f"{folder}/{p.name}"
+                for p in (root / folder).iterdir()
+                if not (p.is_file() and _is_generated_file(p.name))
+            ]
     if foreign:
         raise FileExistsError(
             f"dataset.kind = synthetic, but dataset.root {root} already holds files the generator did not "
-            f"write (e.g. {sorted(foreign)[0]}); point dataset.root at an empty folder or set dataset.kind")
+            f"write (e.g. {sorted(foreign)[0]}); point dataset.root at an empty folder or set dataset.kind"
+        )
 
 
 def remove_generated(root: Path) -> None:
@@ -550,9 +609,18 @@ def remove_generated(root: Path) -> None:
             for entry in path.iterdir():
                 if entry.is_file() and _is_generated_file(entry.name):
                     entry.unlink()
-    folders = sorted({root / f for f in GENERATED_FOLDERS} | {root / "ImageSets/Segmentation", root / "ImageSets",
-                      root / "saliency/train", root / "saliency/val", root / "saliency"},
-                     key=lambda p: len(p.parts), reverse=True)
+    folders = sorted(
+        {root / f for f in GENERATED_FOLDERS}
+        | {
+            root / "ImageSets/Segmentation",
+            root / "ImageSets",
+            root / "saliency/train",
+            root / "saliency/val",
+            root / "saliency",
+        },
+        key=lambda p: len(p.parts),
+        reverse=True,
+    )
     for path in folders:
         with contextlib.suppress(OSError):  # kept when something else is inside
             path.rmdir()
@@ -570,15 +638,28 @@ def _write_scene(root: Path, image_id: str, scene: Scene, saliency: bool) -> Non
 
 
 def _scene_record(scene: Scene) -> dict:
-    return {"size": list(scene.mask.shape),
-            "objects": [{**dataclasses.asdict(o), "centre": [round(c, 2) for c in o.centre],
-                         "radius": round(o.radius, 2), "angle": round(o.angle, 3)} for o in scene.objects]}
+    return {
+        "size": list(scene.mask.shape),
+        "objects": [
+            {
+                **dataclasses.asdict(o),
+                "centre": [round(c, 2) for c in o.centre],
+                "radius": round(o.radius, 2),
+                "angle": round(o.angle, 3),
+            }
+            for o in scene.objects
+        ],
+    }
 
 
 def scene_summary(scene: Scene) -> dict:
     """The few facts about a scene that :func:`scene_statistics` counts."""
-    return {"classes": set(np.unique(scene.mask).tolist()) - {0}, "touching": scene.touching,
-            "distractors": scene.distractors, "objects_of_interest": sum(o.role == "class" for o in scene.objects)}
+    return {
+        "classes": set(np.unique(scene.mask).tolist()) - {0},
+        "touching": scene.touching,
+        "distractors": scene.distractors,
+        "objects_of_interest": sum(o.role == "class" for o in scene.objects),
+    }
 
 
 def scene_statistics(summaries: list[dict]) -> dict:
@@ -619,8 +700,10 @@ def ensure_generated(cfg) -> Path:
 
     Only for ``dataset.kind = synthetic``: nothing else may write under a data set's root."""
     if cfg.dataset.kind != "synthetic":
-        raise ValueError(f"the synthetic set is generated only for dataset.kind = synthetic, not into the "
-                         f"{cfg.dataset.kind} set at {cfg.path(cfg.dataset.root)}")
+        raise ValueError(
+            f"the synthetic set is generated only for dataset.kind = synthetic, not into the "
+            f"{cfg.dataset.kind} set at {cfg.path(cfg.dataset.root)}"
+        )
     root = cfg.path(cfg.dataset.root)
     settings = _settings(cfg)
     marker = _read_marker(root)
@@ -638,8 +721,12 @@ def ensure_generated(cfg) -> Path:
 
 
 def _generate(root: Path, syn, settings: dict) -> None:
-    parts = [("train", "syn_train", syn.num_train, False), ("val", "syn_val", syn.num_val, False),
-             ("train", "sal_train", syn.saliency_num_train, True), ("val", "sal_val", syn.saliency_num_val, True)]
+    parts = [
+        ("train", "syn_train", syn.num_train, False),
+        ("val", "syn_val", syn.num_val, False),
+        ("train", "sal_train", syn.saliency_num_train, True),
+        ("val", "sal_val", syn.saliency_num_val, True),
+    ]
     total = sum(count for *_, count, _ in parts)
     rngs = {False: np.random.default_rng(syn.seed), True: np.random.default_rng(syn.saliency_seed)}
     records: dict[str, dict] = {}
@@ -658,8 +745,9 @@ def _generate(root: Path, syn, settings: dict) -> None:
                     ids.setdefault(split, []).append(image_id)
                 progress.update(1)
     for split in ("train", "val"):
-        files.write_text(root / "ImageSets" / "Segmentation" / f"{split}.txt",
-                         "".join(f"{i}\n" for i in ids.get(split, [])))
+        files.write_text(
+            root / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{i}\n" for i in ids.get(split, []))
+        )
     files.write_text(root / "class_names.txt", "\n".join(CLASS_NAMES) + "\n")
     files.write_text(root / SCENES, json.dumps(records, separators=(",", ":")))
     statistics = {"segmentation": scene_statistics(summaries[False]), "saliency": scene_statistics(summaries[True])}
@@ -702,7 +790,7 @@ def contact_sheet(root: Path, path: Path, n: int = 12, columns: int = 6, tile: i
         for picture, interpolation in ((image, cv2.INTER_AREA), (files.colorize(mask), cv2.INTER_NEAREST)):
             cell = np.full((tile, tile, 3), 255, np.uint8)
             resized = cv2.resize(picture, size, interpolation=interpolation)
-            cell[:size[1], :size[0]] = resized
+            cell[: size[1], : size[0]] = resized
             cells.append(cell)
         caption = np.full((14, tile, 3), 255, np.uint8)
         label = ", ".join(names[c - 1] for c in sorted(set(np.unique(mask).tolist()) - {0, 255})) or "(none)"
@@ -711,7 +799,7 @@ def contact_sheet(root: Path, path: Path, n: int = 12, columns: int = 6, tile: i
         tiles.append(np.pad(column, ((2, 2), (2, 2), (0, 0)), constant_values=255))
     while len(tiles) % columns:
         tiles.append(np.full_like(tiles[0], 255))
-    rows = [np.concatenate(tiles[i:i + columns], axis=1) for i in range(0, len(tiles), columns)]
+    rows = [np.concatenate(tiles[i : i + columns], axis=1) for i in range(0, len(tiles), columns)]
     sheet = Image.fromarray(np.concatenate(rows, axis=0))
 
     def write(handle: io.BufferedWriter) -> None:

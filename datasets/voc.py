@@ -9,6 +9,7 @@
 Loading lists ids repeated in the split list and ids with two image files in ``problems``; the
 data check (``datasets.check``) examines the files themselves.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -113,7 +114,8 @@ class VOCImageSet(FolderOfImages):
                 mask = self.mask(image_id)
                 if mask is None:
                     raise FileNotFoundError(
-                        f"id {image_id!r}: neither {xml} nor a SegmentationClass mask gives its labels")
+                        f"id {image_id!r}: neither {xml} nor a SegmentationClass mask gives its labels"
+                    )
                 vector = self.labels_from_mask(mask)
             self._labels[image_id] = vector
         return self._labels[image_id].copy()

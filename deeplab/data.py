@@ -1,5 +1,6 @@
 """DeepLab training samples: which label each image trains with, the augmentation, and a batch
 order that depends only on (seed, step) so an interrupted run resumes exactly where it stopped."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,8 +37,9 @@ class SegmentationSamples(Dataset):
     image, ignore 255 for the label) and a horizontal flip, all drawn from (seed, position).
     ``sources`` maps image id -> a callable giving its label map (0 bg, 1..C, 255 ignore)."""
 
-    def __init__(self, image_set, sources: dict, *, crop_size: int, scale_min: float, scale_max: float,
-                 mean, std, seed: int = 0) -> None:
+    def __init__(
+        self, image_set, sources: dict, *, crop_size: int, scale_min: float, scale_max: float, mean, std, seed: int = 0
+    ) -> None:
         self.image_set = image_set
         self.ids = sorted(sources)
         self.sources = sources
@@ -68,8 +70,8 @@ class SegmentationSamples(Dataset):
             label = F.pad(label, (0, pad_w, 0, pad_h), value=IGNORE)
         top = int(rng.integers(0, image.shape[1] - side + 1))
         left = int(rng.integers(0, image.shape[2] - side + 1))
-        image = image[:, top:top + side, left:left + side]
-        label = label[top:top + side, left:left + side]
+        image = image[:, top : top + side, left : left + side]
+        label = label[top : top + side, left : left + side]
         if rng.random() < 0.5:
             image, label = image.flip(-1), label.flip(-1)
         return image.contiguous(), label.contiguous()
@@ -97,11 +99,17 @@ def label_sources(cfg, image_set, layout) -> tuple[dict, dict]:
         raise FileNotFoundError(
             f"no pseudo labels in {folder} for the {len(skipped)} training images without a chosen "
             f"mask: run CREATE_GUIDE first (python main.py --stages create_guide), or train on real "
-            f"masks with deeplab.gt_percentage")
-    report = {"gt_percentage": cfg.deeplab.gt_percentage, "training_images": len(image_set.ids),
-              "images_with_masks": len(with_masks), "gt_images": sorted(chosen),
-              "pseudo_images": len(pseudo), "pseudo_label_folder": str(folder),
-              "skipped_without_label": skipped}
+            f"masks with deeplab.gt_percentage"
+        )
+    report = {
+        "gt_percentage": cfg.deeplab.gt_percentage,
+        "training_images": len(image_set.ids),
+        "images_with_masks": len(with_masks),
+        "gt_images": sorted(chosen),
+        "pseudo_images": len(pseudo),
+        "pseudo_label_folder": str(folder),
+        "skipped_without_label": skipped,
+    }
     return sources, report
 
 

@@ -11,6 +11,7 @@ photos gets predictions only. Predictions made by the same checkpoint with the s
 reused on a rerun (runs/eval_deeplab/predictions.json, and predictions.rank<N>.json of an interrupted
 run, record which) unless runtime.overwrite.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,8 +40,10 @@ def checkpoint_path(cfg):
     path = layout.trained_network("deeplab")
     if path is not None:
         return path
-    raise FileNotFoundError(f"no trained DeepLab in {layout.checkpoint('deeplab').parent} (best.pt or "
-                            f"last.pt): run TRAIN_DEEPLAB first (python main.py --stages train_deeplab)")
+    raise FileNotFoundError(
+        f"no trained DeepLab in {layout.checkpoint('deeplab').parent} (best.pt or "
+        f"last.pt): run TRAIN_DEEPLAB first (python main.py --stages train_deeplab)"
+    )
 
 
 def preflight(cfg, stages: list[str]) -> None:
@@ -57,8 +60,12 @@ def load_trained(cfg, device) -> tuple[torch.nn.Module, dict, str]:
     except Exception as err:  # truncated or not a torch file
         raise OSError(f"cannot read DeepLab checkpoint {path}: {err}") from err
     extra = state["extra"]
-    model = build_deeplab(backbone=extra["backbone"], num_classes=extra["num_classes"],
-                          output_stride=extra["output_stride"], pretrained_backbone=False)
+    model = build_deeplab(
+        backbone=extra["backbone"],
+        num_classes=extra["num_classes"],
+        output_stride=extra["output_stride"],
+        pretrained_backbone=False,
+    )
     model.load_state_dict(state["model"])
     digest = hashlib.sha1(path.read_bytes()).hexdigest()
     return model.to(device).eval(), {**extra, "checkpoint": str(path), "step": state.get("step")}, digest
@@ -78,8 +85,15 @@ def confusion_figure(matrix: metrics.ConfusionMatrix, names: list[str]):
     axis.imshow(rows, cmap="Blues", vmin=0, vmax=1)
     for (row, col), value in np.ndenumerate(rows):
         if value >= 0.005:
-            axis.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                      color="white" if value > 0.5 else "black")
+            axis.text(
+                col,
+                row,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if value > 0.5 else "black",
+            )
     axis.set_xticks(range(len(names)), names, rotation=90)
     axis.set_yticks(range(len(names)), names)
     axis.set_xlabel("prediction")
@@ -90,20 +104,28 @@ def confusion_figure(matrix: metrics.ConfusionMatrix, names: list[str]):
 
 def markdown_report(result: dict) -> str:
     """The report as markdown: the supervision flag first, then the scores and per-class IoU."""
-    lines = [f"# DeepLab evaluation on {result['split']} ({result['images_scored']} of "
-             f"{result['images']} images with masks)", ""]
+    lines = [
+        f"# DeepLab evaluation on {result['split']} ({result['images_scored']} of "
+        f"{result['images']} images with masks)",
+        "",
+    ]
     if not result["weakly_supervised"]:
         lines += ["**NOT weakly supervised:** " + "; ".join(result["not_weakly_supervised_because"]), ""]
-    lines += [f"- mIoU: {result['mIoU']:.4f}", f"- pixel accuracy: {result['pixel_accuracy']:.4f}",
-              f"- checkpoint: {result['checkpoint']} (step {result['step']}, backbone {result['backbone']})",
-              f"- gt_percentage: {result['gt_percentage']}",
-              f"- scales {result['settings']['scales']}, flip {result['settings']['flip']}, "
-              f"CRF {result['settings']['crf']}", "",
-              "| class | IoU | precision | recall |", "|---|---|---|---|"]
+    lines += [
+        f"- mIoU: {result['mIoU']:.4f}",
+        f"- pixel accuracy: {result['pixel_accuracy']:.4f}",
+        f"- checkpoint: {result['checkpoint']} (step {result['step']}, backbone {result['backbone']})",
+        f"- gt_percentage: {result['gt_percentage']}",
+        f"- scales {result['settings']['scales']}, flip {result['settings']['flip']}, CRF {result['settings']['crf']}",
+        "",
+        "| class | IoU | precision | recall |",
+        "|---|---|---|---|",
+    ]
     for name in result["per_class_IoU"]:
         cells = [result[key][name] for key in ("per_class_IoU", "per_class_precision", "per_class_recall")]
-        lines.append(f"| {name} | " + " | ".join("-" if v is None or not math.isfinite(v) else f"{v:.4f}"
-                                                 for v in cells) + " |")
+        lines.append(
+            f"| {name} | " + " | ".join("-" if v is None or not math.isfinite(v) else f"{v:.4f}" for v in cells) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -127,14 +149,22 @@ def run(cfg) -> dict:
         print("WARNING: this DeepLab is NOT weakly supervised: " + "; ".join(reasons), flush=True)
     image_set = datasets.build(cfg, settings.split)
     if image_set.num_classes + 1 != extra["num_classes"]:
-        raise InputError(f"{extra['checkpoint']} predicts {extra['num_classes'] - 1} classes, the "
-                         f"{settings.split} split of {cfg.path(cfg.dataset.root)} has {image_set.num_classes}")
+        raise InputError(
+            f"{extra['checkpoint']} predicts {extra['num_classes'] - 1} classes, the "
+            f"{settings.split} split of {cfg.path(cfg.dataset.root)} has {image_set.num_classes}"
+        )
     num_classes = extra["num_classes"]
     # keys as recorded before the switch was named eval.use_crf: earlier predictions stay reusable
-    method = {"checkpoint_sha1": digest, "scales": list(settings.scales), "flip": settings.flip,
-              "crf": settings.use_crf, "crf_unary": settings.crf_unary, "crf_confidence": settings.crf_confidence,
-              "crf_params": dataclasses.asdict(settings.crf) if settings.use_crf else None,
-              "precision": cfg.runtime.precision}
+    method = {
+        "checkpoint_sha1": digest,
+        "scales": list(settings.scales),
+        "flip": settings.flip,
+        "crf": settings.use_crf,
+        "crf_unary": settings.crf_unary,
+        "crf_confidence": settings.crf_confidence,
+        "crf_params": dataclasses.asdict(settings.crf) if settings.use_crf else None,
+        "precision": cfg.runtime.precision,
+    }
     reusable = _reusable_predictions(run_dir, method, cfg.runtime.overwrite)
     distributed.barrier()  # every rank has read the manifests before any rewrites its own
 
@@ -149,11 +179,13 @@ def run(cfg) -> dict:
     todo = set(i for batch in todo_batches for i in batch if not done(i))
     reused = [i for i in my_ids if i not in todo]
     if reused:
-        print(f"{len(reused)} predictions by this checkpoint and settings are already in "
-              f"{layout.prediction('x').parent}; reused (runtime.overwrite recomputes)")
+        print(
+            f"{len(reused)} predictions by this checkpoint and settings are already in "
+            f"{layout.prediction('x').parent}; reused (runtime.overwrite recomputes)"
+        )
 
     matrix = metrics.ConfusionMatrix(num_classes)
-    overlay_ids = set(image_set.ids if settings.overlays < 0 else image_set.ids[:settings.overlays])
+    overlay_ids = set(image_set.ids if settings.overlays < 0 else image_set.ids[: settings.overlays])
     scored = 0
     progress = tqdm(total=len(my_ids), desc=f"eval {settings.split}", unit="img")
 
@@ -184,8 +216,7 @@ def run(cfg) -> dict:
             prediction = probs.argmax(0).cpu().numpy().astype(np.uint8)
             if settings.use_crf:
                 unaries = probs.cpu().numpy() if settings.crf_unary == "softmax" else None
-                prediction = crf_refine(image, prediction, num_classes, settings.crf_confidence, settings.crf,
-                                        unaries)
+                prediction = crf_refine(image, prediction, num_classes, settings.crf_confidence, settings.crf, unaries)
             files.write_label_png(layout.prediction(image_id), prediction)
             finish(image_id, image, prediction)
         # recorded as we go (one file per process), so an interrupted evaluation keeps what it finished
@@ -199,28 +230,42 @@ def run(cfg) -> dict:
     for part, _, _ in gathered:
         matrix.merge(part)
     scored = sum(rank_scored for _, rank_scored, _ in gathered)
-    summary = {"images": len(image_set.ids), "images_scored": scored, "weakly_supervised": weakly,
-               "gt_percentage": extra.get("gt_percentage")}
+    summary = {
+        "images": len(image_set.ids),
+        "images_scored": scored,
+        "weakly_supervised": weakly,
+        "gt_percentage": extra.get("gt_percentage"),
+    }
     if scored:
         names = ["background"] + image_set.class_names
-        result = {"split": settings.split, **summary, "mIoU": matrix.mean_iou(),
-                  "pixel_accuracy": matrix.pixel_accuracy(),
-                  "per_class_IoU": dict(zip(names, map(float, matrix.iou()))),
-                  "per_class_precision": dict(zip(names, map(float, matrix.precision()))),
-                  "per_class_recall": dict(zip(names, map(float, matrix.recall()))),
-                  "not_weakly_supervised_because": reasons, "class_names": names,
-                  "confusion_matrix": matrix.matrix.tolist(), "checkpoint": extra["checkpoint"],
-                  "step": extra.get("step"), "backbone": extra["backbone"], "settings": method}
-        summary.update(mIoU=result["mIoU"], pixel_accuracy=result["pixel_accuracy"],
-                       per_class_IoU=result["per_class_IoU"])
+        result = {
+            "split": settings.split,
+            **summary,
+            "mIoU": matrix.mean_iou(),
+            "pixel_accuracy": matrix.pixel_accuracy(),
+            "per_class_IoU": dict(zip(names, map(float, matrix.iou()))),
+            "per_class_precision": dict(zip(names, map(float, matrix.precision()))),
+            "per_class_recall": dict(zip(names, map(float, matrix.recall()))),
+            "not_weakly_supervised_because": reasons,
+            "class_names": names,
+            "confusion_matrix": matrix.matrix.tolist(),
+            "checkpoint": extra["checkpoint"],
+            "step": extra.get("step"),
+            "backbone": extra["backbone"],
+            "settings": method,
+        }
+        summary.update(
+            mIoU=result["mIoU"], pixel_accuracy=result["pixel_accuracy"], per_class_IoU=result["per_class_IoU"]
+        )
     distributed.barrier()  # every overlay of every process is on disk (for tensorboard)
     if distributed.is_main():
         _write_manifest(run_dir, method, sorted(set().union(*(ids for _, _, ids in gathered))))
         writer = board.open_writer(cfg, STAGE)
         shown = [i for i in image_set.ids if i in overlay_ids and layout.overlay(i).exists()]
         for image_id in shown[:TENSORBOARD_PICTURES]:
-            writer.add_image(f"{settings.split}/{image_id}", files.read_image(layout.overlay(image_id)), 0,
-                             dataformats="HWC")
+            writer.add_image(
+                f"{settings.split}/{image_id}", files.read_image(layout.overlay(image_id)), 0, dataformats="HWC"
+            )
         if scored:
             writer.add_scalar("eval/mIoU", result["mIoU"], 0)
             writer.add_scalar("eval/pixel_accuracy", result["pixel_accuracy"], 0)
@@ -233,8 +278,7 @@ def run(cfg) -> dict:
             files.write_text(run_dir / "report.md", report)
             print(report)
         else:
-            print(f"{settings.split}: no ground truth, so no scores; predictions in "
-                  f"{layout.prediction('x').parent}")
+            print(f"{settings.split}: no ground truth, so no scores; predictions in {layout.prediction('x').parent}")
         if not weakly:
             writer.add_text("warning", "NOT weakly supervised: " + "; ".join(reasons), 0)
         writer.close()

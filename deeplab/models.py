@@ -5,6 +5,7 @@ asks for torchvision's COCO-with-VOC-labels DeepLab weights: those were trained 
 on the VOC classes, so a result built on them is not weakly supervised (the original thesis code
 did this). The option exists for comparison, warns, and is reported wherever it was used.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -20,8 +21,10 @@ from common.backbone_parts import FrozenBatchNormMixin
 BACKBONES = backbones.names(for_="deeplab")
 # backbones torchvision publishes COCO-with-VOC-labels DeepLabV3 weights for
 SEGMENTATION_PRETRAINED = ("resnet101", "resnet50", "mobilenet_v3_large")
-NOT_WEAK_WARNING = ("deeplab.segmentation_pretrained = True: starting from DeepLab weights trained with "
-                    "pixel labels on the VOC classes; the result is NOT weakly supervised")
+NOT_WEAK_WARNING = (
+    "deeplab.segmentation_pretrained = True: starting from DeepLab weights trained with "
+    "pixel labels on the VOC classes; the result is NOT weakly supervised"
+)
 
 
 class DeepLab(FrozenBatchNormMixin, nn.Module):
@@ -33,8 +36,16 @@ class DeepLab(FrozenBatchNormMixin, nn.Module):
 
     frozen_batchnorm_scope = "backbone"
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, *, name: str, num_classes: int,
-                 output_stride: int, segmentation_pretrained: bool) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        *,
+        name: str,
+        num_classes: int,
+        output_stride: int,
+        segmentation_pretrained: bool,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -56,13 +67,24 @@ class DeepLab(FrozenBatchNormMixin, nn.Module):
         self.set_batchnorm_frozen(frozen)
 
     def describe(self) -> dict:
-        return {"backbone": self.name, "num_classes": self.num_classes,
-                "output_stride": self.output_stride, "segmentation_pretrained": self.segmentation_pretrained}
+        return {
+            "backbone": self.name,
+            "num_classes": self.num_classes,
+            "output_stride": self.output_stride,
+            "segmentation_pretrained": self.segmentation_pretrained,
+        }
 
 
-def build_deeplab(*, backbone: str, num_classes: int, output_stride: int = 16,
-                  pretrained_backbone: bool = True, weights_path: str = "",
-                  segmentation_pretrained: bool = False, segmentation_weights_path: str = "") -> DeepLab:
+def build_deeplab(
+    *,
+    backbone: str,
+    num_classes: int,
+    output_stride: int = 16,
+    pretrained_backbone: bool = True,
+    weights_path: str = "",
+    segmentation_pretrained: bool = False,
+    segmentation_weights_path: str = "",
+) -> DeepLab:
     """A :class:`DeepLab` whose forward(x) gives logits (B, num_classes, H, W) at the input size.
 
     Args:
@@ -86,19 +108,29 @@ def build_deeplab(*, backbone: str, num_classes: int, output_stride: int = 16,
         raise ValueError(f"deeplab.backbone {backbone!r} is not one of {', '.join(BACKBONES)}")
     form = backbones.form(backbone, for_="deeplab")
     if output_stride not in form.output_strides:
-        raise ValueError(f"deeplab.output_stride {output_stride}: expected "
-                         f"{' or '.join(map(str, sorted(form.output_strides)))}")
+        raise ValueError(
+            f"deeplab.output_stride {output_stride}: expected {' or '.join(map(str, sorted(form.output_strides)))}"
+        )
     if segmentation_pretrained and backbone not in SEGMENTATION_PRETRAINED:
-        raise ValueError(f"deeplab.segmentation_pretrained: torchvision has COCO DeepLab weights for "
-                         f"{', '.join(SEGMENTATION_PRETRAINED)} only, not {backbone}")
+        raise ValueError(
+            f"deeplab.segmentation_pretrained: torchvision has COCO DeepLab weights for "
+            f"{', '.join(SEGMENTATION_PRETRAINED)} only, not {backbone}"
+        )
     # the COCO DeepLab weights replace the ImageNet ones, so those are not fetched at all
     load_imagenet = pretrained_backbone and not segmentation_pretrained
 
     # built (and ImageNet weights loaded) before the head: both draw from the global RNG
-    body = backbones.build(backbone, for_="deeplab", output_stride=output_stride, pretrained=load_imagenet,
-                           weights_path=weights_path)
-    model = DeepLab(body, DeepLabHead(form.channels[-1], num_classes), name=backbone, num_classes=num_classes,
-                    output_stride=output_stride, segmentation_pretrained=segmentation_pretrained)
+    body = backbones.build(
+        backbone, for_="deeplab", output_stride=output_stride, pretrained=load_imagenet, weights_path=weights_path
+    )
+    model = DeepLab(
+        body,
+        DeepLabHead(form.channels[-1], num_classes),
+        name=backbone,
+        num_classes=num_classes,
+        output_stride=output_stride,
+        segmentation_pretrained=segmentation_pretrained,
+    )
     if segmentation_pretrained:
         load_segmentation_weights(model, backbone, segmentation_weights_path)
     return model
@@ -117,26 +149,27 @@ def load_segmentation_weights(model: DeepLab, backbone: str, weights_path: str |
         if weights_path:
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
         else:
-            state = torchvision.models.get_model_weights(name).COCO_WITH_VOC_LABELS_V1.get_state_dict(
-                progress=False)
+            state = torchvision.models.get_model_weights(name).COCO_WITH_VOC_LABELS_V1.get_state_dict(progress=False)
     except Exception as err:  # no network, missing or corrupt file: one message for all
         raise imagenet.WeightsUnavailable(
             f"cannot load torchvision's {name} COCO_WITH_VOC_LABELS_V1 weights "
             f"({err.__class__.__name__}: {err}); download them where there is internet and set "
-            f"deeplab.segmentation_weights_path, or leave deeplab.segmentation_pretrained off") from err
+            f"deeplab.segmentation_weights_path, or leave deeplab.segmentation_pretrained off"
+        ) from err
     target = model.state_dict()
     mapped = {}
     for key, value in state.items():
         if key.startswith("backbone."):
-            new = "backbone.body." + key[len("backbone."):]
+            new = "backbone.body." + key[len("backbone.") :]
         elif key.startswith("classifier."):
-            new = "head." + key[len("classifier."):]
+            new = "head." + key[len("classifier.") :]
         else:
             continue  # aux_classifier
         if new in target and target[new].shape == value.shape:
             mapped[new] = value
     missing = [k for k in target if k not in mapped and not k.startswith("head.4.")]
     if missing:
-        raise imagenet.WeightsUnavailable(f"{name} weights do not fit the model: {len(missing)} tensors "
-                                          f"missing, e.g. {missing[:3]}")
+        raise imagenet.WeightsUnavailable(
+            f"{name} weights do not fit the model: {len(missing)} tensors missing, e.g. {missing[:3]}"
+        )
     model.load_state_dict(mapped, strict=False)

@@ -17,14 +17,15 @@ Inference is :func:`deeplab.inference.batch_probabilities` (every image at its o
 cut off, optional multi-scale + flip), with optional autocast (bf16 / fp16) and the same CRF
 post-processing as EVAL_DEEPLAB. :meth:`Segmenter.export` writes the network as TorchScript or ONNX.
 """
+
 from __future__ import annotations
 
 import copy
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -71,22 +72,31 @@ def load_checkpoint(path: str | Path) -> tuple[DeepLab, dict]:
     extra = state.get("extra") or {}
     missing = [key for key in REBUILD_KEYS if key not in extra]
     if missing:
-        raise CheckpointError(f"{path} does not describe its network ({', '.join(missing)} missing from its "
-                              f"'extra'): it was not written by TRAIN_DEEPLAB")
+        raise CheckpointError(
+            f"{path} does not describe its network ({', '.join(missing)} missing from its "
+            f"'extra'): it was not written by TRAIN_DEEPLAB"
+        )
     names = extra.get("class_names")
     if not names:
-        raise CheckpointError(f"{path} stores no class_names, so its class ids cannot be named: retrain with "
-                              f"this version of TRAIN_DEEPLAB, or add them (state['extra']['class_names'], "
-                              f"without background)")
+        raise CheckpointError(
+            f"{path} stores no class_names, so its class ids cannot be named: retrain with "
+            f"this version of TRAIN_DEEPLAB, or add them (state['extra']['class_names'], "
+            f"without background)"
+        )
     if len(names) + 1 != extra["num_classes"]:
-        raise CheckpointError(f"{path}: {len(names)} class_names but {extra['num_classes']} outputs "
-                              f"(expected the names plus background)")
+        raise CheckpointError(
+            f"{path}: {len(names)} class_names but {extra['num_classes']} outputs (expected the names plus background)"
+        )
     weights = state["model"]
     if weights and all(key.startswith("module.") for key in weights):  # saved from a DDP wrapper
-        weights = {key[len("module."):]: value for key, value in weights.items()}
+        weights = {key[len("module.") :]: value for key, value in weights.items()}
     try:
-        model = build_deeplab(backbone=extra["backbone"], num_classes=extra["num_classes"],
-                              output_stride=extra["output_stride"], pretrained_backbone=False)
+        model = build_deeplab(
+            backbone=extra["backbone"],
+            num_classes=extra["num_classes"],
+            output_stride=extra["output_stride"],
+            pretrained_backbone=False,
+        )
         model.load_state_dict(weights)
     except (ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path}: its weights do not fit a {extra['backbone']} DeepLab: {err}") from err
@@ -142,11 +152,22 @@ class Segmenter:
         model, device, precision, scales, flip, crf, batch_size, description (the checkpoint's).
     """
 
-    def __init__(self, model: DeepLab, class_names: Sequence[str], *, device: str | torch.device = "auto",
-                 precision: str = "fp32", scales: Sequence[float] = (1.0,), flip: bool = False,
-                 crf: bool = False, crf_params: CrfConfig | None = None, crf_unary: str | None = None,
-                 crf_confidence: float | None = None, batch_size: int = 4,
-                 description: dict | None = None) -> None:
+    def __init__(
+        self,
+        model: DeepLab,
+        class_names: Sequence[str],
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "fp32",
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+        crf: bool = False,
+        crf_params: CrfConfig | None = None,
+        crf_unary: str | None = None,
+        crf_confidence: float | None = None,
+        batch_size: int = 4,
+        description: dict | None = None,
+    ) -> None:
         """``class_names``: the C foreground names (background is added as id 0). ``device``: auto
         (CUDA when present), cpu, cuda, cuda:N. ``precision``: fp32, or autocast in bf16 / fp16
         (fp16 on CUDA only), or auto (bf16 where the device computes it natively, else fp32).
@@ -168,8 +189,10 @@ class Segmenter:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size {batch_size}: expected at least 1")
         if len(class_names) + 1 != model.num_classes:
-            raise ValueError(f"{len(class_names)} class names for a DeepLab with {model.num_classes} outputs "
-                             f"(expected the names without background)")
+            raise ValueError(
+                f"{len(class_names)} class names for a DeepLab with {model.num_classes} outputs "
+                f"(expected the names without background)"
+            )
         default_params, default_unary, default_confidence = eval_crf_defaults()
         self.crf_params = crf_params or default_params
         self.crf_unary = crf_unary or default_unary
@@ -178,19 +201,21 @@ class Segmenter:
             raise ValueError(f"crf_unary {self.crf_unary!r}: expected labels or softmax")
         self.model = model.to(self.device).eval()
         self.class_names = ["background", *class_names]
-        self.palette = files.voc_palette()[:len(self.class_names)].copy()
+        self.palette = files.voc_palette()[: len(self.class_names)].copy()
         self.precision, self.scales, self.flip, self.crf = precision, scales, bool(flip), bool(crf)
         self.batch_size = int(batch_size)
         self.description = dict(description or {})
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto", precision: str = "fp32",
-                        **options) -> Segmenter:
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device = "auto", precision: str = "fp32", **options
+    ) -> Segmenter:
         """The network of a TRAIN_DEEPLAB checkpoint (``best.pt`` or ``last.pt``) with its class
         names; ``options`` as in the constructor. Raises :class:`CheckpointError` naming the file."""
         model, description = load_checkpoint(path)
-        return cls(model, description["class_names"], device=device, precision=precision,
-                   description=description, **options)
+        return cls(
+            model, description["class_names"], device=device, precision=precision, description=description, **options
+        )
 
     @property
     def num_classes(self) -> int:
@@ -207,8 +232,11 @@ class Segmenter:
         by_size: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(images):
             by_size.setdefault(image.shape[:2], []).append(index)
-        groups = [members[start:start + self.batch_size] for _, members in sorted(by_size.items())
-                  for start in range(0, len(members), self.batch_size)]
+        groups = [
+            members[start : start + self.batch_size]
+            for _, members in sorted(by_size.items())
+            for start in range(0, len(members), self.batch_size)
+        ]
         for group in groups:
             with runtime.autocast(self.device, self.precision):
                 probabilities = batch_probabilities(self.model, [images[i] for i in group], self.scales, self.flip)
@@ -220,8 +248,9 @@ class Segmenter:
                 labels = probs.argmax(0).cpu().numpy().astype(label_type)
                 if self.crf:
                     unaries = probs.cpu().numpy() if self.crf_unary == "softmax" else None
-                    labels = crf_refine(images[index], labels, self.num_classes, self.crf_confidence,
-                                        self.crf_params, unaries).astype(label_type)
+                    labels = crf_refine(
+                        images[index], labels, self.num_classes, self.crf_confidence, self.crf_params, unaries
+                    ).astype(label_type)
                 results[index] = (labels, None)
         return results
 
@@ -291,18 +320,29 @@ class Segmenter:
             return ExportResult(path, metadata_path(path), float("nan"), tolerance, verified=False)
         difference = float(np.abs(actual - expected).max())
         if not difference <= tolerance:
-            raise ValueError(f"exported {export_format} model {path} differs from PyTorch by {difference:.3g} "
-                             f"(more than {tolerance:.3g}: 1e-4 x the largest logit, at least 1e-4)")
+            raise ValueError(
+                f"exported {export_format} model {path} differs from PyTorch by {difference:.3g} "
+                f"(more than {tolerance:.3g}: 1e-4 x the largest logit, at least 1e-4)"
+            )
         return ExportResult(path, metadata_path(path), difference, tolerance, verified=True)
 
     def export_metadata(self, export_format: str, size: tuple[int, int]) -> dict:
-        return {"format": export_format, "input": "images", "output": "logits",
-                "input_shape": [1, 3, *size], "output_shape": [1, self.num_classes, *size],
-                "normalisation": "float RGB / 255, minus mean, divided by std, per channel",
-                "mean": list(self.model.mean), "std": list(self.model.std),
-                "class_names": self.class_names, "palette": self.palette.tolist(),
-                "backbone": self.model.name, "output_stride": self.model.output_stride,
-                "checkpoint": self.description.get("checkpoint"), "step": self.description.get("step")}
+        return {
+            "format": export_format,
+            "input": "images",
+            "output": "logits",
+            "input_shape": [1, 3, *size],
+            "output_shape": [1, self.num_classes, *size],
+            "normalisation": "float RGB / 255, minus mean, divided by std, per channel",
+            "mean": list(self.model.mean),
+            "std": list(self.model.std),
+            "class_names": self.class_names,
+            "palette": self.palette.tolist(),
+            "backbone": self.model.name,
+            "output_stride": self.model.output_stride,
+            "checkpoint": self.description.get("checkpoint"),
+            "step": self.description.get("step"),
+        }
 
 
 def metadata_path(model_path: Path) -> Path:
@@ -316,9 +356,16 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     except ImportError as err:
         raise ImportError("ONNX export needs the onnx package: pip install -r requirements-export.txt") from err
     with torch.no_grad():
-        torch.onnx.export(module, (example,), str(path), input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
 
 
 def run_onnx(path: Path, images: np.ndarray) -> np.ndarray | None:

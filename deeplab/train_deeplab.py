@@ -7,6 +7,7 @@ checkpoints/deeplab/; a rerun resumes from last (which holds optimiser, schedule
 state; batches depend only on (seed, step), so the resumed run sees what an uninterrupted one
 would have). runs/train_deeplab/labels.json lists which images trained with which label.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,20 +24,30 @@ from deeplab.models import NOT_WEAK_WARNING, build_deeplab
 STAGE = "train_deeplab"
 CHECKPOINTS = "deeplab"
 # settings a checkpoint must share with the config to be resumed
-RESUME_KEYS = ("backbone", "num_classes", "output_stride", "segmentation_pretrained", "class_names",
-               "gt_percentage", "pretrained_backbone", "freeze_backbone_bn")
+RESUME_KEYS = (
+    "backbone",
+    "num_classes",
+    "output_stride",
+    "segmentation_pretrained",
+    "class_names",
+    "gt_percentage",
+    "pretrained_backbone",
+    "freeze_backbone_bn",
+)
 
 
 def build_from_config(cfg, num_classes: int):
     """The configured (untrained) DeepLab."""
     settings = cfg.deeplab
-    return build_deeplab(backbone=settings.backbone, num_classes=num_classes,
-                         output_stride=settings.output_stride,
-                         pretrained_backbone=settings.pretrained_backbone,
-                         weights_path=backbones.resolved_weights_path(cfg, settings.weights_path),
-                         segmentation_pretrained=settings.segmentation_pretrained,
-                         segmentation_weights_path=backbones.resolved_weights_path(
-                             cfg, settings.segmentation_weights_path))
+    return build_deeplab(
+        backbone=settings.backbone,
+        num_classes=num_classes,
+        output_stride=settings.output_stride,
+        pretrained_backbone=settings.pretrained_backbone,
+        weights_path=backbones.resolved_weights_path(cfg, settings.weights_path),
+        segmentation_pretrained=settings.segmentation_pretrained,
+        segmentation_weights_path=backbones.resolved_weights_path(cfg, settings.segmentation_weights_path),
+    )
 
 
 def supervision(segmentation_pretrained: bool, gt_images: int) -> tuple[bool, list[str]]:
@@ -55,9 +66,13 @@ def make_optimizer(model, settings):
     head = list(model.head.parameters())
     head_ids = {id(p) for p in head}
     optimizer = torch.optim.SGD(
-        [{"params": [p for p in model.parameters() if id(p) not in head_ids], "lr": settings.lr},
-         {"params": head, "lr": settings.lr * settings.head_lr_mult}],
-        momentum=settings.momentum, weight_decay=settings.weight_decay)
+        [
+            {"params": [p for p in model.parameters() if id(p) not in head_ids], "lr": settings.lr},
+            {"params": head, "lr": settings.lr * settings.head_lr_mult},
+        ],
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+    )
     return optimizer, training.poly_schedule(optimizer, settings.steps, settings.poly_power)
 
 
@@ -81,14 +96,18 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
     would (last checkpoint saved); the next run resumes."""
     settings = cfg.deeplab
     if settings.batch_size < 2:
-        raise ValueError("deeplab.batch_size must be at least 2: the ASPP image-pooling branch has a "
-                         "BatchNorm over a 1x1 map, which needs two samples to train")
+        raise ValueError(
+            "deeplab.batch_size must be at least 2: the ASPP image-pooling branch has a "
+            "BatchNorm over a 1x1 map, which needs two samples to train"
+        )
     device = runtime.select_device(cfg.runtime.device)
     distributed.init_process_group_if_needed(device)
     device = distributed.device_for_rank(device)
     if settings.batch_size // distributed.world_size() < 2:
-        raise ValueError(f"deeplab.batch_size {settings.batch_size} over {distributed.world_size()} processes "
-                         f"leaves fewer than 2 samples per process, which the ASPP image-pooling BatchNorm needs")
+        raise ValueError(
+            f"deeplab.batch_size {settings.batch_size} over {distributed.world_size()} processes "
+            f"leaves fewer than 2 samples per process, which the ASPP image-pooling BatchNorm needs"
+        )
     runtime.seed_everything(cfg.runtime.seed)
     layout = Layout(cfg)
     main = distributed.is_main()
@@ -101,28 +120,52 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         board.write_report(cfg, STAGE, "labels", report)
     skipped = report["skipped_without_label"]
     if skipped and main:
-        print(f"WARNING: {len(skipped)} training images have neither a pseudo label (in "
-              f"{report['pseudo_label_folder']}; CREATE_GUIDE writes them) nor a chosen mask and are "
-              f"skipped: {', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''} "
-              f"(all listed in {layout.run_dir(STAGE) / 'labels.json'})", flush=True)
+        print(
+            f"WARNING: {len(skipped)} training images have neither a pseudo label (in "
+            f"{report['pseudo_label_folder']}; CREATE_GUIDE writes them) nor a chosen mask and are "
+            f"skipped: {', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''} "
+            f"(all listed in {layout.run_dir(STAGE) / 'labels.json'})",
+            flush=True,
+        )
     if not sources:
-        raise ValueError(f"no training image of {cfg.path(cfg.dataset.root)} has a label: run CREATE_GUIDE "
-                         f"or raise deeplab.gt_percentage")
+        raise ValueError(
+            f"no training image of {cfg.path(cfg.dataset.root)} has a label: run CREATE_GUIDE "
+            f"or raise deeplab.gt_percentage"
+        )
     if main:
-        print(f"DeepLab trains on {len(report['gt_images'])} real masks and {report['pseudo_images']} pseudo labels"
-              + ("" if weakly else " -- NOT weakly supervised: " + "; ".join(reasons)), flush=True)
+        print(
+            f"DeepLab trains on {len(report['gt_images'])} real masks and {report['pseudo_images']} pseudo labels"
+            + ("" if weakly else " -- NOT weakly supervised: " + "; ".join(reasons)),
+            flush=True,
+        )
 
     model = build_from_config(cfg, train_set.num_classes + 1).to(device)
     freeze_bn = settings.freeze_backbone_bn and (settings.pretrained_backbone or settings.segmentation_pretrained)
     optimizer, scheduler = make_optimizer(model, settings)
-    describe = {**model.describe(), "class_names": train_set.class_names, "gt_percentage": settings.gt_percentage,
-                "pretrained_backbone": settings.pretrained_backbone, "freeze_backbone_bn": freeze_bn,
-                "weakly_supervised": weakly, "not_weakly_supervised_because": reasons}
-    summary = {"gt_images": len(report["gt_images"]), "pseudo_images": report["pseudo_images"],
-               "weakly_supervised": weakly}
-    samples = SegmentationSamples(train_set, sources, crop_size=settings.crop_size,
-                                  scale_min=settings.scale_min, scale_max=settings.scale_max,
-                                  mean=model.mean, std=model.std, seed=cfg.runtime.seed)
+    describe = {
+        **model.describe(),
+        "class_names": train_set.class_names,
+        "gt_percentage": settings.gt_percentage,
+        "pretrained_backbone": settings.pretrained_backbone,
+        "freeze_backbone_bn": freeze_bn,
+        "weakly_supervised": weakly,
+        "not_weakly_supervised_because": reasons,
+    }
+    summary = {
+        "gt_images": len(report["gt_images"]),
+        "pseudo_images": report["pseudo_images"],
+        "weakly_supervised": weakly,
+    }
+    samples = SegmentationSamples(
+        train_set,
+        sources,
+        crop_size=settings.crop_size,
+        scale_min=settings.scale_min,
+        scale_max=settings.scale_max,
+        mean=model.mean,
+        std=model.std,
+        seed=cfg.runtime.seed,
+    )
     val_ids = [i for i in val_set.ids if val_set.has_mask(i)]
     writer = board.open_writer(cfg, STAGE) if main else None
     if writer is not None:
@@ -144,10 +187,23 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         net.freeze_backbone_batchnorm(freeze_bn)
 
     spec = training.TrainingSpec(
-        stage=STAGE, checkpoints=CHECKPOINTS, model=model, optimizer=optimizer, scheduler=scheduler,
-        steps=settings.steps, val_every=settings.val_every, batch_size=settings.batch_size, samples=samples,
-        loss=pixel_loss, metric="mIoU", describe=describe, resume_keys=RESUME_KEYS, validate=validate,
-        train_mode=train_mode, writer=writer)
+        stage=STAGE,
+        checkpoints=CHECKPOINTS,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        steps=settings.steps,
+        val_every=settings.val_every,
+        batch_size=settings.batch_size,
+        samples=samples,
+        loss=pixel_loss,
+        metric="mIoU",
+        describe=describe,
+        resume_keys=RESUME_KEYS,
+        validate=validate,
+        train_mode=train_mode,
+        writer=writer,
+    )
     try:
         outcome = training.fit(cfg, spec, device=device, stop_after=stop_after)
     finally:

@@ -7,13 +7,14 @@ skipped on a rerun unless ``runtime.overwrite``. Where ground truth exists the s
 requested pseudo label, also ones from earlier runs (read back from disk, so a rerun reports the
 same numbers): mIoU, per-class precision and recall, and the fraction of pixels left as ignore.
 """
+
 from __future__ import annotations
 
 import math
 import multiprocessing as mp
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
 from tqdm import tqdm
@@ -30,8 +31,9 @@ SUMMARY_KEYS = ("mIoU", "precision", "recall", "ignore_fraction")
 
 def missing_input(path, stage: str) -> FileNotFoundError:
     """The error for an input file that an earlier stage should have written."""
-    return FileNotFoundError(f"{path} is missing: it is made by {stage} (python main.py --stages "
-                             f"{stage.lower()}); or check paths.tmp")
+    return FileNotFoundError(
+        f"{path} is missing: it is made by {stage} (python main.py --stages {stage.lower()}); or check paths.tmp"
+    )
 
 
 def read_inputs(layout: Layout, image_set, image_id: str, saliency: np.ndarray | None = None) -> dict:
@@ -46,8 +48,10 @@ def read_inputs(layout: Layout, image_set, image_id: str, saliency: np.ndarray |
             raise missing_input(saliency_path, "CREATE_SALIENCY")
         saliency = layout.read_saliency(image_id)
     if saliency.shape != image.shape[:2]:
-        raise InputError(f"{saliency_path} is {saliency.shape}, the image {image_id} is {image.shape[:2]}: "
-                         "recompute it (CREATE_SALIENCY with runtime.overwrite=true)")
+        raise InputError(
+            f"{saliency_path} is {saliency.shape}, the image {image_id} is {image.shape[:2]}: "
+            "recompute it (CREATE_SALIENCY with runtime.overwrite=true)"
+        )
     class_ids = image_set.class_ids(image_id)
     class_masks: dict[int, np.ndarray] = {}
     cams: dict[int, np.ndarray] = {}
@@ -58,9 +62,11 @@ def read_inputs(layout: Layout, image_set, image_id: str, saliency: np.ndarray |
         class_cams = layout.read_cams(image_id)
         stored = class_cams.class_ids.tolist()
         if tuple(class_cams.image_size) != saliency.shape or not set(class_ids) <= set(stored):
-            raise InputError(f"{cam_path} holds classes {stored} for a {class_cams.image_size} image; "
-                             f"image {image_id} is {saliency.shape} with classes {class_ids}: recompute it "
-                             "(CREATE_ATTENTION with runtime.overwrite=true)")
+            raise InputError(
+                f"{cam_path} holds classes {stored} for a {class_cams.image_size} image; "
+                f"image {image_id} is {saliency.shape} with classes {class_ids}: recompute it "
+                "(CREATE_ATTENTION with runtime.overwrite=true)"
+            )
         upsampled = class_cams.upsampled()
         for class_id in class_ids:
             mask_path = layout.cam_mask(image_id, class_id)
@@ -77,14 +83,14 @@ def read_inputs(layout: Layout, image_set, image_id: str, saliency: np.ndarray |
 _state: dict = {}
 
 
-def _init_worker(cfg, split: str, params: GuideParams, single_threaded: bool,
-                 parent_pid: int | None = None) -> None:
+def _init_worker(cfg, split: str, params: GuideParams, single_threaded: bool, parent_pid: int | None = None) -> None:
     if parent_pid is not None:
         _die_with_parent(parent_pid)
     if single_threaded:
         # two cores are shared by the pool: one thread per worker
         import cv2
         import torch
+
         cv2.setNumThreads(1)
         torch.set_num_threads(1)
     _state.update(layout=Layout(cfg), image_set=datasets.build(cfg, split), params=params)
@@ -127,8 +133,9 @@ def _label_one(image_id: str) -> tuple[str, np.ndarray]:
     return image_id, make_pseudo_label(**inputs, params=_state["params"])
 
 
-def compute_pseudo_labels(cfg, split: str, ids: list[str], params: GuideParams,
-                          workers: int) -> Iterator[tuple[str, np.ndarray]]:
+def compute_pseudo_labels(
+    cfg, split: str, ids: list[str], params: GuideParams, workers: int
+) -> Iterator[tuple[str, np.ndarray]]:
     """``(id, pseudo label)`` for every id of ``split``, in completion order, from a pool of
     ``workers`` processes (in this process when 1). Nothing is written; see :func:`run`."""
     if not ids:
@@ -142,9 +149,12 @@ def compute_pseudo_labels(cfg, split: str, ids: list[str], params: GuideParams,
     # earlier stage, or a test) hangs in its first parallel region. A process pool executor, not
     # multiprocessing.Pool: a worker that dies (e.g. out of memory) raises BrokenProcessPool
     # instead of leaving the stage waiting forever.
-    executor = ProcessPoolExecutor(min(workers, len(ids)), mp_context=mp.get_context("spawn"),
-                                   initializer=_init_worker,
-                                   initargs=(cfg, split, params, True, os.getpid()))
+    executor = ProcessPoolExecutor(
+        min(workers, len(ids)),
+        mp_context=mp.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(cfg, split, params, True, os.getpid()),
+    )
     try:
         futures = [executor.submit(_label_one, image_id) for image_id in ids]
         for future in as_completed(futures):
@@ -191,16 +201,26 @@ class Scores:
 
     def result(self) -> dict:
         nan = float("nan")
-        summary = {"mIoU": nan, "precision": nan, "recall": nan,
-                   "ignore_fraction": self.ignored / self.pixels if self.pixels else nan,
-                   "images": self.images, "images_with_masks": self.scored}
+        summary = {
+            "mIoU": nan,
+            "precision": nan,
+            "recall": nan,
+            "ignore_fraction": self.ignored / self.pixels if self.pixels else nan,
+            "images": self.images,
+            "images_with_masks": self.scored,
+        }
         if self.scored:
             precision, recall, iou = self.matrix.precision(), self.matrix.recall(), self.matrix.iou()
-            summary.update(mIoU=self.matrix.mean_iou(), precision=_nanmean(precision),
-                           recall=_nanmean(recall),
-                           pixel_accuracy=self.matrix.pixel_accuracy(),
-                           per_class={name: {"IoU": float(i), "precision": float(p), "recall": float(r)}
-                                      for name, i, p, r in zip(self.class_names, iou, precision, recall)})
+            summary.update(
+                mIoU=self.matrix.mean_iou(),
+                precision=_nanmean(precision),
+                recall=_nanmean(recall),
+                pixel_accuracy=self.matrix.pixel_accuracy(),
+                per_class={
+                    name: {"IoU": float(i), "precision": float(p), "recall": float(r)}
+                    for name, i, p, r in zip(self.class_names, iou, precision, recall)
+                },
+            )
         return summary
 
 
@@ -222,8 +242,10 @@ def score_split(layout: Layout, image_set, ids: list[str]) -> Scores:
 def class_table(result: dict) -> str:
     """Per-class IoU / precision / recall as a small text table."""
     lines = [f"{'class':16s} {'IoU':>6s} {'prec':>6s} {'recall':>6s}"]
-    lines += [f"{name:16s} {v['IoU']:6.3f} {v['precision']:6.3f} {v['recall']:6.3f}"
-              for name, v in result.get("per_class", {}).items()]
+    lines += [
+        f"{name:16s} {v['IoU']:6.3f} {v['precision']:6.3f} {v['recall']:6.3f}"
+        for name, v in result.get("per_class", {}).items()
+    ]
     return "\n".join(lines)
 
 
@@ -259,13 +281,16 @@ def run(cfg) -> dict:
     image_sets = {split: datasets.build(cfg, split) for split in cfg.guide.splits}
     # all labelling happens before the tensorboard writer (and its thread) exists
     for split, image_set in image_sets.items():
-        todo = work.pending(work.shard(image_set.ids), lambda i: layout.pseudo_label(i).exists(),
-                            cfg.runtime.overwrite)
-        print(f"{split}: {len(image_set) - len(todo)} pseudo labels done before or by other processes, "
-              f"{len(todo)} to do here (rule {params.rule}, {cfg.guide.workers} workers)")
+        todo = work.pending(work.shard(image_set.ids), lambda i: layout.pseudo_label(i).exists(), cfg.runtime.overwrite)
+        print(
+            f"{split}: {len(image_set) - len(todo)} pseudo labels done before or by other processes, "
+            f"{len(todo)} to do here (rule {params.rule}, {cfg.guide.workers} workers)"
+        )
         write_pseudo_labels(cfg, split, todo, params, cfg.guide.workers)
-    split_scores = {split: merged_scores(score_split(layout, image_set, work.shard(image_set.ids)))
-                    for split, image_set in image_sets.items()}
+    split_scores = {
+        split: merged_scores(score_split(layout, image_set, work.shard(image_set.ids)))
+        for split, image_set in image_sets.items()
+    }
     distributed.barrier()  # every pseudo label of every process is on disk (for the previews)
 
     total = Scores(next(iter(image_sets.values())).class_names if image_sets else [])
@@ -292,7 +317,7 @@ def _report(cfg, image_sets: dict, split_scores: dict[str, Scores]) -> None:
     layout = Layout(cfg)
     writer = board.open_writer(cfg, STAGE)
     for split, image_set in image_sets.items():
-        for image_id in image_set.ids[:max(0, cfg.guide.previews)]:
+        for image_id in image_set.ids[: max(0, cfg.guide.previews)]:
             picture = preview(layout, image_set, image_id)
             files.write_rgb(layout.guide_preview(image_id), picture)
             writer.add_image(f"{split}/{image_id}", picture, 0, dataformats="HWC")
@@ -306,9 +331,13 @@ def _report(cfg, image_sets: dict, split_scores: dict[str, Scores]) -> None:
                     writer.add_scalar(f"{split}/{key}/{name}", value, 0)
         if result["images_with_masks"]:
             print(class_table(result))
-            print(f"{split}: pseudo-label mIoU {result['mIoU']:.3f}, precision {result['precision']:.3f}, "
-                  f"recall {result['recall']:.3f} over {result['images_with_masks']} images with masks")
-        print(f"{split}: {100 * result['ignore_fraction']:.1f}% of pseudo-label pixels are ignore "
-              f"({result['images']} images)")
+            print(
+                f"{split}: pseudo-label mIoU {result['mIoU']:.3f}, precision {result['precision']:.3f}, "
+                f"recall {result['recall']:.3f} over {result['images_with_masks']} images with masks"
+            )
+        print(
+            f"{split}: {100 * result['ignore_fraction']:.1f}% of pseudo-label pixels are ignore "
+            f"({result['images']} images)"
+        )
         board.write_report(cfg, STAGE, f"pseudo_labels_{split}", result)
     writer.close()

@@ -32,6 +32,7 @@ upsampled CAM is highest there, if that CAM reaches ``cam_threshold`` (the atten
 class-mask threshold, so both rules see the same class support); salient pixels where no CAM
 reaches it are ignore (255); other pixels are background. Class masks are not used.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,8 +66,11 @@ class GuideParams:
     crf: CrfConfig = field(default_factory=CrfConfig)  # the kernels (guide.crf)
 
     def __post_init__(self) -> None:
-        checks = {"rule": ("region", "pixel"), "unlabelled_foreground": ("background", "ignore"),
-                  "isolated_class_regions": ("class", "ignore")}
+        checks = {
+            "rule": ("region", "pixel"),
+            "unlabelled_foreground": ("background", "ignore"),
+            "isolated_class_regions": ("class", "ignore"),
+        }
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"guide.{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
@@ -77,14 +81,19 @@ class GuideParams:
         ``changes`` override single fields, e.g. ``crf_whole_image=True``."""
         guide = cfg.guide
         params = dict(
-            rule=guide.rule, saliency_threshold=cfg.saliency.threshold,
-            cam_threshold=cfg.attention.threshold, min_saliency_area=guide.min_saliency_area,
-            min_class_pixels=guide.min_class_pixels, min_overlap_pixels=guide.min_overlap_pixels,
+            rule=guide.rule,
+            saliency_threshold=cfg.saliency.threshold,
+            cam_threshold=cfg.attention.threshold,
+            min_saliency_area=guide.min_saliency_area,
+            min_class_pixels=guide.min_class_pixels,
+            min_overlap_pixels=guide.min_overlap_pixels,
             unlabelled_foreground=guide.unlabelled_foreground,
             isolated_class_regions=guide.isolated_class_regions,
-            crf_background_channel=guide.crf_background_channel, crf_margin=guide.crf_margin,
+            crf_background_channel=guide.crf_background_channel,
+            crf_margin=guide.crf_margin,
             # a copy: the settings stay editable, these parameters must not change under a running stage
-            crf=dataclasses.replace(guide.crf))
+            crf=dataclasses.replace(guide.crf),
+        )
         params.update(changes)
         return cls(**params)
 
@@ -105,7 +114,8 @@ class Regions:
 def connected_regions(mask: np.ndarray, min_pixels: int) -> Regions:
     """8-connected components of ``mask`` with at least ``min_pixels`` pixels, numbered 1..n."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
-        np.ascontiguousarray(mask, dtype=np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        np.ascontiguousarray(mask, dtype=np.uint8), connectivity=8, ltype=cv2.CV_32S
+    )
     keep = stats[:, cv2.CC_STAT_AREA] >= min_pixels
     keep[0] = False  # OpenCV's component 0 is the mask's outside
     renumber = np.zeros(count, np.int32)
@@ -117,8 +127,10 @@ def connected_regions(mask: np.ndarray, min_pixels: int) -> Regions:
 def crf_window(box: np.ndarray, margin: int, shape: tuple[int, int]) -> tuple[slice, slice]:
     """Rows and columns of a region's bounding box (x, y, w, h) grown by ``margin``, inside the image."""
     x, y, w, h = (int(v) for v in box)
-    return (slice(max(0, y - margin), min(shape[0], y + h + margin)),
-            slice(max(0, x - margin), min(shape[1], x + w + margin)))
+    return (
+        slice(max(0, y - margin), min(shape[0], y + h + margin)),
+        slice(max(0, x - margin), min(shape[1], x + w + margin)),
+    )
 
 
 def crf_probabilities(cam_stack: np.ndarray, background_channel: bool) -> np.ndarray:
@@ -132,8 +144,14 @@ def crf_probabilities(cam_stack: np.ndarray, background_channel: bool) -> np.nda
     return maps / maps.sum(0, keepdims=True)
 
 
-def split_region(image: np.ndarray, region: np.ndarray, box: np.ndarray, class_ids: list[int],
-                 cams: dict[int, np.ndarray], params: GuideParams) -> tuple[tuple[slice, slice], np.ndarray]:
+def split_region(
+    image: np.ndarray,
+    region: np.ndarray,
+    box: np.ndarray,
+    class_ids: list[int],
+    cams: dict[int, np.ndarray],
+    params: GuideParams,
+) -> tuple[tuple[slice, slice], np.ndarray]:
     """Dense-CRF labels among ``class_ids`` for a saliency region shared by several classes.
 
     Args:
@@ -152,8 +170,7 @@ def split_region(image: np.ndarray, region: np.ndarray, box: np.ndarray, class_i
     else:
         window = crf_window(box, params.crf_margin, region.shape)
     ids = ([BACKGROUND] if params.crf_background_channel else []) + list(class_ids)
-    probabilities = crf_probabilities(np.stack([cams[c][window] for c in class_ids]),
-                                      params.crf_background_channel)
+    probabilities = crf_probabilities(np.stack([cams[c][window] for c in class_ids]), params.crf_background_channel)
     marginals = dense_crf(np.ascontiguousarray(image[window]), probabilities, params.crf)
     return window, np.asarray(ids, np.uint8)[marginals.argmax(0)]
 
@@ -173,8 +190,13 @@ def _check_inputs(image, saliency, class_masks, cams) -> None:
         raise ValueError(f"classes {missing} have a class mask but no CAM")
 
 
-def make_pseudo_label(image: np.ndarray, saliency_prob: np.ndarray, class_masks: dict[int, np.ndarray],
-                      cams: dict[int, np.ndarray], params: GuideParams) -> np.ndarray:
+def make_pseudo_label(
+    image: np.ndarray,
+    saliency_prob: np.ndarray,
+    class_masks: dict[int, np.ndarray],
+    cams: dict[int, np.ndarray],
+    params: GuideParams,
+) -> np.ndarray:
     """The pseudo label (H, W) uint8 of one image: 0 background, class ids, 255 ignore.
 
     Args:
@@ -227,8 +249,13 @@ def plan_regions(salient: np.ndarray, class_masks: dict[int, np.ndarray], params
     return RegionPlan(saliency_regions, class_ids, class_regions, overlapping)
 
 
-def region_rule(image: np.ndarray, salient: np.ndarray, class_masks: dict[int, np.ndarray],
-                cams: dict[int, np.ndarray], params: GuideParams) -> np.ndarray:
+def region_rule(
+    image: np.ndarray,
+    salient: np.ndarray,
+    class_masks: dict[int, np.ndarray],
+    cams: dict[int, np.ndarray],
+    params: GuideParams,
+) -> np.ndarray:
     """The region rule (module docstring) on a binary saliency mask."""
     height, width = salient.shape
     plan = plan_regions(salient, class_masks, params)
@@ -250,9 +277,8 @@ def region_rule(image: np.ndarray, salient: np.ndarray, class_masks: dict[int, n
         shared_classes = [c for c, hit in zip(class_ids, overlapping[index]) if hit]
         x, y, w, h = saliency_regions.boxes[index]
         region = np.zeros((height, width), bool)
-        region[y:y + h, x:x + w] = saliency_regions.labels[y:y + h, x:x + w] == region_number
-        window, window_labels = split_region(image, region, saliency_regions.boxes[index],
-                                             shared_classes, cams, params)
+        region[y : y + h, x : x + w] = saliency_regions.labels[y : y + h, x : x + w] == region_number
+        window, window_labels = split_region(image, region, saliency_regions.boxes[index], shared_classes, cams, params)
         inside = region[window]
         label[window][inside] = window_labels[inside]
 
@@ -260,8 +286,13 @@ def region_rule(image: np.ndarray, salient: np.ndarray, class_masks: dict[int, n
     return label
 
 
-def _paint_isolated(label: np.ndarray, kept_salient: np.ndarray, class_regions: dict[int, Regions],
-                    cams: dict[int, np.ndarray], params: GuideParams) -> None:
+def _paint_isolated(
+    label: np.ndarray,
+    kept_salient: np.ndarray,
+    class_regions: dict[int, Regions],
+    cams: dict[int, np.ndarray],
+    params: GuideParams,
+) -> None:
     """Step 3 of the region rule, in place on ``label``."""
     isolated = {}
     for class_id, regions in class_regions.items():

@@ -1,4 +1,5 @@
 """Saliency data: folders of images with 0/255 masks, and image preparation for PiCANet."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,10 +16,12 @@ from datasets.voc import IMAGE_SUFFIXES
 
 # (image folder, mask folder) layouts understood under a saliency root, in order of preference
 LAYOUTS = {
-    "train": [("images", "masks"), ("DUTS-TR/DUTS-TR-Image", "DUTS-TR/DUTS-TR-Mask"),
-              ("DUTS-TR-Image", "DUTS-TR-Mask")],
-    "val": [("images", "masks"), ("DUTS-TE/DUTS-TE-Image", "DUTS-TE/DUTS-TE-Mask"),
-            ("DUTS-TE-Image", "DUTS-TE-Mask")],
+    "train": [
+        ("images", "masks"),
+        ("DUTS-TR/DUTS-TR-Image", "DUTS-TR/DUTS-TR-Mask"),
+        ("DUTS-TR-Image", "DUTS-TR-Mask"),
+    ],
+    "val": [("images", "masks"), ("DUTS-TE/DUTS-TE-Image", "DUTS-TE/DUTS-TE-Mask"), ("DUTS-TE-Image", "DUTS-TE-Mask")],
 }
 
 
@@ -30,8 +33,11 @@ def find_pairs(root: Path, split: str = "train") -> list[tuple[Path, Path]]:
         images, masks = root / image_dir, root / mask_dir
         if images.is_dir() and masks.is_dir():
             mask_by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() == ".png"}
-            pairs = [(p, mask_by_stem[p.stem]) for p in sorted(images.iterdir())
-                     if p.suffix in IMAGE_SUFFIXES and p.stem in mask_by_stem]
+            pairs = [
+                (p, mask_by_stem[p.stem])
+                for p in sorted(images.iterdir())
+                if p.suffix in IMAGE_SUFFIXES and p.stem in mask_by_stem
+            ]
             if not pairs:
                 raise FileNotFoundError(f"{images}: no image has a mask of the same name in {masks}")
             return pairs
@@ -78,8 +84,8 @@ class SaliencyPairs(Dataset):
         image, mask = resize(image, (big, big)), resize(mask, (big, big))
         rng = sample_rng(self.seed, AUGMENTATION_STREAM, item)
         top, left = (int(v) for v in rng.integers(0, big - self.size + 1, size=2))
-        image = image[:, top:top + self.size, left:left + self.size]
-        mask = (mask[:, top:top + self.size, left:left + self.size] > 0.5).float()
+        image = image[:, top : top + self.size, left : left + self.size]
+        mask = (mask[:, top : top + self.size, left : left + self.size] > 0.5).float()
         if rng.random() < 0.5:
             image, mask = image.flip(-1), mask.flip(-1)
         return image, mask

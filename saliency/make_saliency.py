@@ -10,6 +10,7 @@ Under torchrun every process takes its share of fixed batches (common/work.py), 
 the same bytes whatever the number of processes or the images done before; rank 0 alone scores
 and writes tensorboard, once every process has finished.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,15 +43,17 @@ def preflight(cfg, stages: list[str]) -> None:
             "CREATE_SALIENCY needs a saliency network and none is configured or trained: set "
             "saliency.checkpoint to the public PiCANet checkpoint (<N>epo_<M>step.ckpt, encoder vgg16), "
             "or switch TRAIN_SALIENCY on (python main.py --stages train_saliency,create_saliency); "
-            f"trained networks are looked for in {Layout(cfg).checkpoint('saliency').parent}")
+            f"trained networks are looked for in {Layout(cfg).checkpoint('saliency').parent}"
+        )
 
 
 def load_network(cfg, device) -> PiCANet:
     path = network_path(cfg)
     if path is None:
         preflight(cfg, [])
-    return load_picanet(path, encoder=cfg.saliency.encoder, paper_attention=cfg.saliency.paper_attention,
-                        map_location=device).to(device)
+    return load_picanet(
+        path, encoder=cfg.saliency.encoder, paper_attention=cfg.saliency.paper_attention, map_location=device
+    ).to(device)
 
 
 class _Batches(Dataset):
@@ -69,8 +72,9 @@ class _Batches(Dataset):
         return ids, resized, [tuple(image.shape[1:]) for image in images]
 
 
-def saliency_maps(model: PiCANet, images: torch.Tensor, sizes, minmax: bool,
-                  precision: str = "fp32") -> list[np.ndarray]:
+def saliency_maps(
+    model: PiCANet, images: torch.Tensor, sizes, minmax: bool, precision: str = "fp32"
+) -> list[np.ndarray]:
     """Probabilities at each image's own size from a batch resized to the network's size; the
     network runs at ``precision`` (runtime.precision), everything after it in float32."""
     with torch.no_grad(), runtime.autocast(images.device, precision):
@@ -111,13 +115,20 @@ def run(cfg) -> dict:
         batches = work.fixed_batches(image_set.ids, settings.batch_size)
         mine = work.my_batches(batches, done, cfg.runtime.overwrite)
         todo = set(work.pending([i for batch in mine for i in batch], done, cfg.runtime.overwrite))
-        print(f"{image_set.split}: {len(image_set) - len(todo)} saliency maps done before or by other "
-              f"processes, {len(todo)} to do here")
-        loader = DataLoader(_Batches(image_set, mine, settings.input_size), batch_size=None,
-                            num_workers=cfg.runtime.num_workers, pin_memory=device.type == "cuda")
+        print(
+            f"{image_set.split}: {len(image_set) - len(todo)} saliency maps done before or by other "
+            f"processes, {len(todo)} to do here"
+        )
+        loader = DataLoader(
+            _Batches(image_set, mine, settings.input_size),
+            batch_size=None,
+            num_workers=cfg.runtime.num_workers,
+            pin_memory=device.type == "cuda",
+        )
         for ids, images, sizes in tqdm(loader, desc=f"saliency {image_set.split}"):
-            maps = saliency_maps(model, runtime.to_device(images, device), sizes,
-                                 settings.minmax_normalise, cfg.runtime.precision)
+            maps = saliency_maps(
+                model, runtime.to_device(images, device), sizes, settings.minmax_normalise, cfg.runtime.precision
+            )
             # a batch is recomputed whole, but maps finished before are left as they are
             for image_id, prob in zip(ids, maps):
                 if image_id in todo:
@@ -140,8 +151,9 @@ def _score_and_show(cfg, image_sets) -> dict:
     for image_set in image_sets:
         for image_id in image_set.ids[:4]:
             prob = layout.read_saliency(image_id)
-            picture = np.concatenate([image_set.image(image_id),
-                                      np.repeat((prob * 255).astype(np.uint8)[..., None], 3, 2)], axis=1)
+            picture = np.concatenate(
+                [image_set.image(image_id), np.repeat((prob * 255).astype(np.uint8)[..., None], 3, 2)], axis=1
+            )
             writer.add_image(f"{image_set.split}/{image_id}", picture, 0, dataformats="HWC")
         # indicative only: class masks leave out salient objects of no class of interest
         for image_id in image_set.ids:

@@ -8,6 +8,7 @@ attention in the first two cells, local attention in the next ones, deep supervi
 feature pyramid of an EfficientNet-Lite0 with offline ImageNet weights, narrow enough to train on a
 CPU in minutes.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,10 +40,8 @@ class ReNet(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int = 100, hidden: int = 256) -> None:
         super().__init__()
-        self.vertical = nn.LSTM(input_size=in_channels, hidden_size=hidden, batch_first=True,
-                                bidirectional=True)
-        self.horizontal = nn.LSTM(input_size=2 * hidden, hidden_size=hidden, batch_first=True,
-                                  bidirectional=True)
+        self.vertical = nn.LSTM(input_size=in_channels, hidden_size=hidden, batch_first=True, bidirectional=True)
+        self.horizontal = nn.LSTM(input_size=2 * hidden, hidden_size=hidden, batch_first=True, bidirectional=True)
         self.conv = nn.Conv2d(2 * hidden, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,9 +115,18 @@ class DecoderCell(nn.Module):
     ``out_channels``, ``conv3`` gives the side output. Mode "C" (last cell): ``conv2`` gives it.
     """
 
-    def __init__(self, *, en_channels: int, dec_channels: int, width: int, out_channels: int,
-                 mode: str, renet_hidden: int = 256, local_hidden: int = 128,
-                 paper_attention: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        en_channels: int,
+        dec_channels: int,
+        width: int,
+        out_channels: int,
+        mode: str,
+        renet_hidden: int = 256,
+        local_hidden: int = 128,
+        paper_attention: bool = False,
+    ) -> None:
         super().__init__()
         self.mode = mode
         self.bn_en = nn.BatchNorm2d(en_channels)
@@ -140,8 +148,9 @@ class DecoderCell(nn.Module):
         elif dec.shape[2] * 2 == en.shape[2]:
             dec = F.interpolate(dec, scale_factor=2, mode="bilinear", align_corners=True)
         elif dec.shape[2:] != en.shape[2:]:
-            raise ValueError(f"decoder sizes do not fit: encoder {tuple(en.shape[2:])}, "
-                             f"previous cell {tuple(dec.shape[2:])}")
+            raise ValueError(
+                f"decoder sizes do not fit: encoder {tuple(en.shape[2:])}, previous cell {tuple(dec.shape[2:])}"
+            )
         en = F.relu(self.bn_en(en))
         fused = F.relu(self.conv1(torch.cat([en, dec], dim=1)))
         if self.mode == "C":
@@ -179,9 +188,18 @@ class PiCANet(FrozenBatchNormMixin, nn.Module):
         dec_in = [en[0]] + outs[:-1]
         self.mean, self.std = backbones.normalisation(encoder)
         self.decoder = nn.ModuleList(
-            DecoderCell(en_channels=e, dec_channels=d, width=w, out_channels=o, mode=m,
-                        renet_hidden=hidden, local_hidden=local_hidden, paper_attention=paper_attention)
-            for e, d, w, o, m in zip(en, dec_in, widths, outs, modes))
+            DecoderCell(
+                en_channels=e,
+                dec_channels=d,
+                width=w,
+                out_channels=o,
+                mode=m,
+                renet_hidden=hidden,
+                local_hidden=local_hidden,
+                paper_attention=paper_attention,
+            )
+            for e, d, w, o, m in zip(en, dec_in, widths, outs, modes)
+        )
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         taps = self.encoder(images)
@@ -191,8 +209,9 @@ class PiCANet(FrozenBatchNormMixin, nn.Module):
             dec, side = cell(en, None if index == 0 else dec)
             side_outputs.append(side)
         if side_outputs[-1].shape[2:] != images.shape[2:]:  # lite0: its finest tap is at 1/2
-            side_outputs[-1] = F.interpolate(side_outputs[-1], size=images.shape[2:], mode="bilinear",
-                                             align_corners=False)
+            side_outputs[-1] = F.interpolate(
+                side_outputs[-1], size=images.shape[2:], mode="bilinear", align_corners=False
+            )
         return side_outputs
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -211,8 +230,9 @@ class PiCANet(FrozenBatchNormMixin, nn.Module):
         self.set_batchnorm_frozen(frozen)
 
 
-def load_picanet(path: str | Path, *, encoder: str = "vgg16", paper_attention: bool = False,
-                 map_location="cpu") -> PiCANet:
+def load_picanet(
+    path: str | Path, *, encoder: str = "vgg16", paper_attention: bool = False, map_location="cpu"
+) -> PiCANet:
     """A PiCANet from the public plain state_dict file or from our training-state checkpoint
     (whose recorded encoder wins). Loads with ``strict=True``; returns it in eval mode."""
     try:
@@ -228,6 +248,7 @@ def load_picanet(path: str | Path, *, encoder: str = "vgg16", paper_attention: b
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise InputError(f"{path} does not fit PiCANet with encoder {encoder!r} "
-                         f"(saliency.encoder): {str(err)[:400]}") from err
+        raise InputError(
+            f"{path} does not fit PiCANet with encoder {encoder!r} (saliency.encoder): {str(err)[:400]}"
+        ) from err
     return model.eval()

@@ -6,6 +6,7 @@ size, weighted 0.5 (coarse) to 1.0 (finest) as the public checkpoint was trained
 images; best (by max F) and last checkpoints under checkpoints/saliency/, resumed from on rerun.
 Nothing to do when ``saliency.checkpoint`` names a ready network.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,9 @@ def side_output_weights(count: int) -> list[float]:
 def deep_supervision_loss(side_outputs: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     targets = deep_supervision_targets(mask, [tuple(o.shape[-2:]) for o in side_outputs])
     weights = side_output_weights(len(side_outputs))
-    return sum(w * F.binary_cross_entropy(o.clamp(1e-6, 1 - 1e-6), t)
-               for w, o, t in zip(weights, side_outputs, targets))
+    return sum(
+        w * F.binary_cross_entropy(o.clamp(1e-6, 1 - 1e-6), t) for w, o, t in zip(weights, side_outputs, targets)
+    )
 
 
 def data_roots(cfg):
@@ -98,8 +100,10 @@ def _freeze_encoder_batchnorm(model: PiCANet) -> None:
 
 def make_optimizer(model: PiCANet, settings):
     """Adam or SGD with the encoder and decoder at their own rates, and the step schedule."""
-    groups = [{"params": list(model.encoder.parameters()), "lr": settings.lr_encoder},
-              {"params": list(model.decoder.parameters()), "lr": settings.lr_decoder}]
+    groups = [
+        {"params": list(model.encoder.parameters()), "lr": settings.lr_encoder},
+        {"params": list(model.decoder.parameters()), "lr": settings.lr_decoder},
+    ]
     if settings.optimizer == "sgd":
         optimizer = torch.optim.SGD(groups, momentum=settings.momentum, weight_decay=settings.weight_decay)
     else:
@@ -135,11 +139,19 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         model.load_imagenet(backbones.resolved_weights_path(cfg, settings.weights_path))
     model.to(device)
     optimizer, scheduler = make_optimizer(model, settings)
-    describe = {"encoder": settings.encoder, "paper_attention": settings.paper_attention,
-                "input_size": settings.input_size}
-    val_loader = training.eval_loader(SaliencyPairs(val_pairs, settings.input_size, train=False),
-                                      batch_size=settings.batch_size, num_workers=cfg.runtime.num_workers,
-                                      device=device, seed=cfg.runtime.seed, collate_fn=_collate_val)
+    describe = {
+        "encoder": settings.encoder,
+        "paper_attention": settings.paper_attention,
+        "input_size": settings.input_size,
+    }
+    val_loader = training.eval_loader(
+        SaliencyPairs(val_pairs, settings.input_size, train=False),
+        batch_size=settings.batch_size,
+        num_workers=cfg.runtime.num_workers,
+        device=device,
+        seed=cfg.runtime.seed,
+        collate_fn=_collate_val,
+    )
     precision = cfg.runtime.precision
     # a second validation set of other objects shows what the first one cannot: how the network
     # does on kinds it was not trained on; the best checkpoint is still chosen on the first
@@ -147,8 +159,12 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
     if settings.second_val_root:
         second_loader = training.eval_loader(
             SaliencyPairs(find_pairs(cfg.path(settings.second_val_root), "val"), settings.input_size, train=False),
-            batch_size=settings.batch_size, num_workers=cfg.runtime.num_workers, device=device,
-            seed=cfg.runtime.seed, collate_fn=_collate_val)
+            batch_size=settings.batch_size,
+            num_workers=cfg.runtime.num_workers,
+            device=device,
+            seed=cfg.runtime.seed,
+            collate_fn=_collate_val,
+        )
 
     def validate_and_log(net, step: int, writer) -> dict:
         result, samples = validate(net, val_loader, device, precision)
@@ -171,12 +187,23 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
             net.freeze_encoder_batchnorm()
 
     spec = training.TrainingSpec(
-        stage=STAGE, checkpoints=CHECKPOINTS, model=model, optimizer=optimizer, scheduler=scheduler,
-        steps=settings.steps, val_every=settings.val_every,
+        stage=STAGE,
+        checkpoints=CHECKPOINTS,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        steps=settings.steps,
+        val_every=settings.val_every,
         batch_size=min(settings.train_batch_size, len(train_pairs)),
         samples=SaliencyPairs(train_pairs, settings.input_size, train=True, seed=cfg.runtime.seed),
-        loss=supervision_loss, metric="max_F", describe=describe, resume_keys=tuple(describe),
-        validate=validate_and_log, train_mode=train_mode, grad_clip=settings.grad_clip)
+        loss=supervision_loss,
+        metric="max_F",
+        describe=describe,
+        resume_keys=tuple(describe),
+        validate=validate_and_log,
+        train_mode=train_mode,
+        grad_clip=settings.grad_clip,
+    )
     outcome = training.fit(cfg, spec, device=device, stop_after=stop_after)
     best = outcome.best
     if not outcome.trained:

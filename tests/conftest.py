@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated project tree per test, and small configs."""
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,12 @@ def needs_shared(*parts: str) -> Path:
     return path
 
 
-TINY_SYNTHETIC = {"synthetic.num_train": 48, "synthetic.num_val": 16,
-                  "synthetic.saliency_num_train": 24, "synthetic.saliency_num_val": 8}
+TINY_SYNTHETIC = {
+    "synthetic.num_train": 48,
+    "synthetic.num_val": 16,
+    "synthetic.saliency_num_train": 24,
+    "synthetic.saliency_num_val": 8,
+}
 
 
 @pytest.fixture(scope="session")
@@ -66,8 +71,7 @@ def tiny_cfg(make_cfg, tiny_synthetic_root):
     CPU-sized steps; tmp/runs/checkpoints in the test's own folder."""
 
     def build(**overrides):
-        settings = {**TINY_SYNTHETIC, "dataset.root": str(tiny_synthetic_root),
-                    "runtime.num_workers": 0, **overrides}
+        settings = {**TINY_SYNTHETIC, "dataset.root": str(tiny_synthetic_root), "runtime.num_workers": 0, **overrides}
         return make_cfg("demo", **settings)
 
     return build

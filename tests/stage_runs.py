@@ -5,6 +5,7 @@ The four per-image stages (CREATE_SALIENCY, CREATE_ATTENTION, CREATE_GUIDE, EVAL
 networks from checkpoints/, so random weights saved in the trainings' format exercise them fully
 in seconds. Every subprocess runs single-threaded (OMP_NUM_THREADS=1), so runs compare bitwise.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,23 +20,48 @@ import numpy as np
 PROJECT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 PER_IMAGE_STAGES = ("create_saliency", "create_attention", "create_guide", "eval_deeplab")
-STAGE_FOLDER = {"create_saliency": "saliency", "create_attention": "attention", "create_guide": "guide",
-                "eval_deeplab": "deeplab"}
+STAGE_FOLDER = {
+    "create_saliency": "saliency",
+    "create_attention": "attention",
+    "create_guide": "guide",
+    "eval_deeplab": "deeplab",
+}
 # equal image sizes put several images in a batch (CREATE_ATTENTION and EVAL_DEEPLAB batch only
 # images of one size), so batches, and which process runs them, matter
-DATA = {"synthetic.num_train": 12, "synthetic.num_val": 8, "synthetic.min_size": 64, "synthetic.max_size": 64,
-        "synthetic.saliency_num_train": 2, "synthetic.saliency_num_val": 2}
-SETTINGS = {**DATA, "runtime.device": "cpu", "runtime.num_workers": 0, "saliency.input_size": 64,
-            "saliency.batch_size": 3, "attention.batch_size": 3, "attention.splits": "train,val",
-            "guide.workers": 2, "guide.previews": 2, "eval.batch_size": 3, "eval.overlays": 4}
+DATA = {
+    "synthetic.num_train": 12,
+    "synthetic.num_val": 8,
+    "synthetic.min_size": 64,
+    "synthetic.max_size": 64,
+    "synthetic.saliency_num_train": 2,
+    "synthetic.saliency_num_val": 2,
+}
+SETTINGS = {
+    **DATA,
+    "runtime.device": "cpu",
+    "runtime.num_workers": 0,
+    "saliency.input_size": 64,
+    "saliency.batch_size": 3,
+    "attention.batch_size": 3,
+    "attention.splits": "train,val",
+    "guide.workers": 2,
+    "guide.previews": 2,
+    "eval.batch_size": 3,
+    "eval.overlays": 4,
+}
 
 
 def overrides(root: Path, data_root: Path) -> list[str]:
     """``--set`` arguments putting tmp/, runs/ and checkpoints/ under ``root`` (checkpoints are
     shared: ``data_root/checkpoints``), on the synthetic set in ``data_root/synthetic``."""
-    values = {**SETTINGS, "paths.tmp": root / "tmp", "paths.runs": root / "runs",
-              "paths.checkpoints": data_root / "checkpoints", "paths.data_root": data_root,
-              "dataset.root": data_root / "synthetic"}
+    values = {
+        **SETTINGS,
+        "paths.tmp": root / "tmp",
+        "paths.runs": root / "runs",
+        "paths.checkpoints": data_root / "checkpoints",
+        "paths.data_root": data_root,
+        "dataset.root": data_root / "synthetic",
+    }
     return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
 
 
@@ -62,40 +88,74 @@ def prepare(data_root: Path) -> None:
     layout = Layout(cfg)
     torch.manual_seed(0)
     saliency = PiCANet(encoder="efficientnet_lite0")
-    save_training_state(layout.checkpoint("saliency", "best"), model=saliency,
-                        extra={"encoder": "efficientnet_lite0", "paper_attention": False})
-    classifier = build_classifier(backbone="efficientnet_lite0", num_classes=image_set.num_classes,
-                                  pretrained=False, output_stride=16)
-    save_training_state(layout.checkpoint("classifier", "best"), model=classifier,
-                        extra={**classifier.describe(), "class_names": image_set.class_names})
-    deeplab = build_deeplab(backbone="efficientnet_lite0", num_classes=image_set.num_classes + 1,
-                            pretrained_backbone=False)
-    save_training_state(layout.checkpoint("deeplab", "best"), model=deeplab,
-                        extra={**deeplab.describe(), "class_names": image_set.class_names, "gt_percentage": 0.0,
-                               "weakly_supervised": True, "not_weakly_supervised_because": []})
+    save_training_state(
+        layout.checkpoint("saliency", "best"),
+        model=saliency,
+        extra={"encoder": "efficientnet_lite0", "paper_attention": False},
+    )
+    classifier = build_classifier(
+        backbone="efficientnet_lite0", num_classes=image_set.num_classes, pretrained=False, output_stride=16
+    )
+    save_training_state(
+        layout.checkpoint("classifier", "best"),
+        model=classifier,
+        extra={**classifier.describe(), "class_names": image_set.class_names},
+    )
+    deeplab = build_deeplab(
+        backbone="efficientnet_lite0", num_classes=image_set.num_classes + 1, pretrained_backbone=False
+    )
+    save_training_state(
+        layout.checkpoint("deeplab", "best"),
+        model=deeplab,
+        extra={
+            **deeplab.describe(),
+            "class_names": image_set.class_names,
+            "gt_percentage": 0.0,
+            "weakly_supervised": True,
+            "not_weakly_supervised_because": [],
+        },
+    )
 
 
 def environment(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(PROJECT), **extra}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(PROJECT),
+        **extra,
+    }
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     return env
 
 
-def run_main(root: Path, data_root: Path, stages, *, processes: int = 1, prefix: list[str] | None = None,
-             env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_main(
+    root: Path,
+    data_root: Path,
+    stages,
+    *,
+    processes: int = 1,
+    prefix: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
     """``main.py --stages ...`` in a subprocess (torchrun with ``processes`` > 1; gloo on the CPU).
 
     ``prefix`` replaces ``python`` (e.g. a wrapper script that kills the run at some point)."""
     if processes > 1:
-        launcher = [PYTHON, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-                    f"--master_port={free_port()}"]
+        launcher = [
+            PYTHON,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={processes}",
+            f"--master_port={free_port()}",
+        ]
     else:
         launcher = prefix or [PYTHON]
     command = [*launcher, str(PROJECT / "main.py"), "--stages", ",".join(stages), *overrides(root, data_root)]
-    return subprocess.run(command, cwd=root, env=env or environment(), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(command, cwd=root, env=env or environment(), capture_output=True, text=True, timeout=timeout)
 
 
 def check(result: subprocess.CompletedProcess) -> None:
@@ -122,8 +182,11 @@ def reports(runs: Path, stage: str) -> dict[str, object]:
     """The JSON reports of a stage (config.json and the eval manifest aside: they name folders)."""
     import json
 
-    return {p.name: json.loads(p.read_text()) for p in sorted((runs / stage).glob("*.json"))
-            if p.name not in ("config.json", "predictions.json")}
+    return {
+        p.name: json.loads(p.read_text())
+        for p in sorted((runs / stage).glob("*.json"))
+        if p.name not in ("config.json", "predictions.json")
+    }
 
 
 def part_files(root: Path) -> list[Path]:
@@ -132,7 +195,7 @@ def part_files(root: Path) -> list[Path]:
 
 def copy_inputs(source: Path, target: Path, stage: str) -> None:
     """Give ``target`` the tmp/ folders written before ``stage`` in ``source`` (its inputs)."""
-    earlier = PER_IMAGE_STAGES[:PER_IMAGE_STAGES.index(stage)]
+    earlier = PER_IMAGE_STAGES[: PER_IMAGE_STAGES.index(stage)]
     for name in earlier:
         if STAGE_FOLDER[name] in ("saliency", "attention"):
             shutil.copytree(source / "tmp" / STAGE_FOLDER[name], target / "tmp" / STAGE_FOLDER[name])
@@ -171,6 +234,7 @@ def comparable(folder: Path) -> dict[str, bytes]:
     found = files_under(folder)
     for name in [n for n in found if Path(n).name == "record.json"]:
         record = json.loads(found[name])
-        found[name] = json.dumps({k: v for k, v in record.items() if k not in ("started", "finished")},
-                                 sort_keys=True).encode()
+        found[name] = json.dumps(
+            {k: v for k, v in record.items() if k not in ("started", "finished")}, sort_keys=True
+        ).encode()
     return found

@@ -1,6 +1,7 @@
 """The backbone registry: every entry, in every form, through the same checks (offline build, declared
 outputs, Grad-CAM layer, frozen BatchNorm, normalisation, weights from a local file), and the three
 networks built on it. A new registry entry is checked here once its normalisation is added below."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,15 +32,20 @@ EXPECTED_NORMALISATION = {
 
 
 def _forms(slow: set[str]) -> list:
-    return [pytest.param(name, use, id=f"{use}-{name}", marks=[pytest.mark.slow] if name in slow else [])
-            for use in backbones.USES for name in backbones.names(for_=use)]
+    return [
+        pytest.param(name, use, id=f"{use}-{name}", marks=[pytest.mark.slow] if name in slow else [])
+        for use in backbones.USES
+        for name in backbones.names(for_=use)
+    ]
 
 
 def _strided_forms(slow: set[str]) -> list:
-    return [pytest.param(name, use, stride, id=f"{use}-{name}-os{stride}",
-                         marks=[pytest.mark.slow] if name in slow else [])
-            for use in backbones.USES for name in backbones.names(for_=use)
-            for stride in backbones.form(name, for_=use).output_strides]
+    return [
+        pytest.param(name, use, stride, id=f"{use}-{name}-os{stride}", marks=[pytest.mark.slow] if name in slow else [])
+        for use in backbones.USES
+        for name in backbones.names(for_=use)
+        for stride in backbones.form(name, for_=use).output_strides
+    ]
 
 
 def _outputs(extractor: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -174,8 +180,13 @@ def test_names_per_use_keep_the_order_of_the_settings_choices():
 
 def test_the_registry_imports_without_torch():
     code = "import sys; from common import backbones; backbones.names(for_='deeplab'); print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            cwd=backbones.__file__.rsplit("/common/", 1)[0])
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=backbones.__file__.rsplit("/common/", 1)[0],
+    )
     assert result.stdout.strip() == "False"
 
 

@@ -1,6 +1,7 @@
 """benchmarks.msrc end to end on a tiny stand-in for ../shared (the synthetic set in MSRC's VOC
 layout, its saliency set as DUTS and as DAVIS val), a few steps per training: every part runs,
 shares its upstream outputs, and the report, curves and sheet come out of one command."""
+
 from __future__ import annotations
 
 import json
@@ -10,13 +11,35 @@ import pytest
 import config as config_module
 from benchmarks import msrc
 
-TINY = {"synthetic.num_train": 24, "synthetic.num_val": 8, "synthetic.min_size": 64, "synthetic.max_size": 72,
-        "synthetic.saliency_num_train": 6, "synthetic.saliency_num_val": 4}
-STEPS = {"runtime.device": "cpu", "runtime.num_workers": 0, "saliency.steps": 2, "saliency.val_every": 1,
-         "saliency.input_size": 64, "saliency.train_batch_size": 2, "saliency.batch_size": 4,
-         "classifier.steps": 2, "classifier.val_every": 2, "classifier.crop_size": 64, "classifier.batch_size": 4,
-         "attention.batch_size": 4, "guide.workers": 1, "guide.previews": 0, "deeplab.steps": 5,
-         "deeplab.val_every": 1, "deeplab.crop_size": 64, "deeplab.batch_size": 2, "eval.overlays": 0}
+TINY = {
+    "synthetic.num_train": 24,
+    "synthetic.num_val": 8,
+    "synthetic.min_size": 64,
+    "synthetic.max_size": 72,
+    "synthetic.saliency_num_train": 6,
+    "synthetic.saliency_num_val": 4,
+}
+STEPS = {
+    "runtime.device": "cpu",
+    "runtime.num_workers": 0,
+    "saliency.steps": 2,
+    "saliency.val_every": 1,
+    "saliency.input_size": 64,
+    "saliency.train_batch_size": 2,
+    "saliency.batch_size": 4,
+    "classifier.steps": 2,
+    "classifier.val_every": 2,
+    "classifier.crop_size": 64,
+    "classifier.batch_size": 4,
+    "attention.batch_size": 4,
+    "guide.workers": 1,
+    "guide.previews": 0,
+    "deeplab.steps": 5,
+    "deeplab.val_every": 1,
+    "deeplab.crop_size": 64,
+    "deeplab.batch_size": 2,
+    "eval.overlays": 0,
+}
 
 
 @pytest.fixture
@@ -46,8 +69,20 @@ def test_quick_profile_with_every_part(tiny_shared, tmp_path):
 
     torch.set_num_threads(1)
     docs, out = tmp_path / "docs", tmp_path / "bench"
-    args = ["--quick", "--self-training", "--seeds", "0,1", "--saliency-lengths", "1,2",
-            "--shared", str(tiny_shared), "--out", str(out), "--docs", str(docs)]
+    args = [
+        "--quick",
+        "--self-training",
+        "--seeds",
+        "0,1",
+        "--saliency-lengths",
+        "1,2",
+        "--shared",
+        str(tiny_shared),
+        "--out",
+        str(out),
+        "--docs",
+        str(docs),
+    ]
     args += [a for k, v in STEPS.items() for a in ("--set", f"{k}={v}")]
     assert msrc.main_cli(args) == 0
     results = json.loads((out / "quick" / "results.json").read_text())

@@ -1,5 +1,6 @@
 """The MSRC benchmark's report: every figure next to its target, verdicts that follow the numbers;
 the validation curves and the plateau check read from real tensorboard event files."""
+
 from __future__ import annotations
 
 import json
@@ -11,32 +12,67 @@ from benchmarks import msrc
 
 def _results(weak: float, full: float, attention_speedup: float, minutes: float, resumed: bool) -> dict:
     guide = {"mIoU": 0.6, "precision": 0.8, "recall": 0.7, "ignore_fraction": 0.0, "seconds": 10.0}
-    evals = {str(p): {"mIoU": m, "per_class_IoU": {"background": m, "cow": m / 2}, "train_seconds": 400.0,
-                 "seconds": 10.0}
-             for p, m in ((0, weak), (100, full))}
+    evals = {
+        str(p): {"mIoU": m, "per_class_IoU": {"background": m, "cow": m / 2}, "train_seconds": 400.0, "seconds": 10.0}
+        for p, m in ((0, weak), (100, full))
+    }
     return {
-        "command": "python -m benchmarks.msrc", "profile": "full", "date": "2026-11-25", "machine": "2 CPU cores",
-        "settings": {"deeplab.steps": 300}, "resumed": resumed, "seconds": minutes * 60,
-        "base": {"train_saliency": {"max_F": 0.77, "MAE": 0.05, "seconds": 600.0},
-                 "train_seed": {"mAP": 0.97, "seconds": 300.0},
-                 "create_attention": {"seed_mIoU": 0.5, "best_threshold": 0.4, "seconds": 45.0},
-                 "create_guide": guide, "eval_deeplab": evals["0"], "seconds": 1000.0},
-        "gt_percentage": evals, "weak_over_full": weak / full,
-        "ablations": {name: {**guide, "deeplab_mIoU": weak, **({"default": True} if i == 0 else {})}
-                      for i, name in enumerate(msrc.ABLATIONS)},
-        "saliency_thresholds": {"0.5": guide, "0.2": {**guide, "mIoU": 0.62, "default": True},
-                                "0.1": {**guide, "mIoU": 0.61}},
-        "speed": {"seconds": 120.0,
-                  "attention": {"images": 80, "class_maps": 81, "max_abs_difference_vs_reference": 0.0,
-                                "ours_seconds": 2.0, "original_seconds": 2.0 * attention_speedup,
-                                "speedup": attention_speedup},
-                  "saliency": {"images": 80, "batch_size": 8, "seconds_batched": 6.0, "seconds_batch_1": 6.0,
-                               "speedup": 1.0},
-                  "guide": {"images": 40, "mIoU_box": 0.34, "mIoU_whole_image": 0.33, "seconds_box": 2.0,
-                            "seconds_whole_image": 6.2, "speedup_all_images": 3.1},
-                  "storage": {"images_all": 268, "pseudo_mIoU_stored": 0.56, "pseudo_mIoU_float32_full": 0.56,
-                              "images_compared": 80, "pixels_agreeing": 0.999, "stored_bytes": 2e6,
-                              "float32_full_bytes": 9e7, "fraction": 0.022}},
+        "command": "python -m benchmarks.msrc",
+        "profile": "full",
+        "date": "2026-11-25",
+        "machine": "2 CPU cores",
+        "settings": {"deeplab.steps": 300},
+        "resumed": resumed,
+        "seconds": minutes * 60,
+        "base": {
+            "train_saliency": {"max_F": 0.77, "MAE": 0.05, "seconds": 600.0},
+            "train_seed": {"mAP": 0.97, "seconds": 300.0},
+            "create_attention": {"seed_mIoU": 0.5, "best_threshold": 0.4, "seconds": 45.0},
+            "create_guide": guide,
+            "eval_deeplab": evals["0"],
+            "seconds": 1000.0,
+        },
+        "gt_percentage": evals,
+        "weak_over_full": weak / full,
+        "ablations": {
+            name: {**guide, "deeplab_mIoU": weak, **({"default": True} if i == 0 else {})}
+            for i, name in enumerate(msrc.ABLATIONS)
+        },
+        "saliency_thresholds": {
+            "0.5": guide,
+            "0.2": {**guide, "mIoU": 0.62, "default": True},
+            "0.1": {**guide, "mIoU": 0.61},
+        },
+        "speed": {
+            "seconds": 120.0,
+            "attention": {
+                "images": 80,
+                "class_maps": 81,
+                "max_abs_difference_vs_reference": 0.0,
+                "ours_seconds": 2.0,
+                "original_seconds": 2.0 * attention_speedup,
+                "speedup": attention_speedup,
+            },
+            "saliency": {"images": 80, "batch_size": 8, "seconds_batched": 6.0, "seconds_batch_1": 6.0, "speedup": 1.0},
+            "guide": {
+                "images": 40,
+                "mIoU_box": 0.34,
+                "mIoU_whole_image": 0.33,
+                "seconds_box": 2.0,
+                "seconds_whole_image": 6.2,
+                "speedup_all_images": 3.1,
+            },
+            "storage": {
+                "images_all": 268,
+                "pseudo_mIoU_stored": 0.56,
+                "pseudo_mIoU_float32_full": 0.56,
+                "images_compared": 80,
+                "pixels_agreeing": 0.999,
+                "stored_bytes": 2e6,
+                "float32_full_bytes": 9e7,
+                "fraction": 0.022,
+            },
+        },
     }
 
 
@@ -51,12 +87,21 @@ def _with_seeds(results: dict, weak1: float, full1: float, full_gain: float = 0.
     results.update(
         saliency_data="duts_saliency",
         second_saliency_val={"name": "davis_saliency/val", "max_F": 0.81, "MAE": 0.05, "images": 141},
-        seeds={"0": {"weak": weak0, "full": full0}, "1": {"weak": weak1, "full": full1, "weak_train_seconds": 800.0,
-                                                          "full_train_seconds": 810.0}},
-        curves={"train_saliency": {"base": {"val/max_F": [[5.0, 100, 0.88], [10.0, 200, 0.9]]}},
-                "train_deeplab": {"gt0": curve(weak0, weak_gain), "gt100": curve(full0, full_gain),
-                                  "gt0_seed1": curve(weak1, weak_gain), "gt100_seed1": curve(full1, full_gain),
-                                  "selftrain": curve(weak0, 0.05)}})
+        seeds={
+            "0": {"weak": weak0, "full": full0},
+            "1": {"weak": weak1, "full": full1, "weak_train_seconds": 800.0, "full_train_seconds": 810.0},
+        },
+        curves={
+            "train_saliency": {"base": {"val/max_F": [[5.0, 100, 0.88], [10.0, 200, 0.9]]}},
+            "train_deeplab": {
+                "gt0": curve(weak0, weak_gain),
+                "gt100": curve(full0, full_gain),
+                "gt0_seed1": curve(weak1, weak_gain),
+                "gt100_seed1": curve(full1, full_gain),
+                "selftrain": curve(weak0, 0.05),
+            },
+        },
+    )
     results["base"]["train_saliency"]["max_F"] = 0.905
     return results
 
@@ -178,14 +223,25 @@ def test_report_files_and_old_results_render(tmp_path):
 
 def test_saliency_length_table_marks_the_best_on_msrc_train():
     results = _with_seeds(_results(0.70, 0.72, 6.0, 80, False), 0.70, 0.72)
-    results["saliency_lengths"] = {"100": {"max_F": 0.88, "MAE": 0.06, "mIoU": 0.70, "precision": 0.8, "recall": 0.8,
-                                           "train_minutes": 4.0},
-                                   "400": {"max_F": 0.91, "MAE": 0.05, "mIoU": 0.74, "precision": 0.8, "recall": 0.85,
-                                           "second_max_F": 0.8, "train_minutes": 16.5},
-                                   "200": {"max_F": 0.90, "MAE": 0.05, "mIoU": 0.72, "precision": 0.8, "recall": 0.82}}
+    results["saliency_lengths"] = {
+        "100": {"max_F": 0.88, "MAE": 0.06, "mIoU": 0.70, "precision": 0.8, "recall": 0.8, "train_minutes": 4.0},
+        "400": {
+            "max_F": 0.91,
+            "MAE": 0.05,
+            "mIoU": 0.74,
+            "precision": 0.8,
+            "recall": 0.85,
+            "second_max_F": 0.8,
+            "train_minutes": 16.5,
+        },
+        "200": {"max_F": 0.90, "MAE": 0.05, "mIoU": 0.72, "precision": 0.8, "recall": 0.82},
+    }
     report = msrc.markdown(results)
-    rows = [line for line in report.splitlines() if line.startswith("| 100 ") or line.startswith("| 200 ")
-            or line.startswith("| 400")]
+    rows = [
+        line
+        for line in report.splitlines()
+        if line.startswith("| 100 ") or line.startswith("| 200 ") or line.startswith("| 400")
+    ]
     assert [row.split(" ")[1] for row in rows] == ["100", "200", "400"]  # by length, not as stored
     assert rows[2].startswith("| 400 (best on MSRC train) | 0.910 | 0.050 | 0.800 | 0.740 / 0.800 / 0.850 | 16.5 |")
     assert rows[1].endswith("| - | 0.720 / 0.800 / 0.820 | - |")
@@ -194,7 +250,6 @@ def test_saliency_length_table_marks_the_best_on_msrc_train():
 def test_entangled_classes_are_named_under_the_worst_classes():
     results = _results(0.58, 0.64, 6.0, 70, resumed=False)
     assert "cannot separate" not in msrc.markdown(results)
-    results["base"]["train_seed"]["entangled_classes"] = [{"class": "face", "with": "body", "images": 37,
-                                                            "shared": 37}]
+    results["base"]["train_seed"]["entangled_classes"] = [{"class": "face", "with": "body", "images": 37, "shared": 37}]
     line = _row(msrc.markdown(results), "Classes that image labels cannot separate")
     assert "face is labelled on 37 training images, 37 of them also labelled body" in line

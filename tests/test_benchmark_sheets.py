@@ -1,5 +1,6 @@
 """The worst-class picture sheet (benchmarks/sheets.py) on a tiny synthetic run's outputs, written
 with the layout's own writers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,15 @@ from common.layout import Layout
 
 
 def test_worst_classes_skip_background_and_unscored():
-    per_class = {"background": 0.1, "cow": 0.5, "dog": None, "face": 0.2, "sheep": float("nan"), "car": 0.3,
-                 "book": 0.9}
+    per_class = {
+        "background": 0.1,
+        "cow": 0.5,
+        "dog": None,
+        "face": 0.2,
+        "sheep": float("nan"),
+        "car": 0.3,
+        "book": 0.9,
+    }
     assert sheets.worst_classes(per_class, 3) == [("face", 0.2), ("car", 0.3), ("cow", 0.5)]
     assert sheets.worst_classes({"background": 0.4}, 3) == []
 
@@ -30,8 +38,11 @@ def _fake_outputs(cfg, without_prediction: str) -> None:
             height, width = mask.shape
             layout.write_saliency(image_id, ((mask > 0) & (mask < 255)).astype(np.float32))
             classes = image_set.class_ids(image_id)
-            small = np.stack([np.full(((height + 3) // 4, (width + 3) // 4), 0.5, np.float32) for _ in classes]) \
-                if classes else np.zeros((0, (height + 3) // 4, (width + 3) // 4), np.float32)
+            small = (
+                np.stack([np.full(((height + 3) // 4, (width + 3) // 4), 0.5, np.float32) for _ in classes])
+                if classes
+                else np.zeros((0, (height + 3) // 4, (width + 3) // 4), np.float32)
+            )
             layout.write_cams(image_id, classes, small, (height, width))
             if split == "train":
                 files.write_label_png(layout.pseudo_label(image_id), mask)

@@ -1,4 +1,5 @@
 """Config building, overrides and validation errors."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,13 @@ import main
 from common.stages import NAMES
 from config import ConfigError, build_config, validate
 
-
 # what each preset changes that the others do not: (dataset.kind, dataset.root ends with, saliency.threshold)
-PRESET_MARKS = {"demo": ("synthetic", "data/synthetic", 0.5), "voc": ("voc", "VOCdevkit/VOC2012", 0.5),
-                "folder": ("folder", "data/my_images", 0.5), "msrc": ("voc", "data/msrc_objects", 0.2)}
+PRESET_MARKS = {
+    "demo": ("synthetic", "data/synthetic", 0.5),
+    "voc": ("voc", "VOCdevkit/VOC2012", 0.5),
+    "folder": ("folder", "data/my_images", 0.5),
+    "msrc": ("voc", "data/msrc_objects", 0.2),
+}
 
 
 @pytest.mark.parametrize("preset", list(PRESET_MARKS))
@@ -66,9 +70,18 @@ def test_voc_without_duts_names_both_saliency_options(tmp_path):
 
 
 def test_overrides_are_typed():
-    cfg = build_config("demo", ["classifier.steps=7", "attention.scales=1.0, 0.5,1.5",
-                                "attention.flip=true", "runtime.device=cpu",
-                                "class_names=a,b", "guide.crf.iterations=3", "eval.crf.bilateral_sxy=60"])
+    cfg = build_config(
+        "demo",
+        [
+            "classifier.steps=7",
+            "attention.scales=1.0, 0.5,1.5",
+            "attention.flip=true",
+            "runtime.device=cpu",
+            "class_names=a,b",
+            "guide.crf.iterations=3",
+            "eval.crf.bilateral_sxy=60",
+        ],
+    )
     assert cfg.classifier.steps == 7 and isinstance(cfg.classifier.steps, int)
     assert cfg.attention.scales == [1.0, 0.5, 1.5]
     assert cfg.attention.flip is True
@@ -91,16 +104,19 @@ def test_crf_groups_keep_each_sections_defaults():
         assert build_config(preset).guide.crf == cfg.guide.crf and build_config(preset).eval.crf == cfg.eval.crf
 
 
-@pytest.mark.parametrize("override, message", [
-    ("guide.crf_bilateral_sxy=60", "guide.crf_bilateral_sxy is now guide.crf.bilateral_sxy"),
-    ("guide.crf_iterations=3", "guide.crf_iterations is now guide.crf.iterations"),
-    ("eval.crf_gaussian_compat=1", "eval.crf_gaussian_compat is now eval.crf.gaussian_compat"),
-    ("eval.crf=true", r"eval.crf is now eval.use_crf \(eval.crf.\* now holds a group of settings: gaussian_sxy"),
-    ("eval.crf.nope=1", "eval.crf.nope: unknown setting"),
-    ("guide.crf=3", "guide.crf: a group of settings; set one of them: guide.crf.gaussian_sxy"),
-    ("guide.rule.x=1", "guide.rule.x: guide.rule is a setting, not a group"),
-    ("guide.crf.iterations=many", "guide.crf.iterations: cannot read 'many' as int"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("guide.crf_bilateral_sxy=60", "guide.crf_bilateral_sxy is now guide.crf.bilateral_sxy"),
+        ("guide.crf_iterations=3", "guide.crf_iterations is now guide.crf.iterations"),
+        ("eval.crf_gaussian_compat=1", "eval.crf_gaussian_compat is now eval.crf.gaussian_compat"),
+        ("eval.crf=true", r"eval.crf is now eval.use_crf \(eval.crf.\* now holds a group of settings: gaussian_sxy"),
+        ("eval.crf.nope=1", "eval.crf.nope: unknown setting"),
+        ("guide.crf=3", "guide.crf: a group of settings; set one of them: guide.crf.gaussian_sxy"),
+        ("guide.rule.x=1", "guide.rule.x: guide.rule is a setting, not a group"),
+        ("guide.crf.iterations=many", "guide.crf.iterations: cannot read 'many' as int"),
+    ],
+)
 def test_renamed_and_misplaced_group_settings_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
         build_config("demo", [override])
@@ -115,13 +131,16 @@ def test_every_renamed_setting_names_one_that_exists():
             config_module.set_setting(cfg, old, 1)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("classifier.nope=1", "classifier.nope: unknown setting"),
-    ("nosection.steps=1", "unknown section 'nosection'"),
-    ("classifier.steps=ten", "classifier.steps: cannot read 'ten' as int"),
-    ("attention.flip=maybe", "attention.flip: cannot read 'maybe' as bool"),
-    ("classifier.steps", "expected section.key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("classifier.nope=1", "classifier.nope: unknown setting"),
+        ("nosection.steps=1", "unknown section 'nosection'"),
+        ("classifier.steps=ten", "classifier.steps: cannot read 'ten' as int"),
+        ("attention.flip=maybe", "attention.flip: cannot read 'maybe' as bool"),
+        ("classifier.steps", "expected section.key=value"),
+    ],
+)
 def test_bad_overrides_name_the_setting(override, message):
     with pytest.raises(ConfigError, match=message):
         build_config("demo", [override])
@@ -132,32 +151,35 @@ def test_unknown_preset():
         build_config("nope")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("deeplab.gt_percentage=120", r"deeplab.gt_percentage: 120.0 is outside \[0.0, 100.0\]"),
-    ("classifier.backbone=vgg19", "classifier.backbone: 'vgg19' is not one of"),
-    ("attention.threshold=1.5", r"attention.threshold: 1.5 is outside \[0, 1\]"),
-    ("classifier.batch_size=0", "classifier.batch_size: must be positive"),
-    ("runtime.device=gpu", "runtime.device: 'gpu'"),
-    ("dataset.kind=voc", "dataset.root: .* is not a folder"),
-    ("classifier.weights_path=/no/such/file.pth", "classifier.weights_path: /no/such/file.pth does not exist"),
-    ("attention.scales=", "attention.scales: empty"),
-    ("attention.scales=1.0,-0.5", "attention.scales: need one or more positive values"),
-    ("runtime.seed=-1", "runtime.seed: -1 is outside"),
-    ("classifier.lr=0", "classifier.lr: must be positive"),
-    ("saliency.lr_encoder=-0.1", "saliency.lr_encoder: must be positive"),
-    ("attention.seed_thresholds=", "attention.seed_thresholds: empty"),
-    ("attention.seed_thresholds=0.2,1.5", r"attention.seed_thresholds: every value must be in \[0.0, 1.0\]"),
-    ("runtime.precision=fp8", "runtime.precision: 'fp8' is not one of auto, fp32, bf16, fp16"),
-    ("dataset.on_bad_image=ignore", "dataset.on_bad_image: 'ignore' is not one of stop, skip"),
-    ("runtime.experiment=a/b", "runtime.experiment: 'a/b' cannot name a folder"),
-    ("deeplab.batch_size=1", "deeplab.batch_size: must be at least 2"),
-    ("eval.overlays=-2", "eval.overlays: must be at least -1"),
-    ("deeplab.segmentation_weights_path=/no/file.pth", "deeplab.segmentation_weights_path: /no/file.pth does not"),
-    ("class_names=a,a", "class_names: names repeat"),
-    ("guide.crf.bilateral_sxy=0", "guide.crf.bilateral_sxy: must be positive"),
-    ("eval.crf.iterations=-1", "eval.crf.iterations: must not be negative"),
-    ("eval.crf.bilateral_compat=-2", "eval.crf.bilateral_compat: must not be negative"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("deeplab.gt_percentage=120", r"deeplab.gt_percentage: 120.0 is outside \[0.0, 100.0\]"),
+        ("classifier.backbone=vgg19", "classifier.backbone: 'vgg19' is not one of"),
+        ("attention.threshold=1.5", r"attention.threshold: 1.5 is outside \[0, 1\]"),
+        ("classifier.batch_size=0", "classifier.batch_size: must be positive"),
+        ("runtime.device=gpu", "runtime.device: 'gpu'"),
+        ("dataset.kind=voc", "dataset.root: .* is not a folder"),
+        ("classifier.weights_path=/no/such/file.pth", "classifier.weights_path: /no/such/file.pth does not exist"),
+        ("attention.scales=", "attention.scales: empty"),
+        ("attention.scales=1.0,-0.5", "attention.scales: need one or more positive values"),
+        ("runtime.seed=-1", "runtime.seed: -1 is outside"),
+        ("classifier.lr=0", "classifier.lr: must be positive"),
+        ("saliency.lr_encoder=-0.1", "saliency.lr_encoder: must be positive"),
+        ("attention.seed_thresholds=", "attention.seed_thresholds: empty"),
+        ("attention.seed_thresholds=0.2,1.5", r"attention.seed_thresholds: every value must be in \[0.0, 1.0\]"),
+        ("runtime.precision=fp8", "runtime.precision: 'fp8' is not one of auto, fp32, bf16, fp16"),
+        ("dataset.on_bad_image=ignore", "dataset.on_bad_image: 'ignore' is not one of stop, skip"),
+        ("runtime.experiment=a/b", "runtime.experiment: 'a/b' cannot name a folder"),
+        ("deeplab.batch_size=1", "deeplab.batch_size: must be at least 2"),
+        ("eval.overlays=-2", "eval.overlays: must be at least -1"),
+        ("deeplab.segmentation_weights_path=/no/file.pth", "deeplab.segmentation_weights_path: /no/file.pth does not"),
+        ("class_names=a,a", "class_names: names repeat"),
+        ("guide.crf.bilateral_sxy=0", "guide.crf.bilateral_sxy: must be positive"),
+        ("eval.crf.iterations=-1", "eval.crf.iterations: must not be negative"),
+        ("eval.crf.bilateral_compat=-2", "eval.crf.bilateral_compat: must not be negative"),
+    ],
+)
 def test_validation_errors_name_the_setting(override, message):
     cfg = build_config("demo", [override])
     if override.startswith("dataset.kind"):
@@ -202,8 +224,16 @@ def test_every_declared_rule_is_read_by_validate():
 
 
 def test_saved_config_loads_back_with_overrides(tmp_path):
-    cfg = build_config("demo", ["classifier.steps=7", "attention.scales=1.0,0.5", "class_names=a,b",
-                                "guide.crf.bilateral_srgb=7", "eval.use_crf=true"])
+    cfg = build_config(
+        "demo",
+        [
+            "classifier.steps=7",
+            "attention.scales=1.0,0.5",
+            "class_names=a,b",
+            "guide.crf.bilateral_srgb=7",
+            "eval.use_crf=true",
+        ],
+    )
     validate(cfg)  # as main.py saves it: runtime.precision resolved
     path = tmp_path / "config.json"
     path.write_text(cfg.to_json())
@@ -276,8 +306,9 @@ def test_paths_resolve_relative_to_project(tmp_path):
 def test_main_rejects_bad_input_before_any_work(capsys, tmp_path, monkeypatch):
     validated = []
     real_validate = config_module.validate
-    monkeypatch.setattr(config_module, "validate",
-                        lambda cfg, stages=(): validated.append(cfg) or real_validate(cfg, stages))
+    monkeypatch.setattr(
+        config_module, "validate", lambda cfg, stages=(): validated.append(cfg) or real_validate(cfg, stages)
+    )
     assert main.main(["--stages", "train_seed,fly", "--set", f"paths.runs={tmp_path}"]) == 2
     assert "unknown fly" in capsys.readouterr().err
     assert main.main(["--set", "classifier.steps=x"]) == 2
@@ -285,8 +316,10 @@ def test_main_rejects_bad_input_before_any_work(capsys, tmp_path, monkeypatch):
     assert main.main(["--set", "guide.crf_bilateral_sxy=60"]) == 2
     assert "guide.crf_bilateral_sxy is now guide.crf.bilateral_sxy" in capsys.readouterr().err
     assert not validated  # each refused before the configuration was complete
-    assert main.main(["--stages", "train_seed", "--set", f"paths.runs={tmp_path}", "--set",
-                      "guide.crf.bilateral_sxy=0"]) == 2
+    assert (
+        main.main(["--stages", "train_seed", "--set", f"paths.runs={tmp_path}", "--set", "guide.crf.bilateral_sxy=0"])
+        == 2
+    )
     assert "guide.crf.bilateral_sxy: must be positive" in capsys.readouterr().err
     assert [cfg.paths.runs for cfg in validated] == [str(tmp_path)]
     assert not any(tmp_path.iterdir())
@@ -327,9 +360,15 @@ def test_a_ready_saliency_network_needs_no_saliency_training_data(tmp_path):
     validate(cfg, ["train_saliency", "create_saliency"])  # data/DUTS is absent, and not needed
 
 
-@pytest.mark.parametrize(("flags", "native"), [("fpu avx2 avx512f avx512_bf16 sse", True),
-                                               ("fpu amx_bf16 amx_tile", True),
-                                               ("fpu avx2 avx512f avx512bw avx512vl", False), ("", False)])
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ("fpu avx2 avx512f avx512_bf16 sse", True),
+        ("fpu amx_bf16 amx_tile", True),
+        ("fpu avx2 avx512f avx512bw avx512vl", False),
+        ("", False),
+    ],
+)
 def test_native_bf16_is_read_from_the_cpu_flags(flags, native):
     assert config_module.cpu_has_native_bf16(f"processor : 0\nflags\t\t: {flags}\n") is native
 

@@ -1,5 +1,6 @@
 """A per-image stage killed (SIGKILL) half-way, then run again, ends with exactly the outputs of an
 uninterrupted run, no leftover ``.part`` file, and no process of the killed run still alive."""
+
 from __future__ import annotations
 
 import os
@@ -9,13 +10,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 import stage_runs
+
 from common import files
 
 # The wrapper counts atomic writes in the stage's own process and, at the N-th, writes half a file
 # and kills itself with SIGKILL: a deterministic "kill at any point", with a .part left behind.
-KILLER = '''
+KILLER = """
 import os, runpy, signal, sys
 sys.path.insert(0, {project!r})
 from common import files
@@ -36,7 +37,7 @@ def killing_write(path, write):
 files.atomic_write = killing_write
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
-'''
+"""
 
 # the write at which each stage is killed: part-way through its images
 KILL_AT = {"create_saliency": 7, "create_attention": 9, "create_guide": 5, "eval_deeplab": 4}
@@ -84,8 +85,9 @@ def test_killed_stage_then_rerun_gives_the_uninterrupted_outputs(stage, tmp_path
     marker = f"CRASH_TEST_{uuid.uuid4().hex}"
     env = stage_runs.environment(KILL_AT_WRITE=str(KILL_AT[stage]), **{marker: "1"})
     # a process that outlives the run keeps its output pipes open: the time-out ends the wait
-    killed = stage_runs.run_main(tmp_path, data_root, [stage], prefix=[stage_runs.PYTHON, str(killer)], env=env,
-                                 timeout=240)
+    killed = stage_runs.run_main(
+        tmp_path, data_root, [stage], prefix=[stage_runs.PYTHON, str(killer)], env=env, timeout=240
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     outputs = tmp_path / "tmp" / folder
     written = [p for p in outputs.rglob("*") if p.is_file() and not p.name.endswith(".part")]

@@ -3,17 +3,18 @@
 Every defect a user met on a folder set is written into a tiny generated set, one per case, and
 the check must name its file and the kind of problem; decoding of 16-bit and EXIF-rotated images,
 skip mode in datasets.build, a clean set, and the MSRC set from ../shared."""
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
+from conftest import needs_shared
 from PIL import Image
 
 import datasets
 from common import files, metrics
-from conftest import needs_shared
 from datasets.check import DataError, check_data, enforce, write_report
 
 CLASSES = ["car", "person"]
@@ -54,8 +55,7 @@ def clean_voc(root):
         files.write_rgb(root / "JPEGImages" / f"v{number}.jpg", _noise(10 + number))
         files.write_label_png(root / "SegmentationClass" / f"v{number}.png", _mask(value=number))
     (root / "Annotations").mkdir(parents=True)
-    (root / "Annotations" / "v1.xml").write_text(
-        "<annotation><object><name>car</name></object></annotation>")
+    (root / "Annotations" / "v1.xml").write_text("<annotation><object><name>car</name></object></annotation>")
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("v1\nv2\n")
     (root / "class_names.txt").write_text("background\n" + "\n".join(CLASSES) + "\n")
@@ -161,8 +161,7 @@ def _voc_mask_missing(root):
 
 
 def _voc_unknown_class_in_xml(root):
-    (root / "Annotations" / "v1.xml").write_text(
-        "<annotation><object><name>persn</name></object></annotation>")
+    (root / "Annotations" / "v1.xml").write_text("<annotation><object><name>persn</name></object></annotation>")
 
 
 # (make the defect, which set, problem kind, file name in the problem's path, image id, text in the message)
@@ -173,34 +172,69 @@ CASES = [
     pytest.param(_not_an_image, "folder", "unreadable_image", "b.png", "b", "cannot", id="unreadable image"),
     pytest.param(_listed_without_image, "folder", "missing_image", "d", "d", "no image", id="listed, no image"),
     pytest.param(_mask_of_another_size, "folder", "mask_size", "a.png", "a", "20x32", id="mask size"),
-    pytest.param(_mask_of_stored_pixels, "folder", "mask_size", "a.png", "a", "EXIF orientation 6",
-                 id="mask of the unrotated photo"),
-    pytest.param(_mask_values_beyond_classes, "folder", "mask_values", "a.png", "a", "values 7",
-                 id="mask values"),
-    pytest.param(_rgb_mask_off_palette, "folder", "mask_colours", "a.png", "a", "(1, 2, 3)",
-                 id="rgb mask colour"),
-    pytest.param(_sixteen_bit_mask_beyond_255, "folder", "unreadable_mask", "a.png", "a", "value 300",
-                 id="16-bit mask value"),
+    pytest.param(
+        _mask_of_stored_pixels,
+        "folder",
+        "mask_size",
+        "a.png",
+        "a",
+        "EXIF orientation 6",
+        id="mask of the unrotated photo",
+    ),
+    pytest.param(_mask_values_beyond_classes, "folder", "mask_values", "a.png", "a", "values 7", id="mask values"),
+    pytest.param(_rgb_mask_off_palette, "folder", "mask_colours", "a.png", "a", "(1, 2, 3)", id="rgb mask colour"),
+    pytest.param(
+        _sixteen_bit_mask_beyond_255, "folder", "unreadable_mask", "a.png", "a", "value 300", id="16-bit mask value"
+    ),
     pytest.param(_unreadable_mask, "folder", "unreadable_mask", "a.png", "a", "cannot", id="unreadable mask"),
-    pytest.param(_duplicate_rows, "folder", "duplicate_id", "labels.csv", "a", "lines 2, 5",
-                 id="duplicated csv row"),
-    pytest.param(_duplicate_in_split_list, "folder", "duplicate_id", "train.txt", "a", "lines 1, 3",
-                 id="duplicated split entry"),
+    pytest.param(_duplicate_rows, "folder", "duplicate_id", "labels.csv", "a", "lines 2, 5", id="duplicated csv row"),
+    pytest.param(
+        _duplicate_in_split_list, "folder", "duplicate_id", "train.txt", "a", "lines 1, 3", id="duplicated split entry"
+    ),
     pytest.param(_two_files_for_one_id, "folder", "two_files", "a.jpg", "a", "a.png", id="a.jpg and a.png"),
-    pytest.param(_label_row_without_image, "folder", "label_without_image", "labels.csv", "zz", "line 5",
-                 id="label row without image"),
-    pytest.param(_image_without_label_row, "folder", "image_without_label", "d.jpg", "d", "labels.csv",
-                 id="image without label row"),
-    pytest.param(_unknown_class_name, "folder", "unknown_class", "labels.csv", None, "did you mean 'car'",
-                 id="unknown class"),
-    pytest.param(_misspelt_class_without_class_list, "folder", "unknown_class", "labels.csv", None,
-                 "misspelling of 'car'", id="misspelt class, names from labels"),
-    pytest.param(_labels_csv_not_utf8, "folder", "csv_encoding", "labels.csv", None, "line 3",
-                 id="labels.csv not utf-8"),
-    pytest.param(_voc_mask_missing, "voc", "missing_mask", "v2.png", "v2", "segmentation split",
-                 id="voc mask missing"),
-    pytest.param(_voc_unknown_class_in_xml, "voc", "unknown_class", "v1.xml", None, "did you mean 'person'",
-                 id="voc unknown class"),
+    pytest.param(
+        _label_row_without_image,
+        "folder",
+        "label_without_image",
+        "labels.csv",
+        "zz",
+        "line 5",
+        id="label row without image",
+    ),
+    pytest.param(
+        _image_without_label_row,
+        "folder",
+        "image_without_label",
+        "d.jpg",
+        "d",
+        "labels.csv",
+        id="image without label row",
+    ),
+    pytest.param(
+        _unknown_class_name, "folder", "unknown_class", "labels.csv", None, "did you mean 'car'", id="unknown class"
+    ),
+    pytest.param(
+        _misspelt_class_without_class_list,
+        "folder",
+        "unknown_class",
+        "labels.csv",
+        None,
+        "misspelling of 'car'",
+        id="misspelt class, names from labels",
+    ),
+    pytest.param(
+        _labels_csv_not_utf8, "folder", "csv_encoding", "labels.csv", None, "line 3", id="labels.csv not utf-8"
+    ),
+    pytest.param(_voc_mask_missing, "voc", "missing_mask", "v2.png", "v2", "segmentation split", id="voc mask missing"),
+    pytest.param(
+        _voc_unknown_class_in_xml,
+        "voc",
+        "unknown_class",
+        "v1.xml",
+        None,
+        "did you mean 'person'",
+        id="voc unknown class",
+    ),
 ]
 
 
@@ -210,8 +244,7 @@ def _cfg(make_cfg, kind: str, root, **overrides):
 
 
 @pytest.mark.parametrize("defect, kind, problem_kind, file_name, image_id, message_part", CASES)
-def test_check_reports_each_defect(tmp_path, make_cfg, defect, kind, problem_kind, file_name, image_id,
-                                   message_part):
+def test_check_reports_each_defect(tmp_path, make_cfg, defect, kind, problem_kind, file_name, image_id, message_part):
     root = (clean_folder if kind == "folder" else clean_voc)(tmp_path / "set")
     defect(root)
     check = check_data(_cfg(make_cfg, kind, root), ["train"])
@@ -261,7 +294,10 @@ def test_skip_mode_drops_exactly_the_bad_images(tmp_path, make_cfg):
     report = json.loads((tmp_path / "runs" / "data_check.json").read_text())
     assert report["bad_ids"] == {"train": ["a", "b"]}
     assert {(p["kind"], p["image_id"], p["image_level"]) for p in report["problems"]} == {
-        ("truncated_image", "a", True), ("mask_values", "a", True), ("mask_size", "b", True)}
+        ("truncated_image", "a", True),
+        ("mask_values", "a", True),
+        ("mask_size", "b", True),
+    }
 
 
 def test_skip_mode_still_stops_on_set_level_problems(tmp_path, make_cfg):
@@ -285,13 +321,16 @@ def test_sixteen_bit_png_is_scaled_by_its_bit_depth(tmp_path):
     assert files.read_label_png(tmp_path / "mask16.png").tolist() == [[0, 3, 255]]
 
 
-@pytest.mark.parametrize("mode, pixel, expected", [
-    ("LA", (100, 0), (255, 255, 255)),          # fully transparent: white, as on a white page
-    ("RGBA", (10, 20, 30, 255), (10, 20, 30)),
-    ("P", 2, (0, 128, 0)),                      # palette index 2 of the VOC colours
-    ("CMYK", (0, 0, 0, 0), (255, 255, 255)),
-    ("1", 1, (255, 255, 255)),
-])
+@pytest.mark.parametrize(
+    "mode, pixel, expected",
+    [
+        ("LA", (100, 0), (255, 255, 255)),  # fully transparent: white, as on a white page
+        ("RGBA", (10, 20, 30, 255), (10, 20, 30)),
+        ("P", 2, (0, 128, 0)),  # palette index 2 of the VOC colours
+        ("CMYK", (0, 0, 0, 0), (255, 255, 255)),
+        ("1", 1, (255, 255, 255)),
+    ],
+)
 def test_other_modes_become_rgb(mode, pixel, expected):
     img = Image.new(mode, (2, 2), pixel)
     if mode == "P":

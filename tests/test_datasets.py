@@ -1,17 +1,21 @@
 """Data set loaders: VOC layout, folder + labels.csv, bounding-box XMLs, the MSRC set in ../shared."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import needs_shared
 
 import datasets
 from common import files
-from conftest import needs_shared
 
 
 def _write_xml(path, names):
-    objects = "".join(f"<object><name> {n} </name><difficult>0</difficult><bndbox><xmin>1</xmin>"
-                      f"<ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object>" for n in names)
+    objects = "".join(
+        f"<object><name> {n} </name><difficult>0</difficult><bndbox><xmin>1</xmin>"
+        f"<ymin>1</ymin><xmax>5</xmax><ymax>5</ymax></bndbox></object>"
+        for n in names
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"<annotation><filename>x.jpg</filename>{objects}</annotation>")
 

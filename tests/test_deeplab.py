@@ -1,5 +1,6 @@
 """DeepLab building blocks: gt selection, models, initialisation guard, own-size inference, CRF,
 resumable batches, frozen BatchNorm."""
+
 from __future__ import annotations
 
 import math
@@ -55,14 +56,24 @@ def test_gt_selection_is_nested(seed):
 
 
 # ---- models ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("backbone, output_stride", [
-    ("efficientnet_lite0", 16), ("efficientnet_lite0", 8), ("mobilenet_v3_large", 16),
-    ("mobilenet_v3_large", 8), ("resnet50", 16), ("resnet50", 8),
-    ("resnet101", 16), ("resnet101", 8)])
+@pytest.mark.parametrize(
+    "backbone, output_stride",
+    [
+        ("efficientnet_lite0", 16),
+        ("efficientnet_lite0", 8),
+        ("mobilenet_v3_large", 16),
+        ("mobilenet_v3_large", 8),
+        ("resnet50", 16),
+        ("resnet50", 8),
+        ("resnet101", 16),
+        ("resnet101", 8),
+    ],
+)
 def test_models_give_logits_at_input_size(backbone, output_stride):
     torch.manual_seed(0)
-    model = build_deeplab(backbone=backbone, num_classes=5, output_stride=output_stride,
-                          pretrained_backbone=False).eval()
+    model = build_deeplab(
+        backbone=backbone, num_classes=5, output_stride=output_stride, pretrained_backbone=False
+    ).eval()
     with torch.no_grad():
         logits = model(torch.randn(1, 3, 65, 65))
         features = model.backbone(torch.randn(1, 3, 64, 48))
@@ -88,6 +99,7 @@ def _offline(names: list):
     def get_model_weights(name):
         names.append(name)
         raise OSError("network is unreachable")
+
     return get_model_weights
 
 
@@ -120,8 +132,9 @@ def test_segmentation_pretrained_loads_coco_deeplab_and_warns(monkeypatch, capsy
     from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 
     torch.manual_seed(3)
-    published = deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21,
-                                             aux_loss=True).state_dict()
+    published = deeplabv3_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=21, aux_loss=True
+    ).state_dict()
     names = []
 
     class Weights:
@@ -179,7 +192,7 @@ def paint(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     distance = np.hypot(yy - cy, xx - cx)
     mask[distance < radius] = 1
     top, left = rng.integers(0, height // 2), rng.integers(0, width // 3)
-    mask[top:top + height // 3, left:left + width // 4] = 2
+    mask[top : top + height // 3, left : left + width // 4] = 2
     image = COLOURS[mask].astype(np.int16) + rng.integers(-12, 13, (height, width, 3))
     mask[np.abs(distance - radius) < 1.0] = 255  # VOC-style ignore border
     return np.clip(image, 0, 255).astype(np.uint8), mask
@@ -191,8 +204,12 @@ def test_batched_padded_prediction_is_exact_at_each_images_own_size(output_strid
     pictures = [paint(h, w, seed) for seed, (h, w) in enumerate([(37, 53), (65, 71), (16, 16), (50, 29)])]
     probabilities = batch_probabilities(model, [image for image, _ in pictures], flip=True)
     assert len(model.calls) == 2  # one padded batch, and its flip
-    assert model.calls[0] == (4, 3, math.ceil(65 / output_stride) * output_stride,
-                              math.ceil(71 / output_stride) * output_stride)
+    assert model.calls[0] == (
+        4,
+        3,
+        math.ceil(65 / output_stride) * output_stride,
+        math.ceil(71 / output_stride) * output_stride,
+    )
     for (image, mask), probs in zip(pictures, probabilities):
         assert probs.shape == (3, *image.shape[:2])
         assert torch.allclose(probs.sum(0), torch.ones(image.shape[:2]), atol=1e-5)
@@ -260,8 +277,7 @@ def _two_colours():
 
 def test_crf_snaps_a_label_map_to_the_colour_edge():
     image, prediction = _two_colours()
-    refined = crf_refine(image, prediction, 2, 0.6, CrfParams(bilateral_sxy=121, bilateral_srgb=5,
-                                                             bilateral_compat=4))
+    refined = crf_refine(image, prediction, 2, 0.6, CrfParams(bilateral_sxy=121, bilateral_srgb=5, bilateral_compat=4))
     assert (refined[:, :20] == 0).mean() > 0.95 and (refined[:, 20:] == 1).all()
     assert (prediction[:, :20] == 0).mean() < 0.9  # it was not there before
 
@@ -269,8 +285,9 @@ def test_crf_snaps_a_label_map_to_the_colour_edge():
 def test_crf_from_softmax_unaries():
     image, prediction = _two_colours()
     probabilities = np.where(prediction[None] == np.arange(2)[:, None, None], 0.6, 0.4).astype(np.float32)
-    refined = crf_refine(image, prediction, 2, 0.9, CrfParams(bilateral_sxy=121, bilateral_srgb=5,
-                                                             bilateral_compat=4), probabilities)
+    refined = crf_refine(
+        image, prediction, 2, 0.9, CrfParams(bilateral_sxy=121, bilateral_srgb=5, bilateral_compat=4), probabilities
+    )
     assert (refined[:, :20] == 0).mean() > 0.95 and (refined[:, 20:] == 1).all()
 
 
@@ -285,9 +302,16 @@ class _Sources:
 
 def test_batches_depend_only_on_seed_and_step():
     images = _Images()
-    samples = SegmentationSamples(images, {"a": _Sources(images), "b": lambda: images.mask("b")},
-                                  crop_size=48, scale_min=0.5, scale_max=1.5, mean=(0.5,) * 3,
-                                  std=(0.5,) * 3, seed=4)
+    samples = SegmentationSamples(
+        images,
+        {"a": _Sources(images), "b": lambda: images.mask("b")},
+        crop_size=48,
+        scale_min=0.5,
+        scale_max=1.5,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        seed=4,
+    )
     whole = list(DataLoader(samples, batch_sampler=StepBatches(2, 3, seed=4, start=0, total=6)))
     resumed = list(DataLoader(samples, batch_sampler=StepBatches(2, 3, seed=4, start=4, total=6)))
     assert len(whole) == 6 and len(resumed) == 2
@@ -302,12 +326,19 @@ def test_batches_depend_only_on_seed_and_step():
 
 def test_batches_are_the_same_with_worker_processes():
     images = _Images()
-    samples = SegmentationSamples(images, {"a": _Sources(images)}, crop_size=32, scale_min=0.7,
-                                  scale_max=1.3, mean=(0.5,) * 3, std=(0.5,) * 3, seed=1)
+    samples = SegmentationSamples(
+        images,
+        {"a": _Sources(images)},
+        crop_size=32,
+        scale_min=0.7,
+        scale_max=1.3,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        seed=1,
+    )
     batches = StepBatches(1, 2, seed=1, start=0, total=3)
     serial = list(DataLoader(samples, batch_sampler=batches))
-    parallel = list(DataLoader(samples, batch_sampler=batches, num_workers=2,
-                               worker_init_fn=runtime.worker_seed))
+    parallel = list(DataLoader(samples, batch_sampler=batches, num_workers=2, worker_init_fn=runtime.worker_seed))
     for (image_a, label_a), (image_b, label_b) in zip(serial, parallel):
         assert torch.equal(image_a, image_b) and torch.equal(label_a, label_b)
 

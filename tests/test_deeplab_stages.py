@@ -1,4 +1,5 @@
 """TRAIN_DEEPLAB and EVAL_DEEPLAB as stages, on a tiny VOC-layout set made here (no generator)."""
+
 from __future__ import annotations
 
 import json
@@ -8,18 +9,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_deeplab import ColourModel, paint
 
 import datasets
 import main
 from common import files, provenance
 from common.layout import Layout
 from deeplab import eval_deeplab, train_deeplab
-from test_deeplab import ColourModel, paint
 
 torch.set_num_threads(2)
 CLASSES = ["disc", "box"]
-TINY = {"deeplab.steps": 4, "deeplab.val_every": 2, "deeplab.batch_size": 2, "deeplab.crop_size": 48,
-        "deeplab.pretrained_backbone": False, "eval.overlays": 3, "runtime.num_workers": 0}
+TINY = {
+    "deeplab.steps": 4,
+    "deeplab.val_every": 2,
+    "deeplab.batch_size": 2,
+    "deeplab.crop_size": 48,
+    "deeplab.pretrained_backbone": False,
+    "eval.overlays": 3,
+    "runtime.num_workers": 0,
+}
 
 
 def make_voc(root: Path, num_train: int = 10, num_val: int = 5, val_without_masks: int = 0) -> Path:
@@ -154,8 +162,14 @@ def test_segmentation_pretrained_is_flagged_in_training_and_eval(voc_cfg, monkey
                 return published
 
     monkeypatch.setattr(torchvision.models, "get_model_weights", lambda name: Weights)
-    cfg = voc_cfg(**{"deeplab.backbone": "mobilenet_v3_large", "deeplab.segmentation_pretrained": True,
-                     "deeplab.pretrained_backbone": True, "deeplab.steps": 2})
+    cfg = voc_cfg(
+        **{
+            "deeplab.backbone": "mobilenet_v3_large",
+            "deeplab.segmentation_pretrained": True,
+            "deeplab.pretrained_backbone": True,
+            "deeplab.steps": 2,
+        }
+    )
     write_pseudo_labels(cfg)
     with pytest.warns(UserWarning, match="NOT weakly supervised"):
         summaries = main.run_stages(cfg, ["train_deeplab", "eval_deeplab"])
@@ -170,8 +184,15 @@ def test_segmentation_pretrained_is_flagged_in_training_and_eval(voc_cfg, monkey
 
 # ---- EVAL_DEEPLAB with a model whose answers are known ----------------------------------------------
 def _use_model(monkeypatch, model, weakly: bool = True):
-    extra = {"num_classes": 3, "backbone": "colour", "checkpoint": "colour.pt", "step": 0, "gt_percentage": 0.0,
-             "weakly_supervised": weakly, "not_weakly_supervised_because": [] if weakly else ["test"]}
+    extra = {
+        "num_classes": 3,
+        "backbone": "colour",
+        "checkpoint": "colour.pt",
+        "step": 0,
+        "gt_percentage": 0.0,
+        "weakly_supervised": weakly,
+        "not_weakly_supervised_because": [] if weakly else ["test"],
+    }
     monkeypatch.setattr(eval_deeplab, "load_trained", lambda cfg, device: (model, extra, "digest"))
 
 

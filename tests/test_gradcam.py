@@ -1,4 +1,5 @@
 """Batched Grad-CAM against a plain per-class Grad-CAM (hooks, one forward and backward per class)."""
+
 from __future__ import annotations
 
 import gc
@@ -8,7 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from attention.gradcam import GradCam, normalise_maps, per_class_grad_cam as reference_grad_cam
+from attention.gradcam import GradCam, normalise_maps
+from attention.gradcam import per_class_grad_cam as reference_grad_cam
 from attention.make_cam import compute_cams
 from classifier.models import build_classifier
 
@@ -18,8 +20,13 @@ class TinyGapNet(nn.Module):
 
     def __init__(self, classes: int = 5) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                      nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(inplace=True))
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+        )
         self.head = nn.Linear(16, classes)
 
     def forward(self, x):
@@ -32,8 +39,9 @@ class TinyMlpHeadNet(nn.Module):
 
     def __init__(self, classes: int = 5) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                                      nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.Tanh())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.Tanh()
+        )
         self.after = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
         self.head = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, classes))
 

@@ -1,4 +1,5 @@
 """The guide's rules on hand-made arrays (one test per rule)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,8 +51,9 @@ def red_blue_case():
 def test_region_with_one_class_takes_it_whole_and_class_pixels_outside_stay_background():
     salient = rect(5, 30, 5, 30)
     class_mask = rect(20, 38, 20, 45)  # half inside the salient region, half outside
-    label = make_pseudo_label(grey_image(), saliency_of(salient), {3: class_mask},
-                              cams_of({3: class_mask}), GuideParams())
+    label = make_pseudo_label(
+        grey_image(), saliency_of(salient), {3: class_mask}, cams_of({3: class_mask}), GuideParams()
+    )
     assert (label[salient] == 3).all()
     assert (label[~salient] == 0).all()
 
@@ -59,8 +61,7 @@ def test_region_with_one_class_takes_it_whole_and_class_pixels_outside_stay_back
 @pytest.mark.parametrize("setting, expected", [("background", 0), ("ignore", IGNORE)])
 def test_region_without_class_is_unlabelled_foreground(setting, expected):
     salient = rect(5, 30, 5, 30)
-    label = make_pseudo_label(grey_image(), saliency_of(salient), {}, {},
-                              GuideParams(unlabelled_foreground=setting))
+    label = make_pseudo_label(grey_image(), saliency_of(salient), {}, {}, GuideParams(unlabelled_foreground=setting))
     assert (label[salient] == expected).all()
     assert (label[~salient] == 0).all()
 
@@ -99,8 +100,7 @@ def test_crf_background_channel(background_channel):
     image[8:32, 30:42] = (30, 30, 220)
     _, saliency, masks, cams = red_blue_case()
     cams = {c: np.where(rect(8, 32, 10, 42), m, 0).astype(np.float32) for c, m in cams.items()}
-    label = make_pseudo_label(image, saliency, masks, cams,
-                              GuideParams(crf_background_channel=background_channel))
+    label = make_pseudo_label(image, saliency, masks, cams, GuideParams(crf_background_channel=background_channel))
     assert (label[8:32, 10:28] == 1).all() and (label[8:32, 32:42] == 2).all()
     overshoot = label[8:32, 44:50]
     if background_channel:
@@ -125,9 +125,8 @@ def test_bounding_box_crf_matches_whole_image_crf_on_a_simple_case():
 @pytest.mark.parametrize("pixels, kept", [(23, False), (24, True), (25, True)])
 def test_saliency_regions_under_one_percent_are_dropped(pixels, kept):
     salient = np.zeros((H, W), bool)
-    salient[10, 5:5 + pixels] = True  # one row: an 8-connected segment of ``pixels`` pixels
-    label = make_pseudo_label(grey_image(), saliency_of(salient), {}, {},
-                              GuideParams(unlabelled_foreground="ignore"))
+    salient[10, 5 : 5 + pixels] = True  # one row: an 8-connected segment of ``pixels`` pixels
+    label = make_pseudo_label(grey_image(), saliency_of(salient), {}, {}, GuideParams(unlabelled_foreground="ignore"))
     assert (label[salient] == (IGNORE if kept else 0)).all()
 
 
@@ -144,8 +143,9 @@ def test_class_regions_of_25_pixels_or_fewer_are_dropped(pixels, kept):
     class_mask[20:22, 10:23] = True  # 26 px
     class_mask[21, 22] = pixels == 26
     assert class_mask.sum() == pixels
-    label = make_pseudo_label(grey_image(), saliency_of(salient), {2: class_mask},
-                              cams_of({2: class_mask}), GuideParams())
+    label = make_pseudo_label(
+        grey_image(), saliency_of(salient), {2: class_mask}, cams_of({2: class_mask}), GuideParams()
+    )
     assert (label[salient] == (2 if kept else 0)).all()
 
 
@@ -161,8 +161,13 @@ def test_class_pixel_filter_is_configurable():
 def test_minimum_overlap(min_overlap, expected):
     salient = rect(5, 20, 5, 20)
     touching = rect(18, 30, 18, 30)  # 144 px, 4 of them inside the salient region
-    label = make_pseudo_label(grey_image(), saliency_of(salient), {5: touching}, cams_of({5: touching}),
-                              GuideParams(min_overlap_pixels=min_overlap))
+    label = make_pseudo_label(
+        grey_image(),
+        saliency_of(salient),
+        {5: touching},
+        cams_of({5: touching}),
+        GuideParams(min_overlap_pixels=min_overlap),
+    )
     assert (label[salient] == expected).all()
     # the class region touches a saliency region, so it is not isolated: its outside part is background
     assert (label[touching & ~salient] == 0).all()
@@ -171,8 +176,13 @@ def test_minimum_overlap(min_overlap, expected):
 def test_overlap_is_counted_per_region():
     first, second = rect(2, 12, 2, 12), rect(2, 12, 40, 55)
     class_a, class_b = rect(4, 8, 4, 12), rect(5, 10, 42, 50)
-    label = make_pseudo_label(grey_image(), saliency_of(first, second), {1: class_a, 2: class_b},
-                              cams_of({1: class_a, 2: class_b}), GuideParams())
+    label = make_pseudo_label(
+        grey_image(),
+        saliency_of(first, second),
+        {1: class_a, 2: class_b},
+        cams_of({1: class_a, 2: class_b}),
+        GuideParams(),
+    )
     assert (label[first] == 1).all() and (label[second] == 2).all()
 
 
@@ -193,16 +203,18 @@ def test_isolated_class_regions_are_painted_and_the_higher_cam_wins_where_they_o
 def test_isolated_class_regions_can_be_ignored():
     salient = rect(2, 12, 2, 12)
     far = rect(20, 35, 20, 40)
-    label = make_pseudo_label(grey_image(), saliency_of(salient), {1: far}, cams_of({1: far}),
-                              GuideParams(isolated_class_regions="ignore"))
+    label = make_pseudo_label(
+        grey_image(), saliency_of(salient), {1: far}, cams_of({1: far}), GuideParams(isolated_class_regions="ignore")
+    )
     assert (label[far] == IGNORE).all() and (label[~far] == 0).all()
 
 
 def test_class_region_touching_only_a_dropped_saliency_region_is_isolated():
     speck = rect(30, 33, 30, 33)  # 9 px salient: under 1%, dropped
     class_mask = rect(28, 38, 28, 40)
-    label = make_pseudo_label(grey_image(), saliency_of(speck), {4: class_mask}, cams_of({4: class_mask}),
-                              GuideParams())
+    label = make_pseudo_label(
+        grey_image(), saliency_of(speck), {4: class_mask}, cams_of({4: class_mask}), GuideParams()
+    )
     assert (label[class_mask] == 4).all()
 
 
@@ -215,8 +227,9 @@ def test_pixel_rule_takes_the_strongest_cam_above_the_class_threshold():
     b[:, 25:45] = 0.9
     b[:, 45:50] = 0.3  # under the class threshold 0.4
     speck = rect(0, 2, 0, 2)  # a tiny salient region: the pixel rule keeps it
-    label = make_pseudo_label(grey_image(), saliency_of(salient, speck), {1: a >= 0.4, 2: b >= 0.4},
-                              {1: a, 2: b}, GuideParams(rule="pixel"))
+    label = make_pseudo_label(
+        grey_image(), saliency_of(salient, speck), {1: a >= 0.4, 2: b >= 0.4}, {1: a, 2: b}, GuideParams(rule="pixel")
+    )
     assert (label[5:35, 5:25] == 1).all()
     assert (label[5:35, 25:45] == 2).all()
     assert (label[5:35, 45:55] == IGNORE).all()
@@ -242,9 +255,16 @@ def test_connected_regions_use_8_connectivity_and_boxes():
 
 
 def test_params_come_from_the_config():
-    cfg = config_module.build_config("demo", ["guide.rule=pixel", "saliency.threshold=0.3",
-                                              "attention.threshold=0.6", "guide.crf.bilateral_srgb=7",
-                                              "guide.min_overlap_pixels=9"])
+    cfg = config_module.build_config(
+        "demo",
+        [
+            "guide.rule=pixel",
+            "saliency.threshold=0.3",
+            "attention.threshold=0.6",
+            "guide.crf.bilateral_srgb=7",
+            "guide.min_overlap_pixels=9",
+        ],
+    )
     params = GuideParams.from_config(cfg, crf_whole_image=True)
     assert (params.rule, params.saliency_threshold, params.cam_threshold) == ("pixel", 0.3, 0.6)
     assert params.crf.bilateral_srgb == 7 and params.min_overlap_pixels == 9 and params.crf_whole_image
@@ -260,5 +280,4 @@ def test_mismatched_inputs_are_refused():
     with pytest.raises(ValueError, match="no CAM"):
         make_pseudo_label(grey_image(), saliency_of(salient), {1: salient}, {}, GuideParams())
     with pytest.raises(ValueError, match="class mask of class 1"):
-        make_pseudo_label(grey_image(), saliency_of(salient), {1: salient[:10]}, cams_of({1: salient}),
-                          GuideParams())
+        make_pseudo_label(grey_image(), saliency_of(salient), {1: salient[:10]}, cams_of({1: salient}), GuideParams())

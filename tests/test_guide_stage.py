@@ -1,4 +1,5 @@
 """CREATE_GUIDE over files: a tiny VOC-layout set in tmp_path, inputs written with the Layout writers."""
+
 from __future__ import annotations
 
 import json
@@ -83,8 +84,9 @@ def write_inputs(cfg, scenes) -> None:
         for class_id in class_ids:
             blurred = cv2.GaussianBlur((mask == class_id).astype(np.float32), (0, 0), 4.0)
             cams.append(cv2.resize(blurred / blurred.max(), small[::-1], interpolation=cv2.INTER_AREA))
-        layout.write_cams_and_masks(image_id, class_ids, np.array(cams, np.float32).reshape(-1, *small), (H, W),
-                                    cfg.attention.threshold)
+        layout.write_cams_and_masks(
+            image_id, class_ids, np.array(cams, np.float32).reshape(-1, *small), (H, W), cfg.attention.threshold
+        )
 
 
 def stored_labels(cfg) -> dict[str, np.ndarray]:
@@ -164,8 +166,9 @@ def test_worker_pool_gives_the_labels_of_one_process(voc_cfg):
     cfg = voc_cfg(**{"guide.workers": 2})
     make_guide.run(cfg)
     pooled = stored_labels(cfg)
-    in_process = dict(make_guide.compute_pseudo_labels(cfg, "train", list(SCENES),
-                                                       GuideParams.from_config(cfg), workers=1))
+    in_process = dict(
+        make_guide.compute_pseudo_labels(cfg, "train", list(SCENES), GuideParams.from_config(cfg), workers=1)
+    )
     assert all(np.array_equal(pooled[i], in_process[i]) for i in SCENES)
 
 
@@ -189,8 +192,9 @@ def test_whole_image_crf_switch_gives_the_same_labels_here(voc_cfg, monkeypatch)
     ids = list(SCENES)
     box = dict(make_guide.compute_pseudo_labels(cfg, "train", ids, GuideParams.from_config(cfg), 1))
     variant["name"] = "whole"
-    whole = dict(make_guide.compute_pseudo_labels(
-        cfg, "train", ids, GuideParams.from_config(cfg, crf_whole_image=True), 1))
+    whole = dict(
+        make_guide.compute_pseudo_labels(cfg, "train", ids, GuideParams.from_config(cfg, crf_whole_image=True), 1)
+    )
     # the CRF split a shared region in both variants, on a box smaller than the whole image
     assert windows["box"] and len(windows["box"]) == len(windows["whole"])
     assert any(b[0] * b[1] < w[0] * w[1] for b, w in zip(windows["box"], windows["whole"]))
@@ -214,11 +218,14 @@ def test_pixel_rule_through_the_stage(voc_cfg):
     assert (labels["pair"][12:36, 8:24] == 1).all() and (labels["pair"][12:36, 36:54] == 2).all()
 
 
-@pytest.mark.parametrize("remove, stage", [
-    (lambda layout: layout.saliency_prob("pair"), "CREATE_SALIENCY"),
-    (lambda layout: layout.cams("pair"), "CREATE_ATTENTION"),
-    (lambda layout: layout.cam_mask("pair", 2), "CREATE_ATTENTION"),
-])
+@pytest.mark.parametrize(
+    "remove, stage",
+    [
+        (lambda layout: layout.saliency_prob("pair"), "CREATE_SALIENCY"),
+        (lambda layout: layout.cams("pair"), "CREATE_ATTENTION"),
+        (lambda layout: layout.cam_mask("pair", 2), "CREATE_ATTENTION"),
+    ],
+)
 def test_missing_inputs_name_the_file_and_the_stage(voc_cfg, remove, stage):
     cfg = voc_cfg(**{"guide.workers": 1})
     path = remove(Layout(cfg))

@@ -1,4 +1,5 @@
 """ImageNet weights: the offline EfficientNet-Lite0 recognises real photos; clear errors otherwise."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,8 +29,13 @@ def lite0():
     return model.eval()
 
 
-@pytest.mark.parametrize("photo, expected", [("chelsea", {281, 282, 285}),  # tabby/tiger/Egyptian cat
-                                             ("coffee", {967})])  # espresso
+@pytest.mark.parametrize(
+    "photo, expected",
+    [
+        ("chelsea", {281, 282, 285}),  # tabby/tiger/Egyptian cat
+        ("coffee", {967}),
+    ],
+)  # espresso
 def test_offline_lite0_classifies_real_photos(lite0, photo, expected):
     with torch.no_grad():
         probabilities = lite0(_photo(photo)).softmax(1)[0]
@@ -38,8 +44,7 @@ def test_offline_lite0_classifies_real_photos(lite0, photo, expected):
 
 
 def test_classifier_backbone_gets_the_same_weights(lite0):
-    model = build_classifier(backbone="efficientnet_lite0", num_classes=3, pretrained=True,
-                             output_stride=32).eval()
+    model = build_classifier(backbone="efficientnet_lite0", num_classes=3, pretrained=True, output_stride=32).eval()
     reference = lite0.state_dict()
     for name, tensor in model.features.model.state_dict().items():
         assert torch.equal(tensor, reference[name]), name
@@ -76,11 +81,12 @@ def test_unreadable_local_file_is_a_clear_error(tmp_path):
         build_classifier(backbone="efficientnet_lite0", num_classes=2, pretrained=True, weights_path=str(path))
 
 
-@pytest.mark.parametrize("backbone, output_stride", [("efficientnet_lite0", 16), ("efficientnet_lite0", 32),
-                                                     ("resnet50", 16), ("vgg16_bn", 16)])
+@pytest.mark.parametrize(
+    "backbone, output_stride",
+    [("efficientnet_lite0", 16), ("efficientnet_lite0", 32), ("resnet50", 16), ("vgg16_bn", 16)],
+)
 def test_classifier_backbones_and_target_layers(backbone, output_stride):
-    model = build_classifier(backbone=backbone, num_classes=6, pretrained=False,
-                             output_stride=output_stride).eval()
+    model = build_classifier(backbone=backbone, num_classes=6, pretrained=False, output_stride=output_stride).eval()
     x = torch.randn(1, 3, 96, 64)
     with torch.no_grad():
         features = model.features(x)

@@ -1,5 +1,6 @@
 """The per-image stages' forward passes under runtime.precision = bf16 (CPU autocast): outputs come
 back as float32 and stay close to float32 ones, Grad-CAM's gradients included."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The shared metrics against brute-force definitions on random arrays."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,10 @@ def test_confusion_matrix_equals_counting_pixels(seed):
         assert matrix.iou()[c] == pytest.approx(tp / (in_truth + predicted - tp))
         assert matrix.precision()[c] == pytest.approx(tp / predicted)
         assert matrix.recall()[c] == pytest.approx(tp / in_truth)
-    expected_iou = [np.sum((truth == c) & (prediction == c)) / np.sum(scored & ((truth == c) | (prediction == c)))
-                    for c in range(classes)]
+    expected_iou = [
+        np.sum((truth == c) & (prediction == c)) / np.sum(scored & ((truth == c) | (prediction == c)))
+        for c in range(classes)
+    ]
     assert matrix.mean_iou() == pytest.approx(np.mean(expected_iou))
     assert matrix.pixel_accuracy() == pytest.approx(np.sum(scored & (truth == prediction)) / np.sum(scored))
 

@@ -1,11 +1,12 @@
 """The per-image stages under torchrun (2 processes, gloo on the CPU) write exactly what one
 process writes: every tmp/ file byte for byte, and the same reports."""
+
 from __future__ import annotations
 
 import pytest
+import stage_runs
 import torch.distributed as dist
 
-import stage_runs
 from common import work
 
 
@@ -44,5 +45,6 @@ def test_two_processes_write_what_one_process_writes(tmp_path_factory, tmp_path)
     assert stage_runs.reports(tmp_path / "runs", "eval_deeplab")["report.json"]["images_scored"] == 8
     # one manifest of reusable predictions, no per-process leftovers
     assert not list((tmp_path / "runs" / "eval_deeplab").glob("predictions.rank*.json"))
-    assert (tmp_path / "runs" / "eval_deeplab" / "predictions.json").read_bytes() == \
-        (single / "runs" / "eval_deeplab" / "predictions.json").read_bytes()
+    assert (tmp_path / "runs" / "eval_deeplab" / "predictions.json").read_bytes() == (
+        single / "runs" / "eval_deeplab" / "predictions.json"
+    ).read_bytes()

@@ -2,6 +2,7 @@
 
 Nothing is ever written into the data set; a rerun with nothing changed redoes nothing; a change to
 the data redoes the per-image stages and refuses to discard trained networks."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,12 +11,12 @@ import shutil
 
 import numpy as np
 import pytest
+from test_pipeline_e2e import TINY_ALL as TINY_STAGES
 
 import datasets
 import main
 from common import files
 from datasets.voc import read_class_names
-from test_pipeline_e2e import TINY_ALL as TINY_STAGES
 
 # the tiny stage settings of the every-stage test, with eval overlays and no loader processes
 TINY_ALL = {**TINY_STAGES, "runtime.num_workers": 0, "eval.overlays": 2}
@@ -35,21 +36,30 @@ def make_folder_set(synthetic_root, root, count: int = 12) -> None:
         rows.append(f"{image_id},{' '.join(present)}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     (root / "train.txt").write_text("\n".join(ids[: count * 2 // 3]) + "\n")
-    (root / "val.txt").write_text("\n".join(ids[count * 2 // 3:]) + "\n")
+    (root / "val.txt").write_text("\n".join(ids[count * 2 // 3 :]) + "\n")
     (root / "class_names.txt").write_text("\n".join(names) + "\n")
 
 
 def snapshot(root) -> dict[str, str]:
     """Every file under ``root`` (hidden ones too) with the sha1 of its bytes."""
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def argv(tmp_path, root, saliency_root, stages=None, **extra):
-    settings = {**TINY_ALL, "dataset.root": root, "paths.tmp": tmp_path / "tmp", "paths.runs": tmp_path / "runs",
-                "paths.checkpoints": tmp_path / "checkpoints",
-                "saliency.train_root": saliency_root / "train", "saliency.val_root": saliency_root / "val",
-                **extra}
+    settings = {
+        **TINY_ALL,
+        "dataset.root": root,
+        "paths.tmp": tmp_path / "tmp",
+        "paths.runs": tmp_path / "runs",
+        "paths.checkpoints": tmp_path / "checkpoints",
+        "saliency.train_root": saliency_root / "train",
+        "saliency.val_root": saliency_root / "val",
+        **extra,
+    }
     args = ["--preset", "folder"] + [a for key, value in settings.items() for a in ("--set", f"{key}={value}")]
     return args + (["--stages", stages] if stages else [])
 
@@ -90,8 +100,18 @@ def test_real_photos_never_get_the_synthetic_saliency_set(tiny_synthetic_root, t
     root = tmp_path / "my_photos"
     make_folder_set(tiny_synthetic_root, root, count=4)
     before = snapshot(root)
-    args = ["--preset", "folder", "--set", f"dataset.root={root}", "--set", f"paths.runs={tmp_path / 'runs'}",
-            "--set", f"paths.tmp={tmp_path / 'tmp'}", "--set", f"paths.checkpoints={tmp_path / 'ck'}"]
+    args = [
+        "--preset",
+        "folder",
+        "--set",
+        f"dataset.root={root}",
+        "--set",
+        f"paths.runs={tmp_path / 'runs'}",
+        "--set",
+        f"paths.tmp={tmp_path / 'tmp'}",
+        "--set",
+        f"paths.checkpoints={tmp_path / 'ck'}",
+    ]
     assert main.main(args) == 2
     err = capsys.readouterr().err
     assert "saliency.checkpoint" in err and "saliency.train_root" in err
@@ -114,8 +134,7 @@ def test_the_synthetic_generator_refuses_a_folder_it_did_not_write(tiny_syntheti
     assert snapshot(root) == before
 
 
-def test_a_bad_photo_stops_the_run_before_any_work_or_is_skipped_and_listed(tiny_synthetic_root, tmp_path,
-                                                                              capsys):
+def test_a_bad_photo_stops_the_run_before_any_work_or_is_skipped_and_listed(tiny_synthetic_root, tmp_path, capsys):
     root = tmp_path / "my_photos"
     make_folder_set(tiny_synthetic_root, root, count=6)
     broken = sorted((root / "images").iterdir())[0]

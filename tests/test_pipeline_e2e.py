@@ -1,4 +1,5 @@
 """Every stage in one tiny run through main.py: each reads what the one before wrote to tmp/."""
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,22 @@ from common.layout import Layout
 from common.stages import STAGES
 
 TINY_ALL = {
-    "saliency.steps": 4, "saliency.val_every": 2, "saliency.train_batch_size": 4,
-    "saliency.input_size": 64, "saliency.batch_size": 8,
-    "classifier.steps": 6, "classifier.val_every": 3, "classifier.batch_size": 4,
-    "classifier.crop_size": 64, "attention.batch_size": 4,
-    "guide.workers": 1, "guide.previews": 2,
-    "deeplab.steps": 4, "deeplab.val_every": 2, "deeplab.batch_size": 2, "deeplab.crop_size": 64,
+    "saliency.steps": 4,
+    "saliency.val_every": 2,
+    "saliency.train_batch_size": 4,
+    "saliency.input_size": 64,
+    "saliency.batch_size": 8,
+    "classifier.steps": 6,
+    "classifier.val_every": 3,
+    "classifier.batch_size": 4,
+    "classifier.crop_size": 64,
+    "attention.batch_size": 4,
+    "guide.workers": 1,
+    "guide.previews": 2,
+    "deeplab.steps": 4,
+    "deeplab.val_every": 2,
+    "deeplab.batch_size": 2,
+    "deeplab.crop_size": 64,
 }
 
 

@@ -1,5 +1,6 @@
 """Records of what made each stage's outputs: reuse when nothing changed, redo or refuse when it did;
 missing inputs refused at preflight; experiments kept apart; hparams in tensorboard."""
+
 from __future__ import annotations
 
 import json
@@ -167,8 +168,9 @@ def test_missing_or_unfinished_inputs_are_refused_before_any_work(folder_cfg, mo
     cfg = folder_cfg
     with pytest.raises(provenance.MissingInput, match="create_guide reads the outputs of create_saliency"):
         provenance.check_inputs(cfg, ["create_guide"])
-    provenance.check_inputs(cfg, ["train_saliency", "create_saliency", "train_seed", "create_attention",
-                                  "create_guide"])  # each will be made first
+    provenance.check_inputs(
+        cfg, ["train_saliency", "create_saliency", "train_seed", "create_attention", "create_guide"]
+    )  # each will be made first
     _fake_network(cfg, "saliency")
     provenance.begin(cfg, "create_saliency")  # started, never finished (killed)
     _fake_network(cfg, "classifier")
@@ -243,9 +245,12 @@ def test_a_stage_run_alone_refuses_upstream_outputs_made_from_other_settings(fol
     _run(cfg, "create_attention")
     provenance.check_inputs(cfg, ["create_guide"])  # both finished from this configuration
     cfg.saliency.minmax_normalise = True  # CREATE_SALIENCY would now make other maps
-    with pytest.raises(provenance.MissingInput, match=r"create_saliency's outputs were made from other inputs "
-                                                      r"than this configuration gives it \(changed: "
-                                                      r"saliency.minmax_normalise\)"):
+    with pytest.raises(
+        provenance.MissingInput,
+        match=r"create_saliency's outputs were made from other inputs "
+        r"than this configuration gives it \(changed: "
+        r"saliency.minmax_normalise\)",
+    ):
         provenance.check_inputs(cfg, ["create_guide"])
     provenance.check_inputs(cfg, ["create_saliency", "create_guide"])  # redone first: fine
 

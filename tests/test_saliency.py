@@ -1,4 +1,5 @@
 """PiCANet: checkpoint format, attention semantics, and the two saliency stages."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,8 +60,11 @@ def test_plain_state_dict_reloads_strictly_and_computes_the_same(vgg_picanet, tm
 def test_forward_at_224_gives_six_side_outputs(vgg_picanet):
     with torch.no_grad():
         outputs = vgg_picanet(torch.rand(1, 3, 224, 224))
-    assert [tuple(o.shape) for o in outputs] == [(1, 1, 28, 28)] * 3 + [(1, 1, 56, 56), (1, 1, 112, 112),
-                                                                        (1, 1, 224, 224)]
+    assert [tuple(o.shape) for o in outputs] == [(1, 1, 28, 28)] * 3 + [
+        (1, 1, 56, 56),
+        (1, 1, 112, 112),
+        (1, 1, 224, 224),
+    ]
     assert all(float(o.min()) >= 0 and float(o.max()) <= 1 for o in outputs)
 
 
@@ -140,8 +144,13 @@ def test_global_attention_is_a_softmax_weighted_sum_over_the_grid():
             assert torch.allclose(got[c, y, xx], expected, atol=1e-5)
 
 
-TINY_SALIENCY = {"saliency.steps": 4, "saliency.val_every": 2, "saliency.train_batch_size": 4,
-                 "saliency.input_size": 64, "saliency.batch_size": 8}
+TINY_SALIENCY = {
+    "saliency.steps": 4,
+    "saliency.val_every": 2,
+    "saliency.train_batch_size": 4,
+    "saliency.input_size": 64,
+    "saliency.batch_size": 8,
+}
 
 
 def test_train_then_create_saliency_writes_one_map_per_image(tiny_cfg):
@@ -178,6 +187,7 @@ def test_threshold_changes_without_rerunning_the_network(tiny_cfg, monkeypatch):
         view = np.asarray(layout.read_saliency(image_id))  # unchanged probabilities
         assert np.array_equal(view, prob)
         from common import files
+
         binary = files.read_label_png(layout.saliency_binary(image_id)) > 127
         assert np.array_equal(binary, prob >= threshold)
 

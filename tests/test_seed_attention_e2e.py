@@ -1,4 +1,5 @@
 """A tiny TRAIN_SEED + CREATE_ATTENTION run on the synthetic set, resume and rerun skipping."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,13 @@ from attention import make_cam
 from classifier import train_classifier
 from common.layout import Layout
 
-TINY = {"classifier.steps": 6, "classifier.val_every": 3, "classifier.batch_size": 4,
-        "classifier.crop_size": 64, "attention.batch_size": 4}
+TINY = {
+    "classifier.steps": 6,
+    "classifier.val_every": 3,
+    "classifier.batch_size": 4,
+    "classifier.crop_size": 64,
+    "attention.batch_size": 4,
+}
 
 
 def test_train_seed_then_attention_writes_every_output(tiny_cfg):

@@ -1,6 +1,7 @@
 """Segmenting new images: the Segmenter API, the segment.py command line, TorchScript / ONNX export.
 
 Every test runs a small random-weight DeepLab saved the way TRAIN_DEEPLAB saves one."""
+
 from __future__ import annotations
 
 import csv
@@ -14,9 +15,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 import segment
-from config import auto_precision
 from common import checkpoint, files
 from common.crf import CrfParams
+from config import auto_precision
 from deeplab.data import to_tensor
 from deeplab.inference import crf_refine
 from deeplab.models import build_deeplab
@@ -32,8 +33,7 @@ def random_deeplab(backbone: str = "mobilenet_v3_large", num_classes: int = 3):
     """A random-weight DeepLab in eval mode whose BatchNorm statistics come from random images,
     so activations have realistic scales and the argmax varies over the image."""
     torch.manual_seed(0)
-    model = build_deeplab(backbone=backbone, num_classes=num_classes, output_stride=16,
-                          pretrained_backbone=False)
+    model = build_deeplab(backbone=backbone, num_classes=num_classes, output_stride=16, pretrained_backbone=False)
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.momentum = None  # cumulative average over the calibration batches
@@ -46,9 +46,16 @@ def random_deeplab(backbone: str = "mobilenet_v3_large", num_classes: int = 3):
 
 def save_like_train_deeplab(path, model, class_names=CLASS_NAMES, **changes):
     """What TRAIN_DEEPLAB's save_last writes: the model's describe() plus its own keys in ``extra``."""
-    extra = {**model.describe(), "class_names": list(class_names), "gt_percentage": 0.0,
-             "pretrained_backbone": False, "freeze_backbone_bn": False, "weakly_supervised": True,
-             "not_weakly_supervised_because": [], "best": {"mIoU": 0.5, "step": 3}}
+    extra = {
+        **model.describe(),
+        "class_names": list(class_names),
+        "gt_percentage": 0.0,
+        "pretrained_backbone": False,
+        "freeze_backbone_bn": False,
+        "weakly_supervised": True,
+        "not_weakly_supervised_because": [],
+        "best": {"mIoU": 0.5, "step": 3},
+    }
     extra.update(changes)
     extra = {k: v for k, v in extra.items() if v is not None}
     checkpoint.save_training_state(path, model=model, step=3, extra=extra)
@@ -168,9 +175,14 @@ def write_photo_tree(root):
     """Images at several depths, same names in different folders and side by side with other
     suffixes, an upper-case suffix, an EXIF-rotated JPEG, a corrupt file and a non-image; returns
     {relative path: the upright RGB array} of the readable images."""
-    images = {"a.jpg": random_image(48, 64, 10), "sub/a.jpg": random_image(40, 40, 11),
-              "sub/deeper/b.PNG": random_image(33, 45, 12), "c.bmp": random_image(30, 50, 13),
-              "twin.png": random_image(36, 36, 14), "twin.jpg": random_image(36, 36, 15)}
+    images = {
+        "a.jpg": random_image(48, 64, 10),
+        "sub/a.jpg": random_image(40, 40, 11),
+        "sub/deeper/b.PNG": random_image(33, 45, 12),
+        "c.bmp": random_image(30, 50, 13),
+        "twin.png": random_image(36, 36, 14),
+        "twin.jpg": random_image(36, 36, 15),
+    }
     for name, array in images.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(array).save(root / name)
@@ -192,15 +204,35 @@ def test_segment_command_on_a_folder(trained, tmp_path, capsys):
     images = write_photo_tree(root)
     assert images["sub/portrait.jpg"].shape == (40, 24, 3)
     # fp32: compared below with one image at a time (bf16 rounds differently in other batch shapes)
-    code = segment.main([str(root), "--out", str(out), "--checkpoint", str(path), "--device", "cpu",
-                         "--batch-size", "2", "--precision", "fp32"])
+    code = segment.main(
+        [
+            str(root),
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(path),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "2",
+            "--precision",
+            "fp32",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0
     assert "broken.jpg" in captured.out + captured.err
     assert f"segmented {len(images)} of {len(images) + 1}" in captured.out
     segmenter = Segmenter.from_checkpoint(path, device="cpu")
-    expected_names = {"a.jpg": "a", "sub/a.jpg": "sub/a", "sub/deeper/b.PNG": "sub/deeper/b", "c.bmp": "c",
-                      "twin.png": "twin.png", "twin.jpg": "twin.jpg", "sub/portrait.jpg": "sub/portrait"}
+    expected_names = {
+        "a.jpg": "a",
+        "sub/a.jpg": "sub/a",
+        "sub/deeper/b.PNG": "sub/deeper/b",
+        "c.bmp": "c",
+        "twin.png": "twin.png",
+        "twin.jpg": "twin.jpg",
+        "sub/portrait.jpg": "sub/portrait",
+    }
     predictions = {}
     for source, name in expected_names.items():
         with Image.open(out / f"{name}.png") as png:
@@ -298,7 +330,8 @@ def test_torchscript_export_matches_pytorch(backbone, tmp_path):
 def test_onnx_export_matches_pytorch(backbone, tmp_path):
     pytest.importorskip("onnx", reason="ONNX export needs onnx (pip install -r requirements-export.txt)")
     onnxruntime = pytest.importorskip(
-        "onnxruntime", reason="checking the ONNX export needs onnxruntime (pip install -r requirements-export.txt)")
+        "onnxruntime", reason="checking the ONNX export needs onnxruntime (pip install -r requirements-export.txt)"
+    )
     model = random_deeplab(backbone)
     segmenter = Segmenter(model, CLASS_NAMES, device="cpu")
     result = segmenter.export(tmp_path / "m.onnx", "onnx", (64, 64))
@@ -316,8 +349,23 @@ def test_onnx_export_matches_pytorch(backbone, tmp_path):
 def test_segment_command_exports(trained, tmp_path, capsys):
     path, _ = trained
     out = tmp_path / "exported"
-    assert segment.main(["--export", "torchscript", "--export-size", "48,64", "--out", str(out),
-                         "--checkpoint", str(path), "--device", "cpu"]) == 0
+    assert (
+        segment.main(
+            [
+                "--export",
+                "torchscript",
+                "--export-size",
+                "48,64",
+                "--out",
+                str(out),
+                "--checkpoint",
+                str(path),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "matches PyTorch within" in capsys.readouterr().out
     traced = torch.jit.load(str(out / "deeplab.torchscript.pt"))
     with torch.no_grad():

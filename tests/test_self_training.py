@@ -1,6 +1,7 @@
 """The self-training round's boundary (benchmarks/self_training.py): predictions on the training
 split become the next DeepLab's pseudo labels, filtered by the image-level tags, with a record the
 provenance checks accept and that changes when the predictions do."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,10 @@ def _fake_predict_run(cfg, stray_class: int, version: str = "a") -> None:
         prediction[prediction == 255] = 0
         prediction[:8, :8] = stray_class
         files.write_label_png(layout.prediction(image_id), prediction)
-    files.write_text(layout.record(BY_NAME["eval_deeplab"]),
-                     json.dumps({"stage": "eval_deeplab", "inputs": {"version": version}, "complete": True}))
+    files.write_text(
+        layout.record(BY_NAME["eval_deeplab"]),
+        json.dumps({"stage": "eval_deeplab", "inputs": {"version": version}, "complete": True}),
+    )
 
 
 def test_labels_record_and_rerun(tiny_cfg):
@@ -91,25 +94,50 @@ def test_round_through_the_real_stages(tiny_cfg, tmp_path):
     from deeplab.models import build_deeplab
 
     torch.set_num_threads(1)
-    small = {"deeplab.steps": 2, "deeplab.val_every": 2, "deeplab.crop_size": 64, "deeplab.batch_size": 2,
-             "deeplab.pretrained_backbone": False, "eval.overlays": 0, "runtime.device": "cpu"}
+    small = {
+        "deeplab.steps": 2,
+        "deeplab.val_every": 2,
+        "deeplab.crop_size": 64,
+        "deeplab.batch_size": 2,
+        "deeplab.pretrained_backbone": False,
+        "eval.overlays": 0,
+        "runtime.device": "cpu",
+    }
     base = tiny_cfg(**small, **{"paths.checkpoints": str(tmp_path / "base_checkpoints")})
     image_set = datasets.build(base, "train")
-    model = build_deeplab(backbone="efficientnet_lite0", num_classes=image_set.num_classes + 1,
-                          pretrained_backbone=False)
-    save_training_state(Layout(base).checkpoint("deeplab", "best"), model=model,
-                        extra={**model.describe(), "class_names": image_set.class_names, "gt_percentage": 0.0,
-                               "weakly_supervised": True, "not_weakly_supervised_because": []})
-    predict = tiny_cfg(**{**small, **self_training.PREDICT_SETTINGS},
-                       **{"paths.tmp": str(tmp_path / "predict" / "tmp"),
-                          "paths.runs": str(tmp_path / "predict" / "runs"),
-                          "paths.checkpoints": str(tmp_path / "predict" / "checkpoints")})
+    model = build_deeplab(
+        backbone="efficientnet_lite0", num_classes=image_set.num_classes + 1, pretrained_backbone=False
+    )
+    save_training_state(
+        Layout(base).checkpoint("deeplab", "best"),
+        model=model,
+        extra={
+            **model.describe(),
+            "class_names": image_set.class_names,
+            "gt_percentage": 0.0,
+            "weakly_supervised": True,
+            "not_weakly_supervised_because": [],
+        },
+    )
+    predict = tiny_cfg(
+        **{**small, **self_training.PREDICT_SETTINGS},
+        **{
+            "paths.tmp": str(tmp_path / "predict" / "tmp"),
+            "paths.runs": str(tmp_path / "predict" / "runs"),
+            "paths.checkpoints": str(tmp_path / "predict" / "checkpoints"),
+        },
+    )
     share_checkpoints(base, predict, ("deeplab",))
     evaluated = main.run_stages(predict, ["eval_deeplab"])["eval_deeplab"]
     assert evaluated["images"] == len(image_set.ids)
-    retrain = tiny_cfg(**small, **{"paths.tmp": str(tmp_path / "retrain" / "tmp"),
-                                   "paths.runs": str(tmp_path / "retrain" / "runs"),
-                                   "paths.checkpoints": str(tmp_path / "retrain" / "checkpoints")})
+    retrain = tiny_cfg(
+        **small,
+        **{
+            "paths.tmp": str(tmp_path / "retrain" / "tmp"),
+            "paths.runs": str(tmp_path / "retrain" / "runs"),
+            "paths.checkpoints": str(tmp_path / "retrain" / "checkpoints"),
+        },
+    )
     labels = self_training.write_labels(predict, retrain)
     assert labels["images"] == len(image_set.ids)
     summaries = main.run_stages(retrain, ["train_deeplab", "eval_deeplab"])

@@ -3,6 +3,7 @@
 Most tests share one small set (100 + 20 images, saliency 10 + 5) generated once for the module;
 the statistics the design promises are checked on the default sizes by the slow test at the end.
 """
+
 from __future__ import annotations
 
 import time
@@ -127,7 +128,8 @@ def test_second_call_returns_at_once_and_new_settings_regenerate(tmp_path):
     synthetic.ensure_generated(fewer)
     assert users_file.read_bytes() == b"not ours"
     assert sorted(p.name for p in (root / "JPEGImages").iterdir()) == sorted(
-        ["holiday.jpg"] + [f"syn_train_{i:04d}.jpg" for i in range(1, 5)] + ["syn_val_0001.jpg", "syn_val_0002.jpg"])
+        ["holiday.jpg"] + [f"syn_train_{i:04d}.jpg" for i in range(1, 5)] + ["syn_val_0001.jpg", "syn_val_0002.jpg"]
+    )
     assert datasets.build(fewer, "train").ids == [f"syn_train_{i:04d}" for i in range(1, 5)]
     assert synthetic.statistics(fewer)["segmentation"]["images"] == 6
 
@@ -277,8 +279,10 @@ def test_backgrounds_are_textured_and_vary(small):
 
 def test_saliency_set_marks_every_object_including_distractors(small):
     train_dir, val_dir = synthetic.saliency_roots(small)
-    assert (train_dir, val_dir) == (small.path(small.dataset.root) / "saliency" / "train",
-                                    small.path(small.dataset.root) / "saliency" / "val")
+    assert (train_dir, val_dir) == (
+        small.path(small.dataset.root) / "saliency" / "train",
+        small.path(small.dataset.root) / "saliency" / "val",
+    )
     records = synthetic.read_scenes(small.path(small.dataset.root))
     distractor_pixels = 0
     for folder, count, prefix in ((train_dir, 10, "sal_train"), (val_dir, 5, "sal_val")):
@@ -343,9 +347,14 @@ def _design_statistics(cfg) -> dict:
         class_touching += any(roles[a] == roles[b] == "class" for a, b in pairs)
         distractor += any(roles[i] == "distractor" for i in set(np.unique(instances).tolist()) - {0})
     count = len(ids)
-    return {"images": count, "multi_class": multi / count, "touching_or_overlapping": touching / count,
-            "two_classes_touching_or_overlapping": class_touching / count,
-            "with_distractor": distractor / count, "empty": empty / count}
+    return {
+        "images": count,
+        "multi_class": multi / count,
+        "touching_or_overlapping": touching / count,
+        "two_classes_touching_or_overlapping": class_touching / count,
+        "with_distractor": distractor / count,
+        "empty": empty / count,
+    }
 
 
 @pytest.mark.slow
@@ -369,7 +378,8 @@ def test_default_set_meets_the_design(tmp_path):
     # with ~850 objects a chance-level accuracy has sigma ~0.013: 0.22 is chance + 4 sigma
     features, labels = _object_colours(datasets.build(cfg, "train"))
     val_features, val_labels = _object_colours(datasets.build(cfg, "val"))
-    accuracy = _nearest_centroid_accuracy(np.concatenate([features, val_features]),
-                                          np.concatenate([labels, val_labels]))
+    accuracy = _nearest_centroid_accuracy(
+        np.concatenate([features, val_features]), np.concatenate([labels, val_labels])
+    )
     print(f"nearest-centroid accuracy on mean object colour: {accuracy:.3f}")
     assert accuracy < 0.22

@@ -2,6 +2,7 @@
 the weights of an uninterrupted run, SIGTERM saves and exits, settings are checked before weights
 load, a non-finite loss stops training and keeps the last good checkpoint, and two processes (gloo)
 train like one on the same global batch."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 # last.pt holds step n (the test then kills it); SIGTERM_AT=n sends itself SIGTERM during the
 # n-th step of this run; NO_DROPOUT=1 turns dropout off (ranks draw their own masks, which one
 # process cannot reproduce).
-RUNNER = r'''
+RUNNER = r"""
 import importlib, json, os, signal, sys, time
 import torch
 torch.set_num_threads(1)
@@ -62,18 +63,36 @@ if sigterm_at:
 runtime.seed_everything(cfg.runtime.seed)  # as main.run_stages does before each stage
 importlib.import_module(module_name).run(cfg)
 distributed.destroy_process_group()
-'''
+"""
 
 TRAININGS = {
-    "classifier": ("classifier.train_classifier", "classifier", {
-        "classifier.steps": 6, "classifier.val_every": 3, "classifier.batch_size": 4,
-        "classifier.crop_size": 48}),
-    "saliency": ("saliency.train_saliency", "saliency", {
-        "saliency.steps": 6, "saliency.val_every": 3, "saliency.train_batch_size": 2,
-        "saliency.input_size": 64, "saliency.batch_size": 8}),
-    "deeplab": ("deeplab.train_deeplab", "deeplab", {
-        "deeplab.steps": 6, "deeplab.val_every": 3, "deeplab.batch_size": 2, "deeplab.crop_size": 48,
-        "deeplab.gt_percentage": 100.0}),
+    "classifier": (
+        "classifier.train_classifier",
+        "classifier",
+        {"classifier.steps": 6, "classifier.val_every": 3, "classifier.batch_size": 4, "classifier.crop_size": 48},
+    ),
+    "saliency": (
+        "saliency.train_saliency",
+        "saliency",
+        {
+            "saliency.steps": 6,
+            "saliency.val_every": 3,
+            "saliency.train_batch_size": 2,
+            "saliency.input_size": 64,
+            "saliency.batch_size": 8,
+        },
+    ),
+    "deeplab": (
+        "deeplab.train_deeplab",
+        "deeplab",
+        {
+            "deeplab.steps": 6,
+            "deeplab.val_every": 3,
+            "deeplab.batch_size": 2,
+            "deeplab.crop_size": 48,
+            "deeplab.gt_percentage": 100.0,
+        },
+    ),
 }
 
 
@@ -87,23 +106,47 @@ def runner(tmp_path, tiny_synthetic_root):
     def start(name: str, folder: str, *, env: dict | None = None, processes: int = 1, **overrides):
         module, _, settings = TRAININGS[name]
         base = tmp_path / folder
-        values = {**settings, "dataset.root": str(tiny_synthetic_root), "synthetic.num_train": 48,
-                  "synthetic.num_val": 16, "synthetic.saliency_num_train": 24, "synthetic.saliency_num_val": 8,
-                  "paths.tmp": str(base / "tmp"), "paths.runs": str(base / "runs"),
-                  "paths.checkpoints": str(base / "checkpoints"), "runtime.num_workers": 0,
-                  "runtime.checkpoint_every": 2, "runtime.device": "cpu",
-                  # float32 whatever the CPU ("auto" picks bf16 where the CPU has it): the tests compare
-                  # bit for bit (resume) or within 1e-5 (two processes against one)
-                  "runtime.precision": "fp32", **overrides}
+        values = {
+            **settings,
+            "dataset.root": str(tiny_synthetic_root),
+            "synthetic.num_train": 48,
+            "synthetic.num_val": 16,
+            "synthetic.saliency_num_train": 24,
+            "synthetic.saliency_num_val": 8,
+            "paths.tmp": str(base / "tmp"),
+            "paths.runs": str(base / "runs"),
+            "paths.checkpoints": str(base / "checkpoints"),
+            "runtime.num_workers": 0,
+            "runtime.checkpoint_every": 2,
+            "runtime.device": "cpu",
+            # float32 whatever the CPU ("auto" picks bf16 where the CPU has it): the tests compare
+            # bit for bit (resume) or within 1e-5 (two processes against one)
+            "runtime.precision": "fp32",
+            **overrides,
+        }
         assignments = json.dumps([f"{key}={value}" for key, value in values.items()])
-        environment = {**os.environ, "PROJECT": str(PROJECT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                       **(env or {})}
+        environment = {
+            **os.environ,
+            "PROJECT": str(PROJECT),
+            "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            **(env or {}),
+        }
         command = [sys.executable, str(script), module, assignments]
         if processes > 1:
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                       f"--nproc_per_node={processes}", str(script), module, assignments]
-        return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, cwd=tmp_path)
+            command = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={processes}",
+                str(script),
+                module,
+                assignments,
+            ]
+        return subprocess.Popen(
+            command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+        )
 
     return start
 
@@ -184,11 +227,19 @@ def test_two_processes_train_like_one_on_the_same_global_batch(runner, tmp_path)
 
 # ---- in-process: the settings check and the non-finite stop ---------------------------------------
 
+
 def test_changed_settings_are_named_before_any_weights_load(tiny_cfg):
     from classifier import train_classifier
 
-    cfg = tiny_cfg(**{"classifier.steps": 2, "classifier.val_every": 2, "classifier.batch_size": 2,
-                      "classifier.crop_size": 32, "runtime.device": "cpu"})
+    cfg = tiny_cfg(
+        **{
+            "classifier.steps": 2,
+            "classifier.val_every": 2,
+            "classifier.batch_size": 2,
+            "classifier.crop_size": 32,
+            "runtime.device": "cpu",
+        }
+    )
     train_classifier.run(cfg)
     path = Layout(cfg).checkpoint("classifier", "last")
     state = torch.load(path, weights_only=False)
@@ -208,8 +259,15 @@ def test_changed_settings_are_named_before_any_weights_load(tiny_cfg):
 def test_saliency_compares_its_settings_on_resume(tiny_cfg):
     from saliency import train_saliency
 
-    cfg = tiny_cfg(**{"saliency.steps": 1, "saliency.val_every": 1, "saliency.train_batch_size": 2,
-                      "saliency.input_size": 64, "runtime.device": "cpu"})
+    cfg = tiny_cfg(
+        **{
+            "saliency.steps": 1,
+            "saliency.val_every": 1,
+            "saliency.train_batch_size": 2,
+            "saliency.input_size": 64,
+            "runtime.device": "cpu",
+        }
+    )
     train_saliency.run(cfg)
     cfg.saliency.input_size = 96
     cfg.saliency.steps = 2
@@ -242,18 +300,32 @@ def _toy_spec(poison: int, width: int = 1) -> training.TrainingSpec:
         return ((network(x)[:, :1] - y) ** 2).mean()
 
     return training.TrainingSpec(
-        stage="toy", checkpoints="toy", model=model, optimizer=optimizer,
-        scheduler=training.poly_schedule(optimizer, 10), steps=10, val_every=0, batch_size=2,
-        samples=_Numbers(poison), loss=loss, metric="score", describe={"width": width},
-        resume_keys=("width",), writer=training._NullWriter())
+        stage="toy",
+        checkpoints="toy",
+        model=model,
+        optimizer=optimizer,
+        scheduler=training.poly_schedule(optimizer, 10),
+        steps=10,
+        val_every=0,
+        batch_size=2,
+        samples=_Numbers(poison),
+        loss=loss,
+        metric="score",
+        describe={"width": width},
+        resume_keys=("width",),
+        writer=training._NullWriter(),
+    )
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(make_cfg):
     cfg = make_cfg(**{"runtime.checkpoint_every": 2})
     layout = Layout(cfg)
     spec = _toy_spec(poison=11)  # step 5 (positions 10, 11) holds the NaN
-    with pytest.raises(training.TrainingError, match=r"toy: the loss is nan at step 6.*last good checkpoint "
-                                                     r".*last\.pt \(step 4\) is kept") as info:
+    with pytest.raises(
+        training.TrainingError,
+        match=r"toy: the loss is nan at step 6.*last good checkpoint "
+        r".*last\.pt \(step 4\) is kept",
+    ) as info:
         training.fit(cfg, spec, device=torch.device("cpu"))
     assert "\n" not in str(info.value)
     state = torch.load(layout.checkpoint("toy", "last"), weights_only=False)
