@@ -139,6 +139,7 @@ def run_stages(cfg, stages: list[str]) -> dict[str, dict]:
     """Run ``stages`` in pipeline order; returns each stage's summary and wall time. Under torchrun
     every process runs every stage (each takes its share); rank 0 alone keeps the records."""
     from common import board, distributed, files, provenance
+    from common.errors import InputError
     from common.layout import Layout
     from common.runtime import seed_everything, select_device
 
@@ -153,9 +154,18 @@ def run_stages(cfg, stages: list[str]) -> dict[str, dict]:
         seed_everything(cfg.runtime.seed)
         print(f"\n=== {stage} ===", flush=True)
         started = time.time()
+        failure = None
         if distributed.is_main():
-            provenance.begin(cfg, stage)
-        distributed.barrier()
+            try:
+                provenance.begin(cfg, stage)
+            except Exception as error:  # told to every process below, then raised here as it came
+                failure = error
+        # a broadcast, not a barrier: the other processes must learn that rank 0 stopped, not wait for it
+        stopped = distributed.broadcast_object(None if failure is None else str(failure))
+        if failure is not None:
+            raise failure
+        if stopped is not None:
+            raise InputError(f"process 0 stopped before this stage: {stopped}")
         summary = importlib.import_module(get_stage(stage).module).run(cfg) or {}
         distributed.barrier()
         summary["seconds"] = round(time.time() - started, 1)

@@ -3,6 +3,8 @@ process writes: every tmp/ file byte for byte, and the same reports."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import stage_runs
 import torch.distributed as dist
@@ -48,3 +50,33 @@ def test_two_processes_write_what_one_process_writes(tmp_path_factory, tmp_path)
     assert (tmp_path / "runs" / "eval_deeplab" / "predictions.json").read_bytes() == (
         single / "runs" / "eval_deeplab" / "predictions.json"
     ).read_bytes()
+
+
+# imported by Python at start-up (sitecustomize on PYTHONPATH): the record check of process 0 fails
+# as a stale training would, before the stage's first barrier
+FAIL_ON_RANK_0 = """
+import os
+if os.environ.get("RANK") == "0":
+    from common import provenance
+
+    def begin(cfg, stage):
+        raise provenance.StaleOutputs(f"{stage}: made from other settings (injected)")
+
+    provenance.begin = begin
+"""
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch without torch.distributed")
+def test_an_error_on_process_0_before_a_stage_stops_every_process(tmp_path_factory, tmp_path):
+    data_root, _ = stage_runs.reference(tmp_path_factory)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAIL_ON_RANK_0)
+    env = stage_runs.environment()
+    env["PYTHONPATH"] = f"{hook}{os.pathsep}{env['PYTHONPATH']}"
+    result = stage_runs.run_main(tmp_path, data_root, ["create_saliency"], processes=2, env=env, timeout=120)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "error (create_saliency): create_saliency: made from other settings (injected)" in output
+    assert "process 0 stopped before this stage: create_saliency: made from other settings (injected)" in output
+    assert not (tmp_path / "tmp" / "saliency").exists() or not any((tmp_path / "tmp" / "saliency").rglob("*.png"))
