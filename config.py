@@ -757,13 +757,13 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
 
 
 def auto_precision(device: str) -> str:
-    """``runtime.precision = auto``: bf16 on a CUDA GPU that supports it and on a CPU with native
-    bf16, else fp32."""
+    """``runtime.precision = auto``: bf16 on a CPU with native bf16, where it measured faster at the
+    same quality; fp32 on a GPU, where an H200 measured bf16 no faster for these networks (their
+    steps are launch-bound; docs/RESULTS.md) and bf16 is a choice for its halved memory; else fp32."""
     import torch
 
-    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if on_cuda:
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return "fp32"
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
