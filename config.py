@@ -744,7 +744,7 @@ def _device_problem(device: str) -> str | None:
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX): there bf16 autocast
-    measured 1.05-1.2x faster steps at the same quality (docs/RESULTS.md); without it PyTorch
+    trains and infers faster at the same quality (docs/RESULTS.md); without it PyTorch
     emulates bf16 and it is slower than float32."""
     if cpuinfo is None:
         try:
