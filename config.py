@@ -759,10 +759,13 @@ def auto_precision(device: str) -> str:
     """``runtime.precision = auto``: bf16 on a CPU with native bf16, where it measured faster at the
     same quality; fp32 on a GPU, where an H200 measured bf16 no faster for these networks (their
     steps are launch-bound; docs/RESULTS.md) and bf16 is a choice for its halved memory; else fp32."""
-    import torch
-
-    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+    if device.startswith("cuda"):
         return "fp32"
+    if device == "auto":
+        import torch  # only to know what "auto" will pick; "cpu" needs no torch here
+
+        if torch.cuda.is_available():
+            return "fp32"
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 

@@ -21,16 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import msrc  # noqa: E402
+from common.stages import NAMES  # noqa: E402
 
-STAGES = [
-    "train_saliency",
-    "create_saliency",
-    "train_seed",
-    "create_attention",
-    "create_guide",
-    "train_deeplab",
-    "eval_deeplab",
-]
 # (stage, summary key, label)
 ROWS = [
     ("train_saliency", "max_F", "saliency max F, DUTS val"),
@@ -56,7 +48,7 @@ def main_cli(argv=None) -> int:
     cfg = msrc.build(
         args, Path(args.out), args.precision, {"runtime.precision": args.precision, "deeplab.gt_percentage": 0}
     )
-    summaries = msrc.run_variant(cfg, STAGES)
+    summaries = msrc.run_variant(cfg, list(NAMES))  # every stage, in pipeline order
     rows = []
     for stage, key, label in ROWS:
         rows.append(
