@@ -478,6 +478,32 @@ def plot_curves(results: dict, path: Path) -> bool:
     return True
 
 
+def evaluation_settings(cfg) -> dict:
+    """How EVAL_DEEPLAB reads a trained DeepLab (the scores in the report); the training curves'
+    validation is always single-scale without the CRF."""
+    return {
+        "scales": list(cfg.eval.scales),
+        "flip": cfg.eval.flip,
+        "crf": cfg.eval.use_crf,
+        "unary": cfg.eval.crf_unary,
+    }
+
+
+def evaluation_sentence(evaluation: dict) -> str:
+    scales = "/".join(f"{s:g}" for s in evaluation["scales"])
+    parts = [f"scale{'s' if len(evaluation['scales']) > 1 else ''} {scales}"]
+    if evaluation["flip"]:
+        parts.append("flipped copies averaged")
+    if evaluation["crf"]:
+        parts.append(
+            f"the dense CRF on the network's {'probabilities' if evaluation['unary'] == 'softmax' else 'labels'}"
+        )
+    return (
+        "EVAL_DEEPLAB scores every DeepLab below with " + ", ".join(parts) + " (`eval.*`); the validation "
+        "curves during training are single-scale, without the CRF."
+    )
+
+
 def _f(value, digits: int = 3) -> str:
     return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
 
@@ -550,12 +576,21 @@ def markdown(results: dict) -> str:
     both_at_plateau = bool(judged) and all(c is not None and c["gain"] < TARGETS["plateau_gain"] for c in judged)
     second = results.get("second_saliency_val") or {}
     saliency_data = results.get("saliency_data", "davis_saliency")
+    rescored = results.get("rescored")
     lines = [
         f"# Benchmark: MSRC objects (real photos), saliency from {saliency_data.split('_')[0].upper()}",
         "",
         f"Produced by `{results['command']}` ({profile} profile) on {results['date']}, "
-        f"{results['machine']}. Every number below was measured by that command on that day; ratios "
-        "compare two ways of working on the same images in the same run. "
+        f"{results['machine']}. Every number below was measured by that command on that day"
+        + (
+            f", except the DeepLab figures: the same networks were scored again on {rescored['date']} "
+            f"with the evaluation described under Data (`{rescored['command']}`), because the "
+            "evaluation's defaults changed after that run. The pictures of the worst classes show "
+            "predictions of the earlier evaluation"
+            if rescored
+            else ""
+        )
+        + "; ratios compare two ways of working on the same images in the same run. "
         + (
             "Stages that an interrupted earlier run of the same command had finished were reused, with "
             "that run's wall times. "
@@ -572,7 +607,10 @@ def markdown(results: dict) -> str:
             else ""
         )
         + ". Backbones: EfficientNet-Lite0 with offline ImageNet weights everywhere. Settings: the `msrc` "
-        "preset with " + ", ".join(f"`{k}={v}`" for k, v in results["settings"].items()) + ".",
+        "preset with "
+        + ", ".join(f"`{k}={v}`" for k, v in results["settings"].items())
+        + "."
+        + (f" {evaluation_sentence(results['evaluation'])}" if "evaluation" in results else ""),
         "",
         "## Quality",
         "",
@@ -1180,6 +1218,7 @@ def main_cli(argv=None) -> int:
 
     base = build(args, out, "gt0", {"deeplab.gt_percentage": 0})
     results["resumed"] = (Layout(base).runs / "stage_seconds.json").exists()
+    results["evaluation"] = evaluation_settings(base)
     results["base"] = run_variant(base, main.STAGE_NAMES)
     for stage in ("train_saliency", "train_seed", "train_deeplab"):
         record_curves(results, base, "gt0" if stage == "train_deeplab" else "base", stage)

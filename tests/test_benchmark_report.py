@@ -253,3 +253,44 @@ def test_entangled_classes_are_named_under_the_worst_classes():
     results["base"]["train_seed"]["entangled_classes"] = [{"class": "face", "with": "body", "images": 37, "shared": 37}]
     line = _row(msrc.markdown(results), "Classes that image labels cannot separate")
     assert "face is labelled on 37 training images, 37 of them also labelled body" in line
+
+
+def test_rescoring_replaces_every_deeplab_figure_and_says_so():
+    """benchmarks.eval_variants --rescore: new evaluation scores reach the quality rows, the seeds'
+    ratio, the default guide rule's row and the self-training row; the report names the evaluation
+    and the command, and keeps what was not re-measured."""
+    from benchmarks import eval_variants
+
+    results = _with_seeds(_results(0.60, 0.70, 6.0, 70, resumed=False), 0.62, 0.68)
+    results["self_training"] = {"labels": {"mIoU": 0.5}, "deeplab_mIoU": 0.55, "per_class_IoU": {}}
+    results["worst_classes"] = [{"name": "cow", "IoU": 0.30}]
+    before = msrc.markdown(results)
+    assert "EVAL_DEEPLAB scores" not in before and "scored again" not in before
+
+    def scored(m):
+        return {"mIoU": m, "pixel_accuracy": 0.9, "per_class_IoU": {"background": m, "cow": m / 2}, "seconds": 5}
+
+    row = {
+        "variant": "crf",
+        "settings": {"eval.use_crf": "true", "eval.crf_unary": "softmax", "eval.scales": "[0.75, 1.0]"},
+        "networks": {
+            "gt0": scored(0.66),
+            "gt0_seed1": scored(0.64),
+            "gt100": scored(0.72),
+            "gt100_seed1": scored(0.80),
+            "selftrain": scored(0.58),
+        },
+    }
+    eval_variants.summarise(row)
+    assert row["weak_mean"] == pytest.approx(0.65)
+    assert row["ratio_mean"] == pytest.approx((0.66 / 0.72 + 0.64 / 0.8) / 2)
+    report = msrc.markdown(eval_variants.rescore(results, row, "python -m benchmarks.eval_variants --rescore crf"))
+    weak = _row(report, "| DeepLab mIoU, MSRC val, pseudo labels (gt 0)")
+    assert "seed 0: 0.660, seed 1: 0.640" in weak and "| 0.650 |" in weak
+    assert f"**{row['ratio_mean']:.3f}**" in _row(report, "| **weak/full ratio**")
+    assert _row(report, "| region rule (original) (default)").endswith("| 0.660 |")
+    assert _row(report, "| self-training round").endswith("| 0.580 |")
+    assert "cow (0.330)" in report  # the sheet's class, with its new IoU
+    assert "scales 0.75/1, the dense CRF on the network's probabilities" in report
+    assert "scored again on" in report and "--rescore crf" in report
+    assert _row(report, "| pseudo-label mIoU") == _row(before, "| pseudo-label mIoU")  # not re-measured

@@ -98,7 +98,7 @@ def test_crf_groups_keep_each_sections_defaults():
     kernels = ("gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb", "bilateral_compat", "iterations")
     assert [getattr(cfg.guide.crf, k) for k in kernels] == [3.0, 3.0, 80.0, 13.0, 10.0, 10]
     assert [getattr(cfg.eval.crf, k) for k in kernels] == [3.0, 3.0, 121.0, 5.0, 4.0, 10]
-    assert cfg.eval.use_crf is False and cfg.eval.crf_unary == "labels" and cfg.eval.crf_confidence == 0.9
+    assert cfg.eval.use_crf is True and cfg.eval.crf_unary == "softmax" and cfg.eval.crf_confidence == 0.9
     assert cfg.guide.crf_margin == 16 and cfg.guide.crf_background_channel is False
     for preset in config_module.PRESETS:  # no preset changes them
         assert build_config(preset).guide.crf == cfg.guide.crf and build_config(preset).eval.crf == cfg.eval.crf

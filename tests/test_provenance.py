@@ -117,7 +117,7 @@ def test_a_changed_crf_kernel_redoes_the_stages_that_use_it(folder_cfg):
     assert _run(cfg, "eval_deeplab") == {"redone": []}  # its CRF is eval.crf
     cfg.eval.crf.iterations = 5
     assert _run(cfg, "eval_deeplab")["redone"] == ["eval.crf.iterations"]
-    cfg.eval.use_crf = True
+    cfg.eval.use_crf = not cfg.eval.use_crf
     assert _run(cfg, "eval_deeplab")["redone"] == ["eval.use_crf"]
 
 
@@ -125,6 +125,7 @@ def test_outputs_recorded_before_settings_were_renamed_are_kept(folder_cfg):
     """Records written when the CRF kernels were guide.crf_* / eval.crf_* (and eval.crf the switch):
     nothing is redone, and the training after CREATE_GUIDE does not become stale."""
     cfg, layout = folder_cfg, Layout(folder_cfg)
+    cfg.eval.use_crf = False  # the default when eval.crf was the switch
     old_names = {new: old for old, new in RENAMED.items()}
 
     def write_as_before(name: str) -> None:

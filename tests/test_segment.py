@@ -136,11 +136,16 @@ def test_segmenter_options_scales_flip_crf_precision(trained):
     averaged = Segmenter.from_checkpoint(path, device="cpu", scales=(1.0, 0.75), flip=True)
     probs_plain, probs_avg = plain.probabilities(image), averaged.probabilities(image)
     assert probs_avg.shape == probs_plain.shape and not np.allclose(probs_avg, probs_plain, atol=1e-3)
-    # the CRF option is EVAL_DEEPLAB's refinement of the network's labels
+    # the CRF option is EVAL_DEEPLAB's refinement: by default on the network's probabilities
     refined = Segmenter.from_checkpoint(path, device="cpu", crf=True).segment(image)
-    params, _, confidence = plain.crf_params, plain.crf_unary, plain.crf_confidence
-    assert isinstance(params, CrfParams) and params.bilateral_sxy == 121.0
-    assert (refined == crf_refine(image, plain.segment(image), 3, confidence, params)).all()
+    params, unary, confidence = plain.crf_params, plain.crf_unary, plain.crf_confidence
+    assert isinstance(params, CrfParams) and params.bilateral_sxy == 121.0 and unary == "softmax"
+    expected = crf_refine(image, plain.segment(image), 3, confidence, params, probs_plain)
+    assert (refined == expected).all()
+    # the original's unaries: its own labels at crf_confidence
+    from_labels = Segmenter.from_checkpoint(path, device="cpu", crf=True, crf_unary="labels").segment(image)
+    assert (from_labels == crf_refine(image, plain.segment(image), 3, confidence, params)).all()
+    assert (from_labels != refined).any()
     bf16 = Segmenter.from_checkpoint(path, device="cpu", precision="bf16").segment(image)
     assert Segmenter.from_checkpoint(path, device="cpu", precision="auto").precision == auto_precision("cpu")
     assert bf16.shape == image.shape[:2] and (bf16 == plain.segment(image)).mean() > 0.8
