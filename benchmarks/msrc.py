@@ -829,7 +829,12 @@ def markdown(results: dict) -> str:
             "",
             "## Where the numbers hide the failure: the three worst classes",
             "",
-            "The classes with the lowest DeepLab IoU on MSRC val (gt 0, seed 0): "
+            (
+                "The classes with the lowest DeepLab IoU on MSRC val (gt 0, seed 0) under the earlier "
+                "evaluation, with their IoU now: "
+                if rescored
+                else "The classes with the lowest DeepLab IoU on MSRC val (gt 0, seed 0): "
+            )
             + ", ".join(f"{w['name']} ({_f(w['IoU'])})" for w in worst)
             + ". Rows: image | saliency | CAM of the class | pseudo label | DeepLab prediction | truth, "
             "val images (prediction) and train images (pseudo label); n/a where the run has no such "

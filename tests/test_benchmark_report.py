@@ -290,7 +290,7 @@ def test_rescoring_replaces_every_deeplab_figure_and_says_so():
     assert f"**{row['ratio_mean']:.3f}**" in _row(report, "| **weak/full ratio**")
     assert _row(report, "| region rule (original) (default)").endswith("| 0.660 |")
     assert _row(report, "| self-training round").endswith("| 0.580 |")
-    assert "cow (0.330)" in report  # the sheet's class, with its new IoU
+    assert "under the earlier evaluation, with their IoU now: cow (0.330)" in report  # the sheet's class
     assert "scales 0.75/1, the dense CRF on the network's probabilities" in report
     assert "scored again on" in report and "--rescore crf" in report
     assert _row(report, "| pseudo-label mIoU") == _row(before, "| pseudo-label mIoU")  # not re-measured
