@@ -36,13 +36,9 @@ BASE_SETTINGS = {"deeplab.gt_percentage": 0, "attention.splits": "[train]"}
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """``name=key=value key=value`` (or ``name=`` for the preset's settings)."""
-    name, _, assignments = text.partition("=")
-    settings = dict(item.split("=", 1) for item in assignments.split())
-    for key in settings:
-        if not key.startswith(("attention.", "guide.", "saliency.threshold")):
-            raise SystemExit(f"variant {name}: {key} is not an attention, guide or saliency.threshold setting")
-    return name, settings
+    return msrc.parse_variant(
+        text, ("attention.", "guide.", "saliency.threshold"), "an attention, guide or saliency.threshold setting"
+    )
 
 
 def separability(cfg, image_set, first: int, second: int) -> dict:

@@ -38,13 +38,8 @@ SELF_TRAINING = "selftrain"
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """``name=key=value key=value`` (``name=`` for the preset's evaluation)."""
-    name, _, assignments = text.partition("=")
-    settings = dict(item.split("=", 1) for item in assignments.split())
-    for key in settings:
-        if not key.startswith("eval.") or key in ("eval.split",):
-            raise SystemExit(f"variant {name}: {key} is not an eval setting this benchmark varies")
-    return name, settings
+    # not the split: the scores are always MSRC val's
+    return msrc.parse_variant(text, ("eval.",), "an eval setting this benchmark varies", refused=("eval.split",))
 
 
 def trained_runs(folder: Path) -> list[tuple[str, int, int]]:
@@ -77,23 +72,21 @@ def evaluate(args, run: tuple[str, int, int], name: str, settings: dict) -> dict
         "pixel_accuracy": summary.get("pixel_accuracy"),
         "per_class_IoU": summary.get("per_class_IoU"),
         "seconds": summary["seconds"],
+        "evaluation": msrc.evaluation_settings(target),
     }
 
 
 def summarise(row: dict) -> None:
-    """Means over seeds of gt0 and gt100 and the weak/full ratio (mean of the per-seed ratios)."""
-    by_seed: dict[int, dict[int, float]] = {}
+    """Means over seeds of gt0 and gt100 and the weak/full ratio (mean of the per-seed ratios), as
+    the benchmark's report computes them."""
+    seeds: dict[str, dict] = {}
     for folder, result in row["networks"].items():
         match = RUN_NAME.match(folder)
-        if not match:
-            continue
-        by_seed.setdefault(int(match["seed"] or 0), {})[int(match["percentage"])] = result["mIoU"]
-    weak = [pair[0] for pair in by_seed.values() if 0 in pair]
-    full = [pair[100] for pair in by_seed.values() if 100 in pair]
-    ratios = [pair[0] / pair[100] for pair in by_seed.values() if 0 in pair and 100 in pair]
-    row["weak_mean"] = sum(weak) / len(weak) if weak else None
-    row["full_mean"] = sum(full) / len(full) if full else None
-    row["ratio_mean"] = sum(ratios) / len(ratios) if ratios else None
+        if match and match["percentage"] in ("0", "100"):
+            key = "weak" if match["percentage"] == "0" else "full"
+            seeds.setdefault(match["seed"] or "0", {})[key] = result["mIoU"]
+    summary = msrc.seed_summary({"seeds": seeds})
+    row.update({key: summary[key] for key in ("weak_mean", "full_mean", "ratio_mean")})
 
 
 def table(rows: list[dict]) -> str:
@@ -138,13 +131,7 @@ def rescore(results: dict, row: dict, command: str) -> dict:
     per_class = results["gt_percentage"]["0"].get("per_class_IoU") or {}
     for worst in results.get("worst_classes") or []:  # the sheet's classes stay those it shows
         worst["IoU"] = per_class.get(worst["name"], worst["IoU"])
-    settings = {**row["settings"]}
-    results["evaluation"] = {
-        "scales": json.loads(settings.get("eval.scales", "[1.0]")),
-        "flip": settings.get("eval.flip", "false").lower() == "true",
-        "crf": settings.get("eval.use_crf", "false").lower() == "true",
-        "unary": settings.get("eval.crf_unary", "labels"),
-    }
+    results["evaluation"] = next(iter(row["networks"].values()))["evaluation"]
     results["rescored"] = {"date": time.strftime("%Y-%m-%d"), "command": command, "variant": row["variant"]}
     return results
 

@@ -154,6 +154,18 @@ def picture_name(profile: str, stem: str) -> str:
     return f"{stem}_gpu.png" if profile == "gpu" else f"{stem}.png"
 
 
+def parse_variant(text: str, allowed: tuple[str, ...], what: str, refused: tuple[str, ...] = ()) -> tuple[str, dict]:
+    """A variant on the command line of the variant benchmarks: ``name=key=value key=value``
+    (``name=`` for the preset's settings); every key must start with one of ``allowed`` and not be
+    one of ``refused``."""
+    name, _, assignments = text.partition("=")
+    settings = dict(item.split("=", 1) for item in assignments.split())
+    for key in settings:
+        if not key.startswith(allowed) or key in refused:
+            raise SystemExit(f"variant {name}: {key} is not {what}")
+    return name, settings
+
+
 def build(args, out: Path, name: str, settings: dict) -> config_module.Config:
     """The msrc preset with the profile, ``settings`` and the user's overrides (last, so they win);
     paths under out/name."""

@@ -267,8 +267,16 @@ def test_rescoring_replaces_every_deeplab_figure_and_says_so():
     before = msrc.markdown(results)
     assert "EVAL_DEEPLAB scores" not in before and "scored again" not in before
 
+    evaluation = {
+        "scales": [0.75, 1.0],
+        "flip": False,
+        "crf": True,
+        "unary": "softmax",
+    }  # as evaluation_settings gives it
+
     def scored(m):
-        return {"mIoU": m, "pixel_accuracy": 0.9, "per_class_IoU": {"background": m, "cow": m / 2}, "seconds": 5}
+        per_class = {"background": m, "cow": m / 2}
+        return {"mIoU": m, "pixel_accuracy": 0.9, "per_class_IoU": per_class, "seconds": 5, "evaluation": evaluation}
 
     row = {
         "variant": "crf",
@@ -294,3 +302,28 @@ def test_rescoring_replaces_every_deeplab_figure_and_says_so():
     assert "scales 0.75/1, the dense CRF on the network's probabilities" in report
     assert "scored again on" in report and "--rescore crf" in report
     assert _row(report, "| pseudo-label mIoU") == _row(before, "| pseudo-label mIoU")  # not re-measured
+
+
+def test_evaluation_settings_read_from_the_config():
+    """What the rescored report names is what the evaluated config held, defaults included."""
+    import config as config_module
+
+    cfg = config_module.build_config("demo", ["eval.scales=[0.75,1.0]"])
+    assert msrc.evaluation_settings(cfg) == {"scales": [0.75, 1.0], "flip": False, "crf": True, "unary": "softmax"}
+    assert "scales 0.75/1, the dense CRF on the network's probabilities" in msrc.evaluation_sentence(
+        msrc.evaluation_settings(cfg)
+    )
+
+
+def test_variant_parsing_keeps_each_benchmark_to_its_settings():
+    from benchmarks import cam_variants, eval_variants
+
+    assert eval_variants.parse_variant("crf=eval.use_crf=true eval.scales=[1.0,0.5]") == (
+        "crf",
+        {"eval.use_crf": "true", "eval.scales": "[1.0,0.5]"},
+    )
+    assert cam_variants.parse_variant("base=") == ("base", {})
+    with pytest.raises(SystemExit, match="eval.split is not an eval setting"):
+        eval_variants.parse_variant("train=eval.split=train")
+    with pytest.raises(SystemExit, match="deeplab.lr is not an attention, guide or saliency.threshold setting"):
+        cam_variants.parse_variant("x=deeplab.lr=0.1")
