@@ -177,6 +177,11 @@ class Layout:
         """The folder that holds everything a stage hands on."""
         return self.folder(stage.tmp_folder) if stage.tmp_folder else self.checkpoints / stage.checkpoint_folder
 
+    def data_digests(self) -> Path:
+        """The sha1 of each data file, by size and modification time (tmp/data_digests.json): the
+        data digest reads only new or touched files (common/provenance.py)."""
+        return self.tmp / "data_digests.json"
+
     def data_check(self) -> Path:
         """The data check's list of problems (runs/data_check.json)."""
         return self.runs / "data_check.json"

@@ -3,7 +3,7 @@
 Each stage's ``record.json`` (path from :meth:`Layout.record`) holds its *inputs*: the settings its
 outputs depend on (declared in common/stages.py), a digest of each upstream stage's outputs (the
 upstream record's inputs for a per-image stage, the handed-on network file for a training), and a
-digest of the data (the data set's settings and every file's size and modification time). Before a
+digest of the data (the data set's settings and every file's bytes). Before a
 stage runs, :func:`begin` compares them with the stored record:
 
 - equal: the stage runs as usual and skips what it already computed (seconds when nothing changed);
@@ -59,11 +59,9 @@ def file_digest(path: Path) -> str:
     return _digest_cache[key]
 
 
-def tree_digest(root: Path) -> str:
-    """Digest of every file's relative path, size and modification time under ``root`` (hidden
-    files aside: lock files and temporaries change without the data changing)."""
-    root = Path(root)
-    entries = []
+def _data_files(root: Path):
+    """(relative path, stat) of every file under ``root``, sorted, hidden files aside: lock files
+    and temporaries change without the data changing."""
     for folder, dirs, names in os.walk(root, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
@@ -71,11 +69,47 @@ def tree_digest(root: Path) -> str:
                 continue
             path = Path(folder) / name
             try:
-                stat = path.stat()
+                yield str(path.relative_to(root)), path.stat()
             except OSError:
                 continue
-            entries.append((str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns))
+
+
+def tree_digest(root: Path, cache_file: Path | None = None) -> str:
+    """Digest of every file's relative path and bytes under ``root``.
+
+    Bytes, not modification times: a data set copied or provisioned again, file for file the same,
+    keeps its digest, so the networks trained on it stay valid. Each file's sha1 is remembered in
+    ``cache_file`` under its size and modification time, so only new or touched files are read
+    again; an unchanged data set costs one stat per file."""
+    root = Path(root)
+    key = str(root.resolve())
+    cache: dict = {}
+    if cache_file is not None:
+        try:
+            cache = json.loads(Path(cache_file).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            cache = {}
+    known = cache.get(key, {}) if isinstance(cache.get(key), dict) else {}
+    seen: dict = {}
+    entries = []
+    for relative, stat in _data_files(root):
+        remembered = known.get(relative)
+        if isinstance(remembered, list) and remembered[:2] == [stat.st_size, stat.st_mtime_ns]:
+            sha = remembered[2]
+        else:
+            sha = file_digest(root / relative)
+        seen[relative] = [stat.st_size, stat.st_mtime_ns, sha]
+        entries.append((relative, sha))
+    if cache_file is not None and seen != known:
+        cache[key] = seen
+        files.write_text(Path(cache_file), json.dumps(cache, sort_keys=True))
     return _sha1(entries)  # relative paths: a moved or renamed project keeps its records
+
+
+def _stat_tree_digest(root: Path) -> str:
+    """The data digest records held before 2026-11-26 (paths, sizes and modification times); a
+    record holding it still counts as made from this data while those are unchanged."""
+    return _sha1([(relative, stat.st_size, stat.st_mtime_ns) for relative, stat in _data_files(Path(root))])
 
 
 def _setting(cfg, key: str):
@@ -119,15 +153,22 @@ def settings_of(cfg, stage: Stage) -> dict:
     return flat
 
 
-def data_digest(cfg, which: str | None) -> str | None:
+def data_digest(cfg, which: str | None, by_times: bool = False) -> str | None:
+    """Digest of the data a stage reads (``which``: its Stage.data) and the settings that choose
+    it; ``by_times``: the form older records hold (:func:`_stat_tree_digest`)."""
     if which is None:
         return None
+
+    def tree(root: str) -> str:
+        path = cfg.path(root)
+        return _stat_tree_digest(path) if by_times else tree_digest(path, Layout(cfg).data_digests())
+
     if which == "saliency_data":
         roots = [cfg.saliency.train_root, cfg.saliency.val_root]
         if not any(roots):  # the synthetic saliency set, fixed by the generator's settings
             return _sha1(["synthetic", cfg.synthetic.__dict__])
-        return _sha1([tree_digest(cfg.path(r)) if r else None for r in roots])
-    parts = [cfg.dataset.__dict__, cfg.class_names, tree_digest(cfg.path(cfg.dataset.root))]
+        return _sha1([tree(r) if r else None for r in roots])
+    parts = [cfg.dataset.__dict__, cfg.class_names, tree(cfg.dataset.root)]
     if cfg.dataset.train_list:
         parts.append(file_digest(cfg.path(cfg.dataset.train_list)))
     if cfg.dataset.kind == "synthetic":
@@ -201,7 +242,9 @@ def check_inputs(cfg, stages: list[str]) -> None:
                     # outputs made outside the stage (record_made_elsewhere) are taken as they are
                     made_here = isinstance(record.get("inputs"), dict) and "settings" in record["inputs"]
                     changed = (
-                        _changes(_current_names(record["inputs"]), inputs_of(cfg, BY_NAME[upstream]))
+                        _changes(
+                            _as_current(cfg, BY_NAME[upstream], record["inputs"]), inputs_of(cfg, BY_NAME[upstream])
+                        )
                         if made_here
                         else []
                     )
@@ -215,12 +258,17 @@ def check_inputs(cfg, stages: list[str]) -> None:
                 raise MissingInput(f"{name} reads the outputs of {upstream}, but {err}") from None
 
 
-def _current_names(inputs):
-    """A record's inputs with the settings renamed since it was written (config.RENAMED) under their
-    new names, so a rename alone changes nothing."""
+def _as_current(cfg, stage: Stage, inputs):
+    """A record's inputs as this version of the code writes them, so that a difference of form
+    alone changes nothing: settings renamed since the record was written (config.RENAMED) under
+    their new names, and a data digest of the older form (sizes and times) that still matches the
+    data as the current one."""
     if not isinstance(inputs, dict) or not isinstance(inputs.get("settings"), dict):
         return inputs
-    return {**inputs, "settings": {RENAMED.get(key, key): value for key, value in inputs["settings"].items()}}
+    inputs = {**inputs, "settings": {RENAMED.get(key, key): value for key, value in inputs["settings"].items()}}
+    if inputs.get("data") is not None and inputs["data"] == data_digest(cfg, stage.data, by_times=True):
+        inputs["data"] = data_digest(cfg, stage.data)
+    return inputs
 
 
 def _changes(old: dict | None, new: dict) -> list[str]:
@@ -269,9 +317,10 @@ def begin(cfg, name: str) -> dict:
         # training starts from scratch: the old network must not be handed on meanwhile
         for which in ("best", "last"):
             layout.checkpoint(stage.checkpoint_folder, which).unlink(missing_ok=True)
-    stored = _current_names(record.get("inputs")) if record is not None else None
+    stored = _as_current(cfg, stage, record.get("inputs")) if record is not None else None
     if record is not None and stored == inputs:
-        # the record stays as written, old names and all: the stages after this one hold its digest
+        # the record stays as written, old names and digests and all: the stages after this one hold
+        # its digest
         inputs = record["inputs"]
     elif record is not None:
         changed = _changes(stored, inputs)

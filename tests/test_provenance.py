@@ -268,12 +268,69 @@ def test_retraining_from_scratch_removes_the_old_network_first(folder_cfg):
         provenance.check_inputs(cfg, ["create_attention"])
 
 
-def test_records_survive_a_moved_project(folder_cfg, tmp_path):
-    """The data digest holds paths relative to the data set's root: a copy elsewhere, with the same
-    files and times, compares equal."""
+def test_records_survive_a_moved_or_recopied_data_set(folder_cfg, tmp_path):
+    """The data digest holds paths relative to the data set's root and the files' bytes: a copy
+    elsewhere, even with new modification times, compares equal; a changed byte does not."""
     import shutil
 
     root = Path(folder_cfg.dataset.root)
     copy = tmp_path / "moved" / "photos"
-    shutil.copytree(root, copy)  # copies modification times too
+    shutil.copytree(root, copy)
+    for path in copy.rglob("*"):
+        os.utime(path, ns=(2_000_000_000, 2_000_000_000))  # provisioned again: other times
     assert provenance.tree_digest(root) == provenance.tree_digest(copy)
+    image = copy / "images" / "a.jpg"
+    data = bytearray(image.read_bytes())
+    data[-3] ^= 1
+    image.write_bytes(bytes(data))
+    assert provenance.tree_digest(root) != provenance.tree_digest(copy)
+
+
+def test_a_recopied_data_set_keeps_trained_networks_and_outputs(folder_cfg):
+    cfg, layout = folder_cfg, Layout(folder_cfg)
+    _fake_network(cfg, "saliency")
+    _run(cfg, "create_saliency")
+    kept = layout.saliency_prob("a")
+    files.write_gray_png(kept, np.zeros((16, 20)))
+    for path in cfg.path(cfg.dataset.root).rglob("*"):
+        os.utime(path, ns=(3_000_000_000, 3_000_000_000))
+    assert _run(cfg, "create_saliency") == {"redone": []} and kept.exists()
+    _run(cfg, "train_seed")
+    _fake_network(cfg, "classifier")
+    for path in cfg.path(cfg.dataset.root).rglob("*"):
+        os.utime(path, ns=(4_000_000_000, 4_000_000_000))
+    assert _run(cfg, "train_seed") == {"redone": []}  # no StaleOutputs: same bytes
+
+
+def test_file_contents_are_read_again_only_when_size_or_time_changed(folder_cfg, monkeypatch):
+    cfg = folder_cfg
+    root, cache = cfg.path(cfg.dataset.root), Layout(cfg).data_digests()
+    first = provenance.tree_digest(root, cache)
+    read: list[str] = []
+    monkeypatch.setattr(provenance, "file_digest", lambda path: read.append(path.name) or "x")
+    assert provenance.tree_digest(root, cache) == first and read == []
+    os.utime(root / "images" / "b.jpg", ns=(5_000_000_000, 5_000_000_000))
+    provenance.tree_digest(root, cache)
+    assert read == ["b.jpg"]
+
+
+def test_records_with_the_older_digest_of_times_are_kept_while_the_times_hold(folder_cfg):
+    """Records written before the digest read the files' bytes hold one of paths, sizes and
+    times: still the data while those are unchanged, so an update of the code retrains nothing."""
+    cfg, layout = folder_cfg, Layout(folder_cfg)
+    _fake_network(cfg, "saliency")
+    _run(cfg, "create_saliency")
+    _run(cfg, "train_seed")
+    _fake_network(cfg, "classifier")
+    for name in ("create_saliency", "train_seed"):
+        path = layout.record(BY_NAME[name])
+        record = json.loads(path.read_text())
+        record["inputs"]["data"] = provenance.data_digest(cfg, BY_NAME[name].data, by_times=True)
+        path.write_text(json.dumps(record))
+    kept = layout.saliency_prob("a")
+    files.write_gray_png(kept, np.zeros((16, 20)))
+    assert _run(cfg, "create_saliency") == {"redone": []} and kept.exists()
+    assert _run(cfg, "train_seed") == {"redone": []}
+    provenance.check_inputs(cfg, ["create_attention"])
+    os.utime(cfg.path(cfg.dataset.root) / "images" / "a.jpg", ns=(1, 1))  # the older form cannot tell
+    assert _run(cfg, "create_saliency")["redone"] == ["the data set's files or settings"]
