@@ -3,6 +3,7 @@ stages exchange through tmp/.
 
     tmp/saliency/prob/<id>.png            saliency probability, 8-bit grey (p * 255), image size
     tmp/saliency/binary/<id>.png          0/255 view at saliency.threshold, for inspection only
+    tmp/saliency/binary/threshold.txt     the threshold of those views
     tmp/attention/cams/<id>.npz           raw CAMs of the image's classes (format below)
     tmp/attention/masks/<id>_c<NN>.png    binary class mask (0/255) of class id NN, image size
     tmp/guide/labels/<id>.png             pseudo label, VOC palette PNG (0 bg, 1..C, 255 ignore)
@@ -86,6 +87,10 @@ class Layout:
 
     def saliency_binary(self, image_id: str) -> Path:
         return self.folder("saliency") / "binary" / f"{check_id(image_id)}.png"
+
+    def saliency_binary_threshold(self) -> Path:
+        """The threshold every binary view was last written at, once all of them were."""
+        return self.folder("saliency") / "binary" / "threshold.txt"
 
     def write_saliency(self, image_id: str, prob: np.ndarray) -> None:
         """Store a probability map (H, W) in [0, 1] as 8 bits."""

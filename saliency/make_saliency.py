@@ -3,8 +3,8 @@
 Images are resized to the network's size (224 for the public checkpoint) in batches; each map goes
 back to its image's own size (bilinear) and is stored as an 8-bit probability PNG, so the
 binarisation threshold (saliency.threshold) is applied where it is used and can change without
-rerunning the network. A 0/255 view at the current threshold is rewritten from the stored maps at
-the end of every run (tmp/saliency/binary/), for inspection only.
+rerunning the network. A 0/255 view at the current threshold (tmp/saliency/binary/), for
+inspection only, is written for each new map, and for every map when the threshold changed.
 
 Under torchrun every process takes its share of fixed batches (common/work.py), so each map is
 the same bytes whatever the number of processes or the images done before; rank 0 alone scores
@@ -89,13 +89,31 @@ def saliency_maps(
     return maps
 
 
-def write_binary_views(cfg, ids) -> None:
-    """0/255 views of the stored maps at the current saliency.threshold."""
+def views_threshold(cfg) -> float | None:
+    """The threshold of the binary views on disk, once all of them were written at it; None if
+    unknown (never written, or a rewrite at another threshold did not finish)."""
+    try:
+        return float(Layout(cfg).saliency_binary_threshold().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_binary_views(cfg, ids, new_maps=frozenset()) -> None:
+    """0/255 views of the stored maps at the current saliency.threshold: of ``new_maps`` and of
+    those without a view, or of all ``ids`` when the views on disk are at another threshold."""
     layout = Layout(cfg)
+    rewrite_all = views_threshold(cfg) != cfg.saliency.threshold
+    if rewrite_all:
+        # forgotten before any view changes: a kill halfway must not leave views of two thresholds
+        # under a file naming one of them
+        layout.saliency_binary_threshold().unlink(missing_ok=True)
     for image_id in ids:
-        if layout.saliency_prob(image_id).exists():
+        path = layout.saliency_binary(image_id)
+        if not layout.saliency_prob(image_id).exists():
+            continue
+        if rewrite_all or image_id in new_maps or not path.exists():
             view = layout.read_saliency(image_id) >= cfg.saliency.threshold
-            files.write_gray_png(layout.saliency_binary(image_id), np.where(view, 255, 0))
+            files.write_gray_png(path, np.where(view, 255, 0))
 
 
 def run(cfg) -> dict:
@@ -133,8 +151,10 @@ def run(cfg) -> dict:
             for image_id, prob in zip(ids, maps):
                 if image_id in todo:
                     layout.write_saliency(image_id, prob)
-        write_binary_views(cfg, [i for batch in work.shard(batches) for i in batch])
-    distributed.barrier()  # every map of every process is on disk
+        write_binary_views(cfg, [i for batch in work.shard(batches) for i in batch], todo)
+    distributed.barrier()  # every map and view of every process is on disk
+    if distributed.is_main():
+        files.write_text(layout.saliency_binary_threshold(), repr(float(settings.threshold)))
 
     summary: dict = {"images": sum(len(image_set) for image_set in image_sets)}
     if distributed.is_main():

@@ -191,6 +191,21 @@ def test_threshold_changes_without_rerunning_the_network(tiny_cfg, monkeypatch):
         binary = files.read_label_png(layout.saliency_binary(image_id)) > 127
         assert np.array_equal(binary, prob >= threshold)
 
+    # same threshold: the views on disk stay; a missing one is written again
+    written: list[str] = []
+    real_write = make_saliency.files.write_gray_png
+    monkeypatch.setattr(
+        make_saliency.files, "write_gray_png", lambda path, image: written.append(path.name) or real_write(path, image)
+    )
+    layout.saliency_binary(image_id).unlink()
+    make_saliency.run(cfg)
+    assert written == [f"{image_id}.png"]
+    # a rewrite at another threshold that was killed halfway leaves no threshold named: all again
+    layout.saliency_binary_threshold().unlink()
+    written.clear()
+    make_saliency.run(cfg)
+    assert len(written) == sum(len(datasets.build(cfg, split)) for split in ("train", "val"))
+
 
 def test_create_saliency_without_a_network_fails_before_any_work(tiny_cfg, capsys):
     cfg = tiny_cfg()
