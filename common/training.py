@@ -11,7 +11,8 @@ What every training gets from :func:`fit`:
 * ``last.pt`` every ``runtime.checkpoint_every`` steps, at every validation, at the end and on
   SIGINT/SIGTERM (then the process exits with a message); ``best.pt`` whenever validation improves.
 * A stop at the first non-finite loss (:class:`TrainingError` naming the step and the checkpoint
-  kept), before that step's update touches the weights.
+  kept), before that step's update touches the weights; and, should a finite loss still leave
+  non-finite weights, a stop before they are validated or saved.
 * ``runtime.precision``: autocast (bf16 / fp16) with a grad scaler for fp16.
 * Data parallelism under torchrun: each rank trains on its slice of the global batch, gradients
   are averaged by DistributedDataParallel, rank 0 alone validates and writes checkpoints and logs.
@@ -324,6 +325,11 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
             )
         saved["step"] = done
 
+    def kept() -> str:
+        if saved["step"] is None:
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint {last_path} (step {saved['step']}) is kept"
+
     progress = tqdm(total=end, initial=start, desc=spec.stage, unit="step", disable=not main)
     done = start
     every = cfg.runtime.checkpoint_every
@@ -340,14 +346,9 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
                 distributed.all_reduce_sum_(shared)
                 mean_loss = shared[0].item() / world
                 if not math.isfinite(mean_loss):
-                    kept = (
-                        f"the last good checkpoint {last_path} (step {saved['step']}) is kept"
-                        if saved["step"] is not None
-                        else "no checkpoint was written yet"
-                    )
                     raise TrainingError(
                         f"{spec.stage}: the loss is {mean_loss} at step {done + 1}; training stopped before "
-                        f"that step's update and {kept}. Lower the learning rate, or use "
+                        f"that step's update and {kept()}. Lower the learning rate, or use "
                         f"runtime.precision=fp32 if it is {precision}"
                     )
                 optimizer.zero_grad(set_to_none=True)
@@ -369,8 +370,19 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
                     for index, group in enumerate(optimizer.param_groups):
                         writer.add_scalar(f"train/lr_group{index}", group["lr"], done)
                     progress.set_postfix(loss=f"{mean_loss:.3f}")
+                validating = bool(spec.val_every) and (done % spec.val_every == 0 or done == spec.steps)
+                stopping = shared[1].item() > 0
+                saving = validating or (every and done % every == 0) or done == end or stopping
+                if saving and not _weights_finite(model):
+                    # a finite loss can still come with non-finite gradients; such weights must
+                    # never replace a good checkpoint
+                    raise TrainingError(
+                        f"{spec.stage}: the weights hold NaN or infinity after step {done} although its loss "
+                        f"was finite; nothing of that step was saved and {kept()}. Lower the learning rate, "
+                        f"or use runtime.precision=fp32 if it is {precision}"
+                    )
                 validated = False
-                if spec.val_every and (done % spec.val_every == 0 or done == spec.steps):
+                if validating:
                     result = _validate(spec, model, done, writer)
                     train_mode(model)
                     validated = True
@@ -382,7 +394,7 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
                             )
                 if validated or (every and done % every == 0) or done == end:
                     save_last(done)
-                if shared[1].item() > 0:
+                if stopping:
                     save_last(done)
                     name = signal.Signals(signals.received).name if signals.received else "a stop signal"
                     message = f"{spec.stage}: {name} received: saved step {done} to {last_path}; run again to resume"
@@ -394,6 +406,15 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
         if own_writer:
             writer.close()
     return Outcome(step=done, best=best, resumed_from=start)
+
+
+def _weights_finite(model: torch.nn.Module) -> bool:
+    """Every parameter and buffer (BatchNorm statistics too) is finite."""
+    return all(
+        bool(torch.isfinite(tensor).all())
+        for tensor in (*model.parameters(), *model.buffers())
+        if tensor.is_floating_point()
+    )
 
 
 def _open_writer(cfg, stage: str):

@@ -334,6 +334,35 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(make_cfg):
     assert all(torch.isfinite(p).all() for p in spec.model.parameters())  # the NaN step never updated
 
 
+def test_nonfinite_weights_under_a_finite_loss_are_never_saved(make_cfg):
+    """sqrt(w - w) is 0, but its gradient is NaN: the update of step 4, a step whose checkpoint is
+    due, poisons the weights."""
+    cfg = make_cfg(**{"runtime.checkpoint_every": 2})
+    layout = Layout(cfg)
+    spec = _toy_spec(poison=-1)
+    plain = spec.loss
+
+    def loss(network, batch, device):
+        value = plain(network, batch, device)
+        if loss.calls == 3:  # step 4
+            weight = network.weight
+            value = value + torch.sqrt(weight - weight).sum()
+        loss.calls += 1
+        return value
+
+    loss.calls = 0
+    spec.loss = loss
+    with pytest.raises(
+        training.TrainingError,
+        match=r"toy: the weights hold NaN or infinity after step 4 although its loss was finite; nothing "
+        r"of that step was saved and the last good checkpoint .*last\.pt \(step 2\) is kept",
+    ):
+        training.fit(cfg, spec, device=torch.device("cpu"))
+    state = torch.load(layout.checkpoint("toy", "last"), weights_only=False)
+    assert state["step"] == 2 and all(torch.isfinite(t).all() for t in state["model"].values())
+    assert not torch.isfinite(spec.model.weight).all()  # what the check caught
+
+
 def test_toy_settings_check_comes_before_the_shape_mismatch(make_cfg):
     cfg = make_cfg()
     training.fit(cfg, _toy_spec(poison=-1, width=1), device=torch.device("cpu"))
