@@ -336,6 +336,13 @@ class GuideConfig:
         "the dense CRF that splits a saliency region shared by several classes (unaries: -log of normalised CAMs)",
     )
     crf_margin: int = setting(16, "pixels around a region's bounding box given to the CRF", **COUNT)
+    uncertain_saliency: list[float] = setting(
+        [],
+        "[low, high]: pixels whose saliency probability is in [low, high) are ignore (255) in the "
+        "pseudo label; [] = off (the original)",
+        each_low=0.0,
+        each_high=1.0,
+    )
     workers: int = setting(2, "processes; 1 = in this process", positive=True)
     splits: list[str] = setting(["train"], "splits that get pseudo labels", nonempty=True)
     previews: int = setting(6, "side-by-side pictures per split (tmp/guide/previews and tensorboard)", **COUNT)
@@ -453,6 +460,12 @@ RENAMED = {
         for section in ("guide", "eval")
         for f in dataclasses.fields(CrfConfig)
     },
+}
+
+# settings added since outputs were first recorded, with the value that does what the code did
+# before them: a record without such a setting, whose value now is that one, is still up to date
+ADDED = {
+    "guide.uncertain_saliency": [],
 }
 
 
@@ -834,6 +847,9 @@ def validate(cfg: Config, stages: typing.Iterable[str] = ()) -> Config:
         sub = getattr(cfg, section)
         if not 0 < sub.scale_min <= sub.scale_max:
             problems.append(f"{section}.scale_min/scale_max: need 0 < scale_min <= scale_max")
+    band = cfg.guide.uncertain_saliency
+    if band and not (len(band) == 2 and band[0] < band[1]):
+        problems.append(f"guide.uncertain_saliency: {band} is not [low, high] with low < high (or [] for off)")
     if len(set(cfg.class_names)) != len(cfg.class_names):
         problems.append("class_names: names repeat")
     if any(not name.strip() or any(c.isspace() for c in name) for name in cfg.class_names):

@@ -28,7 +28,7 @@ from pathlib import Path
 from common import files
 from common.layout import Layout
 from common.stages import BY_NAME, Stage
-from config import RENAMED
+from config import ADDED, RENAMED
 
 
 class StaleOutputs(RuntimeError):
@@ -261,14 +261,25 @@ def check_inputs(cfg, stages: list[str]) -> None:
 def _as_current(cfg, stage: Stage, inputs):
     """A record's inputs as this version of the code writes them, so that a difference of form
     alone changes nothing: settings renamed since the record was written (config.RENAMED) under
-    their new names, and a data digest of the older form (sizes and times) that still matches the
+    their new names, settings added since then (config.ADDED) at the value that does what the code
+    did before, and a data digest of the older form (sizes and times) that still matches the
     data as the current one."""
     if not isinstance(inputs, dict) or not isinstance(inputs.get("settings"), dict):
         return inputs
-    inputs = {**inputs, "settings": {RENAMED.get(key, key): value for key, value in inputs["settings"].items()}}
+    settings = {RENAMED.get(key, key): value for key, value in inputs["settings"].items()}
+    for key, before in ADDED.items():
+        if key not in settings and _is_declared_for(stage, key):
+            settings[key] = before
+    inputs = {**inputs, "settings": settings}
     if inputs.get("data") is not None and inputs["data"] == data_digest(cfg, stage.data, by_times=True):
         inputs["data"] = data_digest(cfg, stage.data)
     return inputs
+
+
+def _is_declared_for(stage: Stage, key: str) -> bool:
+    """Whether ``key`` is among the settings ``stage`` depends on (common/stages.py)."""
+    covered = any(key == k or key.startswith(k + ".") for k in stage.depends_on)
+    return covered and not any(key == k or key.startswith(k + ".") for k in stage.ignores)
 
 
 def _changes(old: dict | None, new: dict) -> list[str]:

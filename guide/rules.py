@@ -26,6 +26,11 @@ Region rule (``rule="region"``, the thesis'):
 4. Every other pixel is background 0 (including the parts of class regions outside saliency
    regions they touch).
 
+Either rule, with ``uncertain_saliency = (low, high)``: every pixel whose saliency probability lies
+in [low, high) becomes ignore (255) at the end, whatever the rule gave it. Such pixels are where
+the saliency map hesitates (mostly object boundaries), so DeepLab learns nothing from them instead
+of learning the threshold's guess. Off (``()``) by default, as in the original.
+
 Pixel rule (``rule="pixel"``, for the ablation against public saliency-guided baselines): every
 salient pixel (probability >= ``saliency_threshold``; no region size filter) takes the class whose
 upsampled CAM is highest there, if that CAM reaches ``cam_threshold`` (the attention stage's
@@ -64,8 +69,12 @@ class GuideParams:
     crf_margin: int = 16
     crf_whole_image: bool = False  # reference variant: CRF over the whole image per region
     crf: CrfConfig = field(default_factory=CrfConfig)  # the kernels (guide.crf)
+    uncertain_saliency: tuple[float, ...] = ()  # (low, high): saliency in [low, high) -> ignore
 
     def __post_init__(self) -> None:
+        band = self.uncertain_saliency
+        if band and not (len(band) == 2 and 0.0 <= band[0] < band[1] <= 1.0):
+            raise ValueError(f"guide.uncertain_saliency: {list(band)} is not [low, high] with 0 <= low < high <= 1")
         checks = {
             "rule": ("region", "pixel"),
             "unlabelled_foreground": ("background", "ignore"),
@@ -93,6 +102,7 @@ class GuideParams:
             crf_margin=guide.crf_margin,
             # a copy: the settings stay editable, these parameters must not change under a running stage
             crf=dataclasses.replace(guide.crf),
+            uncertain_saliency=tuple(guide.uncertain_saliency),
         )
         params.update(changes)
         return cls(**params)
@@ -211,8 +221,13 @@ def make_pseudo_label(
     _check_inputs(image, saliency_prob, class_masks, cams)
     salient = saliency_prob >= params.saliency_threshold
     if params.rule == "pixel":
-        return pixel_rule(salient, cams, params.cam_threshold)
-    return region_rule(image, salient, class_masks, cams, params)
+        label = pixel_rule(salient, cams, params.cam_threshold)
+    else:
+        label = region_rule(image, salient, class_masks, cams, params)
+    if params.uncertain_saliency:
+        low, high = params.uncertain_saliency
+        label[(saliency_prob >= low) & (saliency_prob < high)] = IGNORE
+    return label
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -207,6 +209,27 @@ def test_isolated_class_regions_can_be_ignored():
         grey_image(), saliency_of(salient), {1: far}, cams_of({1: far}), GuideParams(isolated_class_regions="ignore")
     )
     assert (label[far] == IGNORE).all() and (label[~far] == 0).all()
+
+
+@pytest.mark.parametrize("rule", ["region", "pixel"])
+def test_uncertain_saliency_becomes_ignore_whatever_the_rule_gave(rule):
+    salient = rect(5, 30, 5, 30)
+    prob = saliency_of(salient)
+    prob[5:30, 5:8] = 0.45  # a hesitant edge inside the region
+    prob[0:3, :] = 0.3  # and one outside it
+    masks = {2: rect(5, 30, 5, 30)}
+    params = GuideParams(rule=rule, saliency_threshold=0.4)
+    plain = make_pseudo_label(grey_image(), prob, masks, cams_of(masks), params)
+    label = make_pseudo_label(
+        grey_image(), prob, masks, cams_of(masks), dataclasses.replace(params, uncertain_saliency=(0.25, 0.5))
+    )
+    hesitant = (prob >= 0.25) & (prob < 0.5)
+    assert (label[hesitant] == IGNORE).all() and hesitant.sum() == 25 * 3 + 3 * W
+    assert np.array_equal(label[~hesitant], plain[~hesitant]) and (plain[5:30, 5:8] == 2).all()
+    with pytest.raises(ValueError, match="guide.uncertain_saliency"):
+        GuideParams(uncertain_saliency=(0.5, 0.2))
+    with pytest.raises(config_module.ConfigError, match="guide.uncertain_saliency"):
+        config_module.validate(config_module.build_config("demo", ["guide.uncertain_saliency=[0.5]"]))
 
 
 def test_class_region_touching_only_a_dropped_saliency_region_is_isolated():

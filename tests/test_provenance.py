@@ -156,6 +156,33 @@ def test_outputs_recorded_before_settings_were_renamed_are_kept(folder_cfg):
     assert _run(cfg, "create_guide")["redone"] == ["guide.crf.bilateral_sxy"] and not kept.exists()
 
 
+def test_outputs_recorded_before_a_setting_was_added_are_kept_at_its_old_behaviour(folder_cfg):
+    """A record written before guide.uncertain_saliency existed: nothing is redone while the setting
+    does what the code did then ([] = off); setting it is a change."""
+    from config import ADDED
+
+    cfg, layout = folder_cfg, Layout(folder_cfg)
+    for folder in ("saliency", "classifier"):
+        _fake_network(cfg, folder)
+    for name in ("create_saliency", "create_attention", "create_guide"):
+        _run(cfg, name)
+    path = layout.record(BY_NAME["create_guide"])
+    record = json.loads(path.read_text())
+    for key in ADDED:
+        record["inputs"]["settings"].pop(key, None)
+    path.write_text(json.dumps(record))
+    _run(cfg, "train_deeplab")
+    _fake_network(cfg, "deeplab")
+    kept = layout.pseudo_label("a")
+    files.write_label_png(kept, np.zeros((16, 20), np.uint8))
+
+    assert _run(cfg, "create_guide") == {"redone": []} and kept.exists()
+    assert _run(cfg, "train_deeplab") == {"redone": []}
+    provenance.check_inputs(cfg, ["train_deeplab"])
+    cfg.guide.uncertain_saliency = [0.1, 0.5]
+    assert _run(cfg, "create_guide")["redone"] == ["guide.uncertain_saliency"] and not kept.exists()
+
+
 def test_ignored_groups_and_keys_leave_the_record_alone(folder_cfg):
     import dataclasses
 
