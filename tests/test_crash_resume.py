@@ -25,6 +25,8 @@ atomic_write = files.atomic_write
 
 def killing_write(path, write):
     global count
+    if os.path.basename(path) == "data_digests.json":  # the data digest's cache, not a stage output
+        return atomic_write(path, write)
     count += 1
     if count < limit:
         return atomic_write(path, write)
