@@ -241,13 +241,10 @@ def check_inputs(cfg, stages: list[str]) -> None:
                         )
                     # outputs made outside the stage (record_made_elsewhere) are taken as they are
                     made_here = isinstance(record.get("inputs"), dict) and "settings" in record["inputs"]
-                    changed = (
-                        _changes(
-                            _as_current(cfg, BY_NAME[upstream], record["inputs"]), inputs_of(cfg, BY_NAME[upstream])
-                        )
-                        if made_here
-                        else []
-                    )
+                    changed = []
+                    if made_here:
+                        current = inputs_of(cfg, BY_NAME[upstream])
+                        changed = _changes(_as_current(cfg, BY_NAME[upstream], record["inputs"], current), current)
                     if changed:
                         raise MissingInput(
                             f"{upstream}'s outputs were made from other inputs than this "
@@ -258,28 +255,25 @@ def check_inputs(cfg, stages: list[str]) -> None:
                 raise MissingInput(f"{name} reads the outputs of {upstream}, but {err}") from None
 
 
-def _as_current(cfg, stage: Stage, inputs):
+def _as_current(cfg, stage: Stage, inputs, current: dict):
     """A record's inputs as this version of the code writes them, so that a difference of form
     alone changes nothing: settings renamed since the record was written (config.RENAMED) under
     their new names, settings added since then (config.ADDED) at the value that does what the code
     did before, and a data digest of the older form (sizes and times) that still matches the
-    data as the current one."""
+    data as the current one. ``current``: :func:`inputs_of` the stage now."""
     if not isinstance(inputs, dict) or not isinstance(inputs.get("settings"), dict):
         return inputs
     settings = {RENAMED.get(key, key): value for key, value in inputs["settings"].items()}
     for key, before in ADDED.items():
-        if key not in settings and _is_declared_for(stage, key):
+        if key not in settings and key in current["settings"]:
             settings[key] = before
     inputs = {**inputs, "settings": settings}
-    if inputs.get("data") is not None and inputs["data"] == data_digest(cfg, stage.data, by_times=True):
-        inputs["data"] = data_digest(cfg, stage.data)
+    # the older form is worked out (a walk over the data) only for a digest that differs
+    if inputs.get("data") not in (None, current["data"]) and inputs["data"] == data_digest(
+        cfg, stage.data, by_times=True
+    ):
+        inputs["data"] = current["data"]
     return inputs
-
-
-def _is_declared_for(stage: Stage, key: str) -> bool:
-    """Whether ``key`` is among the settings ``stage`` depends on (common/stages.py)."""
-    covered = any(key == k or key.startswith(k + ".") for k in stage.depends_on)
-    return covered and not any(key == k or key.startswith(k + ".") for k in stage.ignores)
 
 
 def _changes(old: dict | None, new: dict) -> list[str]:
@@ -328,7 +322,7 @@ def begin(cfg, name: str) -> dict:
         # training starts from scratch: the old network must not be handed on meanwhile
         for which in ("best", "last"):
             layout.checkpoint(stage.checkpoint_folder, which).unlink(missing_ok=True)
-    stored = _as_current(cfg, stage, record.get("inputs")) if record is not None else None
+    stored = _as_current(cfg, stage, record.get("inputs"), inputs) if record is not None else None
     if record is not None and stored == inputs:
         # the record stays as written, old names and digests and all: the stages after this one hold
         # its digest
