@@ -120,7 +120,8 @@ def rescore(results: dict, row: dict, command: str) -> dict:
                 results["base"]["eval_deeplab"].update(scores)
         pair = results.get("seeds", {}).get(seed)
         if pair is not None and percentage in ("0", "100"):
-            pair["weak" if percentage == "0" else "full"] = result["mIoU"]
+            key = "weak" if percentage == "0" else "full"
+            pair.update({key: result["mIoU"], f"{key}_per_class": result["per_class_IoU"]})
     if results.get("seeds"):
         summary = msrc.seed_summary(results)
         results["weak_over_full"] = summary["ratio_mean"]

@@ -255,6 +255,24 @@ def test_entangled_classes_are_named_under_the_worst_classes():
     assert "face is labelled on 37 training images, 37 of them also labelled body" in line
 
 
+def test_weak_over_full_without_the_entangled_classes_is_computed_from_the_kept_classes():
+    """The indicative ratio leaves out both classes of an entangled pair and averages the rest."""
+    results = _with_seeds(_results(0.60, 0.70, 6.0, 70, resumed=False), 0.62, 0.68)
+    weak = {"background": 0.9, "cow": 0.6, "face": 0.2, "body": 0.3}
+    full = {"background": 0.9, "cow": 0.8, "face": 0.8, "body": 0.9}
+    for pair in results["seeds"].values():
+        pair.update(weak_per_class=weak, full_per_class=full)
+    assert "image labels can tell apart" not in msrc.markdown(results)  # no pair: no row
+    results["base"]["train_seed"]["entangled_classes"] = [{"class": "face", "with": "body", "images": 37, "shared": 37}]
+    summary = msrc.seed_summary(results)
+    assert summary["left_out"] == ["face", "body"]
+    assert summary["ratio_mean_without"] == pytest.approx(0.75 / 0.85)
+    line = _row(msrc.markdown(results), "| weak/full over the classes image labels can tell apart")
+    assert "every class but face, body" in line and f"| {0.75 / 0.85:.3f} |" in line
+    # the headline ratio is untouched: it still counts every class
+    assert summary["ratio_mean"] == pytest.approx((0.60 / 0.70 + 0.62 / 0.68) / 2)
+
+
 def test_rescoring_replaces_every_deeplab_figure_and_says_so():
     """benchmarks.eval_variants --rescore: new evaluation scores reach the quality rows, the seeds'
     ratio, the default guide rule's row and the self-training row; the report names the evaluation
