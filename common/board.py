@@ -11,10 +11,17 @@ from common import files
 from common.layout import Layout
 
 
-def open_writer(cfg, stage: str) -> SummaryWriter:
-    """A SummaryWriter in runs/<stage>/ that has the resolved config as text and in config.json."""
+def open_writer(cfg, stage: str, fresh: bool = False) -> SummaryWriter:
+    """A SummaryWriter in runs/<stage>/ that has the resolved config as text and in config.json.
+
+    ``fresh``: a training that starts again from step 0 (nothing to resume, or runtime.overwrite).
+    The events of the earlier training are removed first: they describe a network that no longer
+    exists, and tensorboard (and the benchmark's curves) would draw the two as one run."""
     run_dir = Layout(cfg).run_dir(stage)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        for old_events in run_dir.glob("events.out.tfevents.*"):
+            old_events.unlink()
     text = cfg.to_json()
     files.write_text(run_dir / "config.json", text)
     writer = SummaryWriter(log_dir=str(run_dir))

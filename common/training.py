@@ -265,7 +265,7 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
     metric = spec.metric
     start, best = 0, {metric: float("-inf")}
     state = None
-    if last_path.exists() and not cfg.runtime.overwrite:
+    if not starts_fresh(cfg, spec.checkpoints):
         state = checkpoint.read_state(last_path)
         check_settings(last_path, state.get("extra", {}), spec.describe, spec.resume_keys)
         model.load_state_dict(state["model"])
@@ -308,7 +308,11 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
     precision = cfg.runtime.precision
     scaler = runtime.grad_scaler(device, precision)
     own_writer = spec.writer is None and main
-    writer = spec.writer if spec.writer is not None else (_open_writer(cfg, spec.stage) if main else _NullWriter())
+    writer = (
+        spec.writer
+        if spec.writer is not None
+        else (_open_writer(cfg, spec.stage, state is None) if main else _NullWriter())
+    )
     if not main:
         writer = _NullWriter()
 
@@ -417,10 +421,16 @@ def _weights_finite(model: torch.nn.Module) -> bool:
     )
 
 
-def _open_writer(cfg, stage: str):
+def _open_writer(cfg, stage: str, fresh: bool):
     from common import board
 
-    return board.open_writer(cfg, stage)
+    return board.open_writer(cfg, stage, fresh=fresh)
+
+
+def starts_fresh(cfg, checkpoints: str) -> bool:
+    """Whether a training saved under checkpoints/<checkpoints>/ starts from step 0 (what
+    :func:`fit` decides): no last checkpoint to resume from, or ``runtime.overwrite``."""
+    return bool(cfg.runtime.overwrite) or not Layout(cfg).checkpoint(checkpoints, "last").exists()
 
 
 def _validate(spec: TrainingSpec, model, done: int, writer) -> dict:

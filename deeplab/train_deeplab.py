@@ -167,7 +167,7 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         seed=cfg.runtime.seed,
     )
     val_ids = [i for i in val_set.ids if val_set.has_mask(i)]
-    writer = board.open_writer(cfg, STAGE) if main else None
+    writer = board.open_writer(cfg, STAGE, fresh=training.starts_fresh(cfg, CHECKPOINTS)) if main else None
     if writer is not None:
         for reason in reasons:
             writer.add_text("warning", reason, 0)

@@ -363,6 +363,33 @@ def test_nonfinite_weights_under_a_finite_loss_are_never_saved(make_cfg):
     assert not torch.isfinite(spec.model.weight).all()  # what the check caught
 
 
+def test_a_fresh_training_drops_the_events_of_the_one_before_and_a_resumed_one_keeps_them(make_cfg):
+    """Tensorboard events describe one network: resuming adds to them, starting again from step 0
+    (after the checkpoint was removed, or with runtime.overwrite) removes the old ones first, so
+    curves and tensorboard never join two trainings into one."""
+    cfg = make_cfg(**{"runtime.checkpoint_every": 2})
+    run_dir = Layout(cfg).run_dir("toy")
+
+    def fit(stop_after=None, overwrite=False):
+        cfg.runtime.overwrite = overwrite
+        spec = _toy_spec(poison=-1)
+        spec.writer = None  # fit opens runs/toy/ itself
+        training.fit(cfg, spec, device=torch.device("cpu"), stop_after=stop_after)
+        return set(run_dir.glob("events.out.tfevents.*"))
+
+    first = fit(stop_after=4)
+    assert first
+    resumed = fit()
+    assert first < resumed  # the resumed run wrote a file of its own beside the first
+    again = fit(overwrite=True)
+    assert again and not again & resumed
+    Layout(cfg).checkpoint("toy", "last").unlink()
+    cfg.runtime.overwrite = False
+    assert training.starts_fresh(cfg, "toy")
+    fresh = fit()
+    assert fresh and not fresh & again
+
+
 def test_toy_settings_check_comes_before_the_shape_mismatch(make_cfg):
     cfg = make_cfg()
     training.fit(cfg, _toy_spec(poison=-1, width=1), device=torch.device("cpu"))
