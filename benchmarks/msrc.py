@@ -893,8 +893,8 @@ def markdown(results: dict) -> str:
                 f"also labelled {e['with']}"
                 for e in entangled
             )
-            + ". Their CAMs come out nearly the same, so the guide's split between them is close to chance "
-            "(docs/RESULTS.md).",
+            + ". Image labels say almost nothing about which of their pixels are which, so expect their "
+            "pseudo labels to mix (docs/RESULTS.md measures how well the CAMs tell them apart).",
             "",
         ]
     if speeds:
@@ -924,43 +924,50 @@ def markdown(results: dict) -> str:
             f"{storage['fraction']} | <= {TARGETS['storage_fraction']} | "
             f"{_holds(storage['fraction'], TARGETS['storage_fraction'], higher_is_better=False)} |",
         ]
-    lines += ["", "## Wall time", ""]
-    limit = TIME_LIMIT_MINUTES[profile]
-    if "seconds" in results:
-        minutes = results["seconds"] / 60
-        how = (
-            "resumed from an earlier, interrupted run, so the total counts only this process"
-            if resumed
-            else "one process from an empty output folder"
-        )
-        lines += [
-            f"Whole benchmark: **{minutes:.1f} min** ({how}); target <= {limit} min: "
-            f"{_holds(minutes, limit, higher_is_better=False)}.",
-            "",
-        ]
-    lines += ["| part | seconds |", "|---|---|"]
-    lines += [f"| {stage} | {summary['seconds']:.0f} |" for stage, summary in base.items() if isinstance(summary, dict)]
-    lines += [
-        f"| train_deeplab, gt_percentage {p} | {r['train_seconds']:.0f} |"
+    parts = [(stage, summary["seconds"]) for stage, summary in base.items() if isinstance(summary, dict)]
+    parts += [
+        (f"train_deeplab, gt_percentage {p}", r["train_seconds"])
         for p, r in sorted(gt.items(), key=lambda kv: float(kv[0]))
         if "train_seconds" in r
     ]
     for seed, pair in sorted((results.get("seeds") or {}).items()):
         if seed != "0":
-            lines += [
-                f"| train_deeplab, gt_percentage {p}, seed {seed} | {pair[k]:.0f} |"
+            parts += [
+                (f"train_deeplab, gt_percentage {p}, seed {seed}", pair[k])
                 for p, k in (("0", "weak_train_seconds"), ("100", "full_train_seconds"))
                 if k in pair
             ]
     if self_training and "seconds" in self_training:
-        lines.append(f"| self-training round (train-set CRF predictions, DeepLab) | {self_training['seconds']:.0f} |")
-    lines += [
-        f"| guide ablation: {name} | {r['seconds']:.0f} |"
-        for name, r in results.get("ablations", {}).items()
-        if "seconds" in r
+        parts.append(("self-training round (train-set CRF predictions, DeepLab)", self_training["seconds"]))
+    parts += [
+        (f"guide ablation: {name}", r["seconds"]) for name, r in results.get("ablations", {}).items() if "seconds" in r
     ]
     if speeds and "seconds" in speeds:
-        lines.append(f"| speed and storage ratios | {speeds['seconds']:.0f} |")
+        parts.append(("speed and storage ratios", speeds["seconds"]))
+    lines += ["", "## Wall time", ""]
+    limit = TIME_LIMIT_MINUTES[profile]
+    if "seconds" in results:
+        minutes = results["seconds"] / 60
+        if resumed:
+            # the parts keep the wall times of the runs that did them, so their sum stands for a
+            # run from nothing (less the evaluations and pictures, which the table leaves out)
+            parts_minutes = sum(seconds for _, seconds in parts) / 60
+            judged = max(minutes, parts_minutes)
+            lines += [
+                f"Whole benchmark: **{minutes:.1f} min** in this process, resumed from an earlier run whose "
+                f"finished stages it reused; the parts below, at the wall times of the runs that did them, "
+                f"add up to **{parts_minutes:.1f} min**; target <= {limit} min: "
+                f"{_holds(judged, limit, higher_is_better=False)}.",
+                "",
+            ]
+        else:
+            lines += [
+                f"Whole benchmark: **{minutes:.1f} min** (one process from an empty output folder); "
+                f"target <= {limit} min: {_holds(minutes, limit, higher_is_better=False)}.",
+                "",
+            ]
+    lines += ["| part | seconds |", "|---|---|"]
+    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in parts]
     return "\n".join(lines) + "\n"
 
 
