@@ -392,6 +392,18 @@ class DeeplabConfig:
         "off: frozen statistics left the demo predicting background",
     )
     val_every: int = setting(100, "validate every this many steps", positive=True)
+    # the small-loss trick for noisy labels: once the network has learnt what most pseudo labels
+    # agree on, the pixels whose label it finds least likely are the likeliest to be wrong
+    ignore_hardest: float = setting(
+        0.0,
+        "fraction of each batch's labelled pixels with the highest loss left out of the loss "
+        "(pseudo labels and real masks alike); 0 = off (the original)",
+        low=0.0,
+        high=0.9,
+    )
+    ignore_hardest_warmup: float = setting(
+        0.3, "ignore_hardest rises linearly from 0 over this fraction of the steps", **UNIT
+    )
 
 
 @dataclass
@@ -399,6 +411,15 @@ class EvalConfig:
     """EVAL_DEEPLAB: every image of ``split`` at its own size (docs/deeplab.md)."""
 
     split: str = setting("val", "the split segmented and scored")
+    # best.pt is the step with the highest val mIoU while training: picked on the masks of the very
+    # images EVAL_DEEPLAB scores, which flatters the score and lets pixel labels steer a weakly
+    # supervised result
+    checkpoint: str = setting(
+        "last",
+        "last (the trained network) | best (the step with the highest val mIoU during training; "
+        "chosen on the validation masks)",
+        choices=("last", "best"),
+    )
     batch_size: int = setting(
         8, "images per forward pass, padded to a common size (padding never scored)", positive=True
     )
@@ -466,6 +487,9 @@ RENAMED = {
 # before them: a record without such a setting, whose value now is that one, is still up to date
 ADDED = {
     "guide.uncertain_saliency": [],
+    "deeplab.ignore_hardest": 0.0,
+    "deeplab.ignore_hardest_warmup": 0.3,
+    "eval.checkpoint": "best",
 }
 
 

@@ -16,6 +16,11 @@ Wheels are taken from ``bench/wheels`` when there, else fetched with ``pip downl
 
     python -m benchmarks.pack_gpu_data [--shared ../shared] [--output .gpu_data]
     benchmarks/gpu_profile.sh           # on the GPU machine, with .gpu_data carried
+
+With ``--stage-outputs RUN`` (a benchmark run folder, e.g. bench/s5/full/gt0) it packs, instead of
+the saliency sets, that run's pseudo labels and the records they rest on (``RUN/tmp/{saliency,
+attention,guide}``, into ``.gpu_data/stage_outputs/tmp/``): what benchmarks/gpu_deeplab_variants.sh
+trains DeepLabs on.
 """
 
 from __future__ import annotations
@@ -100,6 +105,7 @@ def pack(
     duts_val: int,
     davis_val: int,
     wheels_from: Path,
+    stage_outputs: Path | None = None,
 ) -> dict:
     """Write ``output`` (module docstring); returns what it holds. Raises ValueError when even the
     fixed parts exceed the limit."""
@@ -108,6 +114,8 @@ def pack(
         shutil.rmtree(output)
     wheels = fetch_wheels(output / "wheels", wheels_from)
     shutil.copytree(data / "msrc_objects", output / "data" / "msrc_objects")
+    if stage_outputs is not None:
+        return _pack_stage_outputs(stage_outputs, output, limit_mib, wheels)
     duts_val_pairs = spread(saliency_pairs(data / "duts_saliency" / "val"), duts_val)
     copy_pairs(duts_val_pairs, output / "data" / "duts_saliency" / "val")
     davis_root = data / "davis_saliency" / "val"
@@ -145,6 +153,30 @@ def pack(
     return summary
 
 
+# the per-image stages whose outputs and records TRAIN_DEEPLAB's check of its inputs reads
+STAGE_OUTPUT_FOLDERS = ("saliency", "attention", "guide")
+
+
+def _pack_stage_outputs(run: Path, output: Path, limit_mib: float, wheels: list[Path]) -> dict:
+    for folder in STAGE_OUTPUT_FOLDERS:
+        source = run / "tmp" / folder
+        if not (source / "record.json").is_file():
+            raise FileNotFoundError(f"{source} holds no record.json: --stage-outputs takes a finished benchmark run")
+        shutil.copytree(source, output / "stage_outputs" / "tmp" / folder, symlinks=False)
+    size = folder_bytes(output)
+    if size > limit_mib * MIB:
+        raise ValueError(f"{output}: {size / MIB:.1f} MiB is over --limit-mib {limit_mib}")
+    summary = {
+        "MiB": round(size / MIB, 2),
+        "limit_MiB": limit_mib,
+        "msrc_objects": "all",
+        "stage_outputs": str(run),
+        "wheels": sorted(p.name for p in wheels),
+    }
+    (output / "contents.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
 def main_cli(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", default=str(PROJECT.parent / "shared"))
@@ -154,6 +186,9 @@ def main_cli(argv=None) -> int:
     parser.add_argument("--duts-val", type=int, default=200)
     parser.add_argument("--davis-val", type=int, default=60)
     parser.add_argument("--wheels-from", default=str(PROJECT / "bench" / "wheels"))
+    parser.add_argument(
+        "--stage-outputs", default=None, help="a benchmark run folder whose pseudo labels go instead of saliency sets"
+    )
     args = parser.parse_args(argv)
     try:
         summary = pack(
@@ -164,6 +199,7 @@ def main_cli(argv=None) -> int:
             args.duts_val,
             args.davis_val,
             Path(args.wheels_from),
+            Path(args.stage_outputs) if args.stage_outputs else None,
         )
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

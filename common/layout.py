@@ -161,9 +161,10 @@ class Layout:
             raise ValueError(f"checkpoint {which!r}: expected best or last")
         return self.checkpoints / stage / f"{which}.pt"
 
-    def trained_network(self, folder: str) -> Path | None:
-        """The network a trained stage hands on: its best checkpoint, else its last, else None."""
-        for which in ("best", "last"):
+    def trained_network(self, folder: str, prefer: str = "best") -> Path | None:
+        """The network a trained stage hands on: its ``prefer`` checkpoint (best or last), else the
+        other one, else None."""
+        for which in (prefer, "last" if prefer == "best" else "best"):
             if self.checkpoint(folder, which).exists():
                 return self.checkpoint(folder, which)
         return None

@@ -35,9 +35,10 @@ TENSORBOARD_PICTURES = 8
 
 
 def checkpoint_path(cfg):
-    """checkpoints/deeplab/best.pt, else last.pt; FileNotFoundError naming the folder if neither."""
+    """checkpoints/deeplab/<eval.checkpoint>.pt (last or best), else the other one;
+    FileNotFoundError naming the folder if neither."""
     layout = Layout(cfg)
-    path = layout.trained_network("deeplab")
+    path = layout.trained_network("deeplab", prefer=cfg.eval.checkpoint)
     if path is not None:
         return path
     raise FileNotFoundError(

@@ -76,18 +76,36 @@ def make_optimizer(model, settings):
     return optimizer, training.poly_schedule(optimizer, settings.steps, settings.poly_power)
 
 
-def pixel_loss(network, batch, device) -> torch.Tensor:
+def pixel_loss(network, batch, device, ignore_hardest: float = 0.0) -> torch.Tensor:
     """Cross-entropy summed over labelled pixels / the labelled pixels of the whole global batch:
     a crop of nothing but ignore gives 0, not NaN, and under several processes the gradients DDP
-    averages equal one process's on the same global batch."""
+    averages equal one process's on the same global batch. ``ignore_hardest``: that fraction of
+    this process's labelled pixels, those with the highest loss, counts neither in the sum nor in
+    the count."""
     images, labels = batch
     labels = runtime.to_device(labels, device)
     logits = network(runtime.to_device(images, device))
-    labelled = (labels != IGNORE).sum().float()
+    labelled_pixels = labels != IGNORE
+    labelled = labelled_pixels.sum().float()
+    dropped = int(labelled.item() * ignore_hardest)
+    if dropped:
+        losses = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="none")[labelled_pixels]
+        total = torch.topk(losses, losses.numel() - dropped, largest=False, sorted=False).values.sum()
+        labelled = labelled - dropped
+    else:
+        total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="sum")
     world = distributed.world_size()
     if world > 1:  # DDP averages over ranks: normalise by the global count, times the world
         labelled = distributed.all_reduce_sum_(labelled.clone()) / world
-    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="sum") / labelled.clamp(min=1)
+    return total / labelled.clamp(min=1)
+
+
+def ignore_hardest_at(settings, step: int) -> float:
+    """The fraction of hardest pixels ignored at ``step``: 0 at the start, ``ignore_hardest`` from
+    ``ignore_hardest_warmup`` of the steps on (a network that has learnt nothing yet cannot tell a
+    wrong label from a hard one)."""
+    ramp = settings.ignore_hardest_warmup * settings.steps
+    return settings.ignore_hardest * (1.0 if ramp <= 0 else min(1.0, step / ramp))
 
 
 def run(cfg, *, stop_after: int | None = None) -> dict:
@@ -196,7 +214,10 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         val_every=settings.val_every,
         batch_size=settings.batch_size,
         samples=samples,
-        loss=pixel_loss,
+        # the scheduler steps once per training step and is restored on resume: it knows the step
+        loss=lambda network, batch, device: pixel_loss(
+            network, batch, device, ignore_hardest_at(settings, scheduler.last_epoch)
+        ),
         metric="mIoU",
         describe=describe,
         resume_keys=RESUME_KEYS,

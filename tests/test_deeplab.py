@@ -359,3 +359,60 @@ def test_frozen_backbone_batchnorm_keeps_its_statistics():
     assert all(torch.equal(b, m.running_mean) for b, m in zip(before, backbone_bn))
     assert not torch.equal(head_before, head_bn[0].running_mean)
     assert backbone_bn[0].weight.grad is not None  # the BN scale still learns
+
+
+# ---- the loss: ignoring the hardest pixels -----------------------------------------------------
+class _FixedLogits(nn.Module):
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(logits.clone())
+
+    def forward(self, images):
+        return self.logits
+
+
+def _loss_case():
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 3, 5, 6, generator=generator)
+    labels = torch.randint(0, 3, (2, 5, 6), generator=generator)
+    labels[0, :2] = 255
+    return logits, labels
+
+
+def test_loss_without_ignoring_is_the_mean_over_labelled_pixels():
+    from deeplab.train_deeplab import pixel_loss
+
+    logits, labels = _loss_case()
+    loss = pixel_loss(_FixedLogits(logits), (torch.zeros(2, 3, 5, 6), labels), torch.device("cpu"))
+    expected = nn.functional.cross_entropy(logits, labels, ignore_index=255)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5])
+def test_loss_leaves_out_exactly_the_hardest_labelled_pixels(fraction):
+    from deeplab.train_deeplab import pixel_loss
+
+    logits, labels = _loss_case()
+    network = _FixedLogits(logits)
+    loss = pixel_loss(network, (torch.zeros(2, 3, 5, 6), labels), torch.device("cpu"), ignore_hardest=fraction)
+    per_pixel = nn.functional.cross_entropy(logits, labels, ignore_index=255, reduction="none")
+    labelled = per_pixel[labels != 255]
+    kept = labelled.sort().values[: labelled.numel() - int(labelled.numel() * fraction)]
+    assert loss.item() == pytest.approx(kept.mean().item(), rel=1e-6)
+    # the left-out pixels get no gradient: the ones with the highest loss
+    loss.backward()
+    touched = network.logits.grad.abs().sum(1) > 0
+    hardest = per_pixel >= labelled.sort().values[kept.numel()]
+    assert not (touched & hardest & (labels != 255)).any()
+    assert touched.sum() == kept.numel()
+
+
+def test_ignoring_rises_over_the_warmup_then_holds():
+    from types import SimpleNamespace
+
+    from deeplab.train_deeplab import ignore_hardest_at
+
+    settings = SimpleNamespace(ignore_hardest=0.2, ignore_hardest_warmup=0.25, steps=400)
+    assert [ignore_hardest_at(settings, s) for s in (0, 50, 100, 399)] == pytest.approx([0.0, 0.1, 0.2, 0.2])
+    settings.ignore_hardest_warmup = 0.0
+    assert ignore_hardest_at(settings, 0) == 0.2

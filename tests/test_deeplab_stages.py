@@ -101,8 +101,10 @@ def test_train_and_eval_end_to_end(voc_cfg):
     assert list(layout.run_dir("eval_deeplab").glob("events.out.tfevents.*"))
 
 
-def test_resume_gives_the_weights_of_an_uninterrupted_run(voc_cfg, tmp_path):
-    cfg = voc_cfg(**{"deeplab.steps": 6, "deeplab.val_every": 4})
+@pytest.mark.parametrize("ignore_hardest", [0.0, 0.3])
+def test_resume_gives_the_weights_of_an_uninterrupted_run(voc_cfg, tmp_path, ignore_hardest):
+    # with ignore_hardest the fraction left out follows the step, which a resumed run must pick up
+    cfg = voc_cfg(**{"deeplab.steps": 6, "deeplab.val_every": 4, "deeplab.ignore_hardest": ignore_hardest})
     write_pseudo_labels(cfg)
     whole = train_deeplab.run(cfg)
     layout = Layout(cfg)
@@ -288,15 +290,20 @@ def test_eval_without_a_checkpoint_says_what_to_run(voc_cfg):
     main.preflight(cfg, ["train_deeplab", "eval_deeplab"])  # it will be trained first
 
 
-def test_eval_falls_back_to_the_last_checkpoint(voc_cfg):
-    cfg = voc_cfg(**{"deeplab.steps": 1})
+@pytest.mark.parametrize("chosen, other", [("last", "best"), ("best", "last")])
+def test_eval_scores_the_chosen_checkpoint_else_the_other(voc_cfg, chosen, other):
+    # last by default: best.pt was picked on the very val masks EVAL_DEEPLAB scores
+    cfg = voc_cfg(**{"deeplab.steps": 2, "deeplab.val_every": 1, "eval.checkpoint": chosen})
     write_pseudo_labels(cfg)
     train_deeplab.run(cfg)
     layout = Layout(cfg)
-    layout.checkpoint("deeplab", "best").unlink()
+    report_path = layout.run_dir("eval_deeplab") / "report.json"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        eval_deeplab.run(cfg)
+        assert json.loads(report_path.read_text())["checkpoint"].endswith(f"{chosen}.pt")
+        layout.checkpoint("deeplab", chosen).unlink()
         summary = eval_deeplab.run(cfg)
     assert summary["images"] == 5
-    report = json.loads((layout.run_dir("eval_deeplab") / "report.json").read_text())
-    assert report["checkpoint"].endswith("last.pt") and report["weakly_supervised"] is True
+    report = json.loads(report_path.read_text())
+    assert report["checkpoint"].endswith(f"{other}.pt") and report["weakly_supervised"] is True
