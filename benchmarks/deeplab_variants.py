@@ -53,7 +53,6 @@ def train(args, name: str, seed: int, settings: dict) -> dict:
         "settings": settings,
         "mIoU": summary["eval_deeplab"]["mIoU"],
         "per_class": summary["eval_deeplab"]["per_class_IoU"],
-        "checkpoint_step": summary["eval_deeplab"].get("step"),
         "plateau": msrc.plateau(msrc._metric_curve(curve, "mIoU")) if curve else None,
         "train_seconds": summary["train_deeplab"]["seconds"],
         "eval_seconds": summary["eval_deeplab"]["seconds"],

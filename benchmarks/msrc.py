@@ -501,6 +501,7 @@ def evaluation_settings(cfg) -> dict:
         "flip": cfg.eval.flip,
         "crf": cfg.eval.use_crf,
         "unary": cfg.eval.crf_unary,
+        "checkpoint": cfg.eval.checkpoint,
     }
 
 
@@ -513,9 +514,16 @@ def evaluation_sentence(evaluation: dict) -> str:
         parts.append(
             f"the dense CRF on the network's {'probabilities' if evaluation['unary'] == 'softmax' else 'labels'}"
         )
+    # results written before eval.checkpoint existed were scored on best.pt
+    checkpoint = evaluation.get("checkpoint", "best")
+    which = (
+        "its last checkpoint"
+        if checkpoint == "last"
+        else "the checkpoint of its best validation mIoU during training (chosen on the val masks it is scored on)"
+    )
     return (
-        "EVAL_DEEPLAB scores every DeepLab below with " + ", ".join(parts) + " (`eval.*`); the validation "
-        "curves during training are single-scale, without the CRF."
+        f"EVAL_DEEPLAB scores every DeepLab below at {which}, with " + ", ".join(parts) + " (`eval.*`); the "
+        "validation curves during training are single-scale, without the CRF."
     )
 
 

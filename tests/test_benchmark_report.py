@@ -339,10 +339,13 @@ def test_evaluation_settings_read_from_the_config():
     import config as config_module
 
     cfg = config_module.build_config("demo", ["eval.scales=[0.75,1.0]"])
-    assert msrc.evaluation_settings(cfg) == {"scales": [0.75, 1.0], "flip": False, "crf": True, "unary": "softmax"}
-    assert "scales 0.75/1, the dense CRF on the network's probabilities" in msrc.evaluation_sentence(
-        msrc.evaluation_settings(cfg)
-    )
+    evaluation = msrc.evaluation_settings(cfg)
+    assert evaluation == {"scales": [0.75, 1.0], "flip": False, "crf": True, "unary": "softmax", "checkpoint": "last"}
+    sentence = msrc.evaluation_sentence(evaluation)
+    assert "at its last checkpoint, with scales 0.75/1, the dense CRF on the network's probabilities" in sentence
+    # a report of results from before eval.checkpoint says they were read at best.pt
+    del evaluation["checkpoint"]
+    assert "best validation mIoU" in msrc.evaluation_sentence(evaluation)
 
 
 def test_variant_parsing_keeps_each_benchmark_to_its_settings():

@@ -65,3 +65,25 @@ def test_refuses_a_limit_that_leaves_too_few_pairs(shared, tmp_path):
         pack_gpu_data.pack(
             root, tmp_path / "gpu_data", limit_mib=0.3, duts_train=None, duts_val=20, davis_val=10, wheels_from=wheels
         )
+
+
+def test_stage_outputs_go_instead_of_the_saliency_sets(shared, tmp_path):
+    root, wheels = shared
+    run = tmp_path / "run"
+    for folder in ("saliency", "attention", "guide"):
+        (run / "tmp" / folder).mkdir(parents=True)
+        (run / "tmp" / folder / "record.json").write_text('{"complete": true}')
+    (run / "tmp" / "guide" / "labels").mkdir()
+    (run / "tmp" / "guide" / "labels" / "a.png").write_bytes(b"l" * 1_000)
+    (run / "tmp" / "deeplab").mkdir()  # predictions: not needed to train a DeepLab
+    output = tmp_path / "gpu_data"
+    summary = pack_gpu_data.pack(root, output, 1.0, None, 20, 10, wheels, stage_outputs=run)
+    packed = output / "stage_outputs" / "tmp"
+    assert (packed / "guide" / "labels" / "a.png").read_bytes() == b"l" * 1_000
+    assert sorted(p.name for p in packed.iterdir()) == ["attention", "guide", "saliency"]
+    assert not (output / "data" / "duts_saliency").exists() and (output / "data" / "msrc_objects").is_dir()
+    assert summary["stage_outputs"] == str(run)
+
+    (run / "tmp" / "attention" / "record.json").unlink()  # an unfinished run is refused by name
+    with pytest.raises(FileNotFoundError, match="attention holds no record.json"):
+        pack_gpu_data.pack(root, output, 1.0, None, 20, 10, wheels, stage_outputs=run)
