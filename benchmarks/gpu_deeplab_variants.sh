@@ -15,20 +15,12 @@
 # bench/deeplab_variants_gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${GPU_PYTHON:-python3}
-DATA=${GPU_DATA:-.gpu_data}
-TOTAL_SECONDS=${GPU_PROFILE_SECONDS:-570}
 RESULTS=${OUT:-bench/deeplab_variants_gpu}
-export HF_HUB_OFFLINE=1
-started=$(date +%s)
-
-. benchmarks/gpu_setup.sh
-if [ ! -f "$DATA/stage_outputs/tmp/guide/record.json" ]; then
-    echo "error: $DATA holds no pseudo labels: pack it with --stage-outputs RUN" >&2
+if [ ! -f "${GPU_DATA:-.gpu_data}/stage_outputs/tmp/guide/record.json" ]; then
+    echo "error: ${GPU_DATA:-.gpu_data} holds no pseudo labels: pack it with --stage-outputs RUN" >&2
     exit 2
 fi
-echo "set-up done in $(( $(date +%s) - started )) s"
-LIMIT=$(( TOTAL_SECONDS - ($(date +%s) - started) ))
+. benchmarks/gpu_setup.sh
 
 mkdir -p "$RESULTS"
 pids=()

@@ -21,16 +21,8 @@
 # 600 s command limit still returns what it wrote: the report is rewritten after each part).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${GPU_PYTHON:-python3}
-DATA=${GPU_DATA:-.gpu_data}
-TOTAL_SECONDS=${GPU_PROFILE_SECONDS:-570}
 RESULTS=${OUT:-bench/msrc_gpu_report}
-export HF_HUB_OFFLINE=1
-started=$(date +%s)
-
 . benchmarks/gpu_setup.sh
-echo "set-up done in $(( $(date +%s) - started )) s"
-LIMIT=$(( TOTAL_SECONDS - ($(date +%s) - started) ))
 
 mkdir -p "$RESULTS/docs"
 status=0

@@ -1,7 +1,16 @@
 # Set-up shared by the scripts that run on a lent GPU machine (sourced, not run): checks that
 # $DATA holds packed data and that torch sees a GPU, then installs the packed wheels and builds
 # pydensecrf into a private folder put first on PYTHONPATH (nothing is installed into the system).
-# Needs PY (the python) and DATA (the packed folder, benchmarks/pack_gpu_data.py).
+# Environment: GPU_PYTHON (default python3), GPU_DATA (the packed folder, benchmarks/pack_gpu_data.py;
+# default .gpu_data), GPU_PROFILE_SECONDS (the whole script, set-up included, default 570). Sets PY,
+# DATA and LIMIT: the seconds left for the work, so that a 600 s command limit still returns what
+# it wrote.
+PY=${GPU_PYTHON:-python3}
+DATA=${GPU_DATA:-.gpu_data}
+TOTAL_SECONDS=${GPU_PROFILE_SECONDS:-570}
+export HF_HUB_OFFLINE=1
+started=$(date +%s)
+
 if [ ! -d "$DATA/data/msrc_objects" ] || [ ! -d "$DATA/wheels" ]; then
     echo "error: $DATA holds no packed data: run '.venv/bin/python -m benchmarks.pack_gpu_data' where ../shared is" >&2
     exit 2
@@ -46,3 +55,5 @@ EOF
     cp "$BUILD"/pydensecrf2-*/pydensecrf/*.py "$SITE/pydensecrf/"
     "$PY" -c "import pydensecrf.densecrf" || { echo "error: pydensecrf did not build" >&2; exit 2; }
 fi
+echo "set-up done in $(( $(date +%s) - started )) s"
+LIMIT=$(( TOTAL_SECONDS - ($(date +%s) - started) ))

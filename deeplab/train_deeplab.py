@@ -87,7 +87,7 @@ def pixel_loss(network, batch, device, ignore_hardest: float = 0.0) -> torch.Ten
     logits = network(runtime.to_device(images, device))
     labelled_pixels = labels != IGNORE
     labelled = labelled_pixels.sum().float()
-    dropped = int(labelled.item() * ignore_hardest)
+    dropped = int(labelled.item() * ignore_hardest) if ignore_hardest > 0 else 0  # .item() waits for the GPU
     if dropped:
         losses = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="none")[labelled_pixels]
         total = torch.topk(losses, losses.numel() - dropped, largest=False, sorted=False).values.sum()
