@@ -57,10 +57,11 @@ def load_network(cfg, device) -> PiCANet:
 
 
 class _Batches(Dataset):
-    """The fixed batches of :func:`common.work.fixed_batches`, decoded and resized in loader workers."""
+    """The fixed batches of :func:`common.work.fixed_batches`, decoded and resized in loader workers
+    to each of ``sides`` (one batch per network input side)."""
 
-    def __init__(self, image_set, batches: list[list[str]], size: int) -> None:
-        self.image_set, self.batches, self.size = image_set, batches, size
+    def __init__(self, image_set, batches: list[list[str]], sides: list[int]) -> None:
+        self.image_set, self.batches, self.sides = image_set, batches, sides
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -68,21 +69,34 @@ class _Batches(Dataset):
     def __getitem__(self, index: int):
         ids = self.batches[index]
         images = [image_tensor(self.image_set.image(i)) for i in ids]
-        resized = torch.stack([resize(image, (self.size, self.size)) for image in images])
+        resized = [torch.stack([resize(image, (side, side)) for image in images]) for side in self.sides]
         return ids, resized, [tuple(image.shape[1:]) for image in images]
 
 
+def input_sides(settings) -> list[int]:
+    """The network input sides CREATE_SALIENCY runs at: ``input_size`` times each of ``scales``."""
+    return [max(8, round(settings.input_size * scale)) for scale in settings.scales]
+
+
 def saliency_maps(
-    model: PiCANet, images: torch.Tensor, sizes, minmax: bool, precision: str = "fp32"
+    model: PiCANet, images: torch.Tensor | list[torch.Tensor], sizes, minmax: bool, precision: str = "fp32"
 ) -> list[np.ndarray]:
-    """Probabilities at each image's own size from a batch resized to the network's size; the
-    network runs at ``precision`` (runtime.precision), everything after it in float32."""
-    with torch.no_grad(), runtime.autocast(images.device, precision):
-        probs = model(model.prepare(images))[-1]
-    probs = probs.float()
+    """Probabilities at each image's own size from a batch resized to the network's size, or from
+    one such batch per input side fused by their pixelwise maximum (foreground at any side is
+    foreground); the network runs at ``precision`` (runtime.precision), everything after it in float32."""
+    batches = [images] if torch.is_tensor(images) else list(images)
+    passes = []
+    for batch in batches:
+        with torch.no_grad(), runtime.autocast(batch.device, precision):
+            passes.append(model(model.prepare(batch))[-1].float())
     maps = []
-    for prob, size in zip(probs, sizes):
-        full = F.interpolate(prob[None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    for index, size in enumerate(sizes):
+        full = torch.stack(
+            [
+                F.interpolate(probs[index][None], size=size, mode="bilinear", align_corners=False)[0, 0]
+                for probs in passes
+            ]
+        ).amax(0)
         if minmax:  # optional: stretches every map to [0, 1], inventing foreground where there is none
             full = (full - full.min()) / (full.max() - full.min()).clamp_min(1e-8)
         maps.append(full.clamp(0, 1).cpu().numpy())
@@ -138,14 +152,18 @@ def run(cfg) -> dict:
             f"processes, {len(todo)} to do here"
         )
         loader = DataLoader(
-            _Batches(image_set, mine, settings.input_size),
+            _Batches(image_set, mine, input_sides(settings)),
             batch_size=None,
             num_workers=cfg.runtime.num_workers,
             pin_memory=device.type == "cuda",
         )
         for ids, images, sizes in tqdm(loader, desc=f"saliency {image_set.split}"):
             maps = saliency_maps(
-                model, runtime.to_device(images, device), sizes, settings.minmax_normalise, cfg.runtime.precision
+                model,
+                [runtime.to_device(batch, device) for batch in images],
+                sizes,
+                settings.minmax_normalise,
+                cfg.runtime.precision,
             )
             # a batch is recomputed whole, but maps finished before are left as they are
             for image_id, prob in zip(ids, maps):

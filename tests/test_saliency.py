@@ -232,3 +232,49 @@ def test_configured_public_format_checkpoint_is_used(tiny_cfg, tmp_path):
     expected = F.interpolate(expected, size=image.shape[2:], mode="bilinear", align_corners=False)[0, 0]
     stored = Layout(cfg).read_saliency(image_set.ids[0])
     assert np.abs(stored - expected.numpy()).max() <= 1 / 255 + 1e-6
+
+
+class _SideDependentNetwork(torch.nn.Module):
+    """A stand-in PiCANet whose map depends on the input side: a bright left half at side 32, a
+    bright bottom half at side 64 (both at 0.8, the rest at 0.1)."""
+
+    def prepare(self, images):
+        return images
+
+    def forward(self, images):
+        side = images.shape[-1]
+        probs = torch.full((images.shape[0], 1, side, side), 0.1)
+        if side == 32:
+            probs[..., :, : side // 2] = 0.8
+        else:
+            probs[..., side // 2 :, :] = 0.8
+        return [probs]
+
+
+def test_maps_of_several_input_sides_are_fused_by_their_maximum():
+    network = _SideDependentNetwork()
+    images = [torch.zeros(2, 3, 32, 32), torch.zeros(2, 3, 64, 64)]
+    sizes = [(20, 30), (40, 40)]
+    fused = make_saliency.saliency_maps(network, images, sizes, False)
+    left = make_saliency.saliency_maps(network, images[0], sizes, False)
+    bottom = make_saliency.saliency_maps(network, images[1], sizes, False)
+    for index, size in enumerate(sizes):
+        assert fused[index].shape == size
+        assert np.array_equal(fused[index], np.maximum(left[index], bottom[index]))
+        height, width = size
+        assert fused[index][height - 1, 0] == pytest.approx(0.8)  # bright at both sides
+        assert fused[index][0, width - 1] == pytest.approx(0.1)  # bright at neither
+
+
+def test_create_saliency_at_two_scales_keeps_the_larger_probability(tiny_cfg):
+    cfg = tiny_cfg(**TINY_SALIENCY)
+    main.run_stages(cfg, ["train_saliency", "create_saliency"])
+    layout = Layout(cfg)
+    image_id = datasets.build(cfg, "train").ids[0]
+    single = layout.read_saliency(image_id)
+    cfg.saliency.scales = [1.0, 1.5]
+    assert make_saliency.input_sides(cfg.saliency) == [64, 96]
+    main.run_stages(cfg, ["create_saliency"])  # the maps are stale: made again at both sides
+    fused = layout.read_saliency(image_id)
+    assert np.all(fused >= single - 1e-2)  # stored at 8 bits
+    assert not np.allclose(fused, single, atol=1e-2)
