@@ -561,9 +561,6 @@ def _msrc(cfg: Config) -> None:
     # the benchmark's sweep on MSRC train with the DUTS network: 0.2 within noise of the best (0.1),
     # 0.5 far below (docs/RESULTS.md)
     cfg.saliency.threshold = 0.2
-    # the network at 224 and 448, the larger probability kept: flower beds, shelves of books and
-    # signs gain, pseudo labels 0.781 -> 0.793 on MSRC train (docs/RESULTS.md)
-    cfg.saliency.scales = [1.0, 2.0]
     cfg.classifier.crop_size = 224
     # 300 steps, not 100: val mAP 0.953 -> 0.986 and pseudo labels 0.752 -> 0.762 on MSRC train
     cfg.classifier.steps = 300

@@ -11,7 +11,8 @@
 #     bash benchmarks/gpu_deeplab_variants.sh base= ignore20="deeplab.ignore_hardest=0.2"
 #
 # Environment: GPU_PYTHON (default python3), GPU_DATA (default .gpu_data), GPU_PROFILE_SECONDS (the
-# whole script stops after this many seconds, default 570). Rows and table in $OUT (or
+# whole script stops after this many seconds, default 570), GPU_FULL (1, the default: also the
+# full-supervision DeepLabs; 0: the variants only). Rows and table in $OUT (or
 # bench/deeplab_variants_gpu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ mkdir -p "$RESULTS"
 pids=()
 for seed in 0 1; do
     timeout --signal=INT "$LIMIT" "$PY" -m benchmarks.deeplab_variants --profile gpu --shared "$DATA" \
-        --from "$DATA/stage_outputs" --out "$RESULTS" --seeds "$seed" --full --set runtime.num_workers=6 "$@" \
+        --from "$DATA/stage_outputs" --out "$RESULTS" --seeds "$seed" $([ "${GPU_FULL:-1}" = 1 ] && echo --full) --set runtime.num_workers=6 "$@" \
         > "$RESULTS/seed$seed.log" 2>&1 &
     pids+=($!)
 done

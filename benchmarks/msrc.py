@@ -78,7 +78,6 @@ PROFILES = {
         "classifier.val_every": 40,
         # one scale: the preset's four scales + flip would take a third of the quick profile's minutes
         "attention.scales": "[1.0]",
-        "saliency.scales": "[1.0]",
         "attention.flip": False,
         "deeplab.steps": 80,
         "deeplab.val_every": 40,
