@@ -25,7 +25,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import msrc  # noqa: E402
-from common.layout import Layout  # noqa: E402
 
 FULL = "full supervision"
 
@@ -53,7 +52,7 @@ def train(args, name: str, seed: int, settings: dict) -> dict:
         "settings": settings,
         "mIoU": summary["eval_deeplab"]["mIoU"],
         "per_class": summary["eval_deeplab"]["per_class_IoU"],
-        "plateau": msrc.plateau(msrc._metric_curve(curve, "mIoU")) if curve else None,
+        "plateau": msrc.plateau(msrc.metric_curve(curve, "mIoU")) if curve else None,
         "train_seconds": summary["train_deeplab"]["seconds"],
         "eval_seconds": summary["eval_deeplab"]["seconds"],
     }
@@ -126,10 +125,8 @@ def main_cli(argv=None) -> int:
             f"error: {base_folder / 'tmp' / 'guide'} holds no pseudo labels of a finished run (--from)", file=sys.stderr
         )
         return 2
-    # the run's own config, with its paths: what the variants link their inputs from
+    # the run's own config (msrc.build puts its tmp/ under the folder): what the variants link to
     args.source = msrc.build(args, base_folder.parent, base_folder.name, {"deeplab.gt_percentage": 0})
-    if not Layout(args.source).folder("guide").samefile(base_folder / "tmp" / "guide"):
-        raise AssertionError("msrc.build no longer puts a run's tmp/ under its folder")
     out.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         jobs = [*variants, *([(FULL, {})] if args.full else [])]

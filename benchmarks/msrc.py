@@ -283,7 +283,7 @@ def plateau(curve: list[list[float]], fraction: float = 0.8, window: float = 0.1
     }
 
 
-def _metric_curve(curves: dict, metric: str) -> list:
+def metric_curve(curves: dict, metric: str) -> list:
     """The main validation curve ("val/<metric>") of a stage's curves, else the first there is."""
     return curves.get(f"val/{metric}") or next(iter(curves.values()), [])
 
@@ -600,7 +600,7 @@ def plateau_rows(results: dict) -> list[tuple[str, dict | None, bool]]:
     rows = []
     for run, tags in sorted((results.get("curves") or {}).get("train_deeplab", {}).items()):
         judged = run.split("_")[0] in ("gt0", "gt100")
-        rows.append((run, plateau(_metric_curve(tags, "mIoU")), judged))
+        rows.append((run, plateau(metric_curve(tags, "mIoU")), judged))
     return rows
 
 
@@ -1128,7 +1128,7 @@ def run_saliency_lengths(args, out: Path, base, results: dict, lengths: list[int
             **{k: summary["create_guide"].get(k) for k in ("mIoU", "precision", "recall")},
         }
         # minutes since the training's first event at its last validation: cumulative over the resumes
-        points = [p for p in _metric_curve(stage_curves(variant, "train_saliency"), "max_F") if p[1] <= length]
+        points = [p for p in metric_curve(stage_curves(variant, "train_saliency"), "max_F") if p[1] <= length]
         row["train_minutes"] = points[-1][0] if points else None
         if second.exists():
             row["second_max_F"] = score_saliency_on(variant, second).get("max_F")
