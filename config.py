@@ -225,8 +225,8 @@ class SaliencyConfig:
     # books shows objects a whole-frame view calls background
     scales: list[float] = setting(
         [1.0],
-        "CREATE_SALIENCY runs the network at input_size times each scale and keeps the pixelwise "
-        "maximum of the maps (foreground at any scale is foreground)",
+        "CREATE_SALIENCY runs the network at input_size times each scale (rounded to a multiple of "
+        "16) and keeps the pixelwise maximum of the maps (foreground at any scale is foreground)",
         nonempty=True,
         each_positive=True,
     )

@@ -119,6 +119,12 @@ def main_cli(argv=None) -> int:
         parser.error(str(err))
     if not variants and not args.full:
         parser.error("name at least one variant, or --full")
+    names = [name for name, _ in variants]
+    for name in names:
+        if name in ("full", FULL) or names.count(name) > 1:
+            parser.error(f"variant name {name!r} is taken (full supervision, or another variant): choose another")
+    if any(o.startswith("deeplab.gt_percentage") for o in args.overrides):
+        parser.error("--set deeplab.gt_percentage: variants train on pseudo labels, --full on every mask")
     base_folder = Path(args.base).resolve()
     if not (base_folder / "tmp" / "guide" / "record.json").is_file():
         print(

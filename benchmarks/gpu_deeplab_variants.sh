@@ -12,11 +12,12 @@
 #
 # Environment: GPU_PYTHON (default python3), GPU_DATA (default .gpu_data), GPU_PROFILE_SECONDS (the
 # whole script stops after this many seconds, default 570), GPU_FULL (1, the default: also the
-# full-supervision DeepLabs; 0: the variants only). Rows and table in $OUT (or
-# bench/deeplab_variants_gpu).
+# full-supervision DeepLabs; 0: the variants only). The trainings go to bench/deeplab_variants_gpu;
+# the rows, the table and the logs are also copied to $OUT when it is set (the lent machines return
+# what is there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RESULTS=${OUT:-bench/deeplab_variants_gpu}
+RESULTS=bench/deeplab_variants_gpu
 if [ ! -f "${GPU_DATA:-.gpu_data}/stage_outputs/tmp/guide/record.json" ]; then
     echo "error: ${GPU_DATA:-.gpu_data} holds no pseudo labels: pack it with --stage-outputs RUN" >&2
     exit 2
@@ -34,5 +35,6 @@ done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
 "$PY" -m benchmarks.deeplab_variants --report-only --out "$RESULTS" | tee "$RESULTS/table.md"
+if [ -n "${OUT:-}" ]; then cp "$RESULTS"/rows.jsonl "$RESULTS"/table.md "$RESULTS"/seed*.log "$OUT"/ 2>/dev/null || true; fi
 echo "deeplab variants: exit $status after $(( $(date +%s) - started )) s"
 exit "$status"

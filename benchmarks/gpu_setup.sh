@@ -57,3 +57,7 @@ EOF
 fi
 echo "set-up done in $(( $(date +%s) - started )) s"
 LIMIT=$(( TOTAL_SECONDS - ($(date +%s) - started) ))
+if [ "$LIMIT" -lt 30 ]; then  # timeout 0 would mean no limit at all
+    echo "error: the set-up left $LIMIT of GPU_PROFILE_SECONDS=$TOTAL_SECONDS s: raise it" >&2
+    exit 2
+fi

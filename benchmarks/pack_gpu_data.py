@@ -153,7 +153,8 @@ def pack(
     return summary
 
 
-# the per-image stages whose outputs and records TRAIN_DEEPLAB's check of its inputs reads
+# the per-image stages whose records TRAIN_DEEPLAB's check of its inputs reads; of their outputs it
+# reads the pseudo labels only
 STAGE_OUTPUT_FOLDERS = ("saliency", "attention", "guide")
 
 
@@ -162,7 +163,12 @@ def _pack_stage_outputs(run: Path, output: Path, limit_mib: float, wheels: list[
         source = run / "tmp" / folder
         if not (source / "record.json").is_file():
             raise FileNotFoundError(f"{source} holds no record.json: --stage-outputs takes a finished benchmark run")
-        shutil.copytree(source, output / "stage_outputs" / "tmp" / folder, symlinks=False)
+        target = output / "stage_outputs" / "tmp" / folder
+        if folder == "guide":
+            shutil.copytree(source, target, symlinks=False)
+        else:
+            target.mkdir(parents=True)
+            shutil.copy2(source / "record.json", target / "record.json")
     size = folder_bytes(output)
     if size > limit_mib * MIB:
         raise ValueError(f"{output}: {size / MIB:.1f} MiB is over --limit-mib {limit_mib}")

@@ -30,6 +30,8 @@ class Stage:
     table: tuple[tuple[str, str], ...] = ()
     # whether the stage has anything to do under this config (no training when a ready network is named)
     active: Callable = field(default=lambda cfg: True)
+    # a training's checkpoint that the next stage reads ("best" or "last"), given the config
+    hands_on: Callable = field(default=lambda cfg: "best")
 
     @property
     def trains(self) -> bool:
@@ -110,6 +112,7 @@ STAGES: tuple[Stage, ...] = (
         depends_on=("deeplab", "runtime.seed", "runtime.precision"),
         ignores=("deeplab.steps", "deeplab.val_every"),
         upstream=lambda cfg: () if cfg.deeplab.gt_percentage >= 100 else ("create_guide",),
+        hands_on=lambda cfg: cfg.eval.checkpoint,
         table=(("val_mIoU", "DeepLab best val mIoU while training"),),
     ),
     Stage(

@@ -27,6 +27,7 @@ import datasets
 from common import board, distributed, files, metrics, runtime, work
 from common.errors import InputError
 from common.layout import Layout
+from common.stages import BY_NAME
 from deeplab.inference import batch_probabilities, crf_refine
 from deeplab.models import build_deeplab
 
@@ -38,7 +39,7 @@ def checkpoint_path(cfg):
     """checkpoints/deeplab/<eval.checkpoint>.pt (last or best), else the other one;
     FileNotFoundError naming the folder if neither."""
     layout = Layout(cfg)
-    path = layout.trained_network("deeplab", prefer=cfg.eval.checkpoint)
+    path = layout.trained_network("deeplab", prefer=BY_NAME["train_deeplab"].hands_on(cfg))
     if path is not None:
         return path
     raise FileNotFoundError(

@@ -81,7 +81,8 @@ def pixel_loss(network, batch, device, ignore_hardest: float = 0.0) -> torch.Ten
     a crop of nothing but ignore gives 0, not NaN, and under several processes the gradients DDP
     averages equal one process's on the same global batch. ``ignore_hardest``: that fraction of
     this process's labelled pixels, those with the highest loss, counts neither in the sum nor in
-    the count."""
+    the count; each process picks them in its own part of the batch, so with it the result depends
+    on the number of processes."""
     images, labels = batch
     labels = runtime.to_device(labels, device)
     logits = network(runtime.to_device(images, device))

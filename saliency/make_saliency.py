@@ -73,9 +73,20 @@ class _Batches(Dataset):
         return ids, resized, [tuple(image.shape[1:]) for image in images]
 
 
+# every PiCANet encoder halves its input to a 1/16 map at most (vgg16 1/8, lite0 1/16): a side that
+# is a multiple of this keeps the decoder's upsampled maps the size of the encoder's
+SIDE_MULTIPLE = 16
+
+
 def input_sides(settings) -> list[int]:
-    """The network input sides CREATE_SALIENCY runs at: ``input_size`` times each of ``scales``."""
-    return [max(8, round(settings.input_size * scale)) for scale in settings.scales]
+    """The network input sides CREATE_SALIENCY runs at: ``input_size`` times each of ``scales``,
+    other scales than 1 rounded to a multiple of :data:`SIDE_MULTIPLE`."""
+    return [
+        settings.input_size
+        if scale == 1.0
+        else max(SIDE_MULTIPLE, SIDE_MULTIPLE * round(settings.input_size * scale / SIDE_MULTIPLE))
+        for scale in settings.scales
+    ]
 
 
 def saliency_maps(

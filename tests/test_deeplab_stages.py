@@ -302,6 +302,9 @@ def test_eval_scores_the_chosen_checkpoint_else_the_other(voc_cfg, chosen, other
         warnings.simplefilter("ignore")
         eval_deeplab.run(cfg)
         assert json.loads(report_path.read_text())["checkpoint"].endswith(f"{chosen}.pt")
+        # the record of what EVAL_DEEPLAB read names that same file
+        chosen_digest = provenance.file_digest(layout.checkpoint("deeplab", chosen))
+        assert provenance.output_digest(cfg, "train_deeplab") == chosen_digest
         layout.checkpoint("deeplab", chosen).unlink()
         summary = eval_deeplab.run(cfg)
     assert summary["images"] == 5

@@ -41,3 +41,17 @@ def test_variants_are_deeplab_or_eval_settings_only():
         deeplab_variants.parse_variant("x=guide.rule=pixel")
     with pytest.raises(SystemExit, match="gt_percentage"):
         deeplab_variants.parse_variant("x=deeplab.gt_percentage=100")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["full=deeplab.lr=0.01"], "full"),
+        (["a=deeplab.lr=0.01", "a=deeplab.lr=0.02"], "'a' is taken"),
+        (["a=deeplab.lr=0.01", "--set", "deeplab.gt_percentage=100"], "gt_percentage"),
+    ],
+)
+def test_names_and_settings_that_would_mix_trainings_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        deeplab_variants.main_cli(argv)
+    assert message in capsys.readouterr().err

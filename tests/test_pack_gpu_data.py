@@ -73,6 +73,7 @@ def test_stage_outputs_go_instead_of_the_saliency_sets(shared, tmp_path):
     for folder in ("saliency", "attention", "guide"):
         (run / "tmp" / folder).mkdir(parents=True)
         (run / "tmp" / folder / "record.json").write_text('{"complete": true}')
+    (run / "tmp" / "saliency" / "map.png").write_bytes(b"s" * 1_000)
     (run / "tmp" / "guide" / "labels").mkdir()
     (run / "tmp" / "guide" / "labels" / "a.png").write_bytes(b"l" * 1_000)
     (run / "tmp" / "deeplab").mkdir()  # predictions: not needed to train a DeepLab
@@ -81,6 +82,7 @@ def test_stage_outputs_go_instead_of_the_saliency_sets(shared, tmp_path):
     packed = output / "stage_outputs" / "tmp"
     assert (packed / "guide" / "labels" / "a.png").read_bytes() == b"l" * 1_000
     assert sorted(p.name for p in packed.iterdir()) == ["attention", "guide", "saliency"]
+    assert [p.name for p in (packed / "saliency").iterdir()] == ["record.json"]  # maps stay behind
     assert not (output / "data" / "duts_saliency").exists() and (output / "data" / "msrc_objects").is_dir()
     assert summary["stage_outputs"] == str(run)
 
