@@ -58,10 +58,6 @@ def train(args, name: str, seed: int, settings: dict) -> dict:
     }
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def table(rows: list[dict]) -> str:
     """One line per variant: mIoU per seed and their mean, and (where the seed's full-supervision
     DeepLab is there) the weak/full ratio per seed and the mean of those ratios."""
@@ -80,11 +76,11 @@ def table(rows: list[dict]) -> str:
             f"{latest[(name, seed)]['plateau']['gain']:+.3f}" if latest[(name, seed)].get("plateau") else "-"
             for seed in seeds
         ]
-        mean_ratio = _mean(ratios)
+        mean_ratio = msrc._mean(ratios)
         lines.append(
             f"| {name} | "
             + " / ".join(f"s{seed} {score:.3f}" for seed, score in zip(seeds, scores))
-            + f" | {_mean(scores):.3f} | "
+            + f" | {msrc._mean(scores):.3f} | "
             + (" / ".join(f"{r:.3f}" for r in ratios) or "-")
             + f" | {'-' if mean_ratio is None else f'{mean_ratio:.3f}'} | {' / '.join(gains)} |"
         )
