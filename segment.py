@@ -3,8 +3,9 @@
     python segment.py PATH... --out DIR [options]
 
 PATH: image files and folders (searched recursively for .jpg .jpeg .png .bmp, any case). Class
-names and the network come from the checkpoint (default: checkpoints/deeplab/best.pt, else
-last.pt). Photos are turned upright by their EXIF orientation. The GPU is used when present.
+names and the network come from the checkpoint (default: the one EVAL_DEEPLAB scores,
+checkpoints/deeplab/last.pt unless eval.checkpoint says best, else the other one). Photos are
+turned upright by their EXIF orientation. The GPU is used when present.
 
 Writes, under DIR, each image's name relative to the folder given (sub-folders kept, so files of
 the same name in different folders stay apart):
@@ -107,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--checkpoint",
         default=None,
         metavar="FILE",
-        help="DeepLab checkpoint (default: checkpoints/deeplab/best.pt, else last.pt)",
+        help="DeepLab checkpoint (default: the one EVAL_DEEPLAB scores, checkpoints/deeplab/last.pt)",
     )
     parser.add_argument(
         "--experiment",
@@ -139,13 +140,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def default_checkpoint(experiment: str = "") -> Path:
-    """checkpoints/deeplab/best.pt, else last.pt, where the pipeline's config puts them (under
+    """The checkpoint EVAL_DEEPLAB scores (eval.checkpoint: last.pt by default; best.pt was picked
+    on the val masks), else the other one, where the pipeline's config puts them (under
     experiments/<experiment>/ with an experiment's name)."""
     import config
     from common.layout import Layout
 
-    layout = Layout(config.build_config("demo", [f"runtime.experiment={experiment}"] if experiment else []))
-    path = layout.trained_network("deeplab")
+    cfg = config.build_config("demo", [f"runtime.experiment={experiment}"] if experiment else [])
+    layout = Layout(cfg)
+    path = layout.trained_network("deeplab", prefer=cfg.eval.checkpoint)
     if path is not None:
         return path
     raise UsageError(

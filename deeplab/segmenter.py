@@ -2,7 +2,7 @@
 
     from deeplab.segmenter import Segmenter
 
-    segmenter = Segmenter.from_checkpoint("checkpoints/deeplab/best.pt")  # the GPU when present
+    segmenter = Segmenter.from_checkpoint("checkpoints/deeplab/last.pt")  # the GPU when present
     labels = segmenter.segment("photo.jpg")          # (H, W) uint8 class ids; 0 is background
     batch = segmenter.segment([array_a, array_b])    # a list in, a list out, each at its own size
     probs = segmenter.probabilities(array_a)         # (K, H, W) float32 softmax

@@ -294,7 +294,7 @@ def test_segment_command_errors(trained, tmp_path, capsys, monkeypatch):
     fails([image, *out, "--checkpoint", str(path), "--device", "cpu", "--precision", "fp16"], "fp16")
     fails([image], "--out")
 
-    # the default checkpoint is the pipeline's checkpoints/deeplab/best.pt, else last.pt
+    # the default checkpoint is the one EVAL_DEEPLAB scores (last.pt), else the other one
     import config
 
     build = config.build_config
@@ -307,9 +307,13 @@ def test_segment_command_errors(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(config, "build_config", isolated)
     fails([image, *out], "no trained DeepLab in")
     (tmp_path / "checkpoints" / "deeplab").mkdir(parents=True)
-    (tmp_path / "checkpoints" / "deeplab" / "last.pt").write_bytes(path.read_bytes())
+    (tmp_path / "checkpoints" / "deeplab" / "best.pt").write_bytes(path.read_bytes())
     assert segment.main([image, *out, "--device", "cpu"]) == 0
     assert (tmp_path / "o" / "x.png").exists()
+    # with both, last.pt is read: an unreadable best.pt beside it goes unnoticed
+    (tmp_path / "checkpoints" / "deeplab" / "best.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "checkpoints" / "deeplab" / "last.pt").write_bytes(path.read_bytes())
+    assert segment.main([image, *out, "--device", "cpu"]) == 0
 
 
 # ---- export ------------------------------------------------------------------------------------
