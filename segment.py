@@ -145,10 +145,11 @@ def default_checkpoint(experiment: str = "") -> Path:
     experiments/<experiment>/ with an experiment's name)."""
     import config
     from common.layout import Layout
+    from common.stages import BY_NAME
 
     cfg = config.build_config("demo", [f"runtime.experiment={experiment}"] if experiment else [])
     layout = Layout(cfg)
-    path = layout.trained_network("deeplab", prefer=cfg.eval.checkpoint)
+    path = layout.handed_on(BY_NAME["train_deeplab"], cfg)
     if path is not None:
         return path
     raise UsageError(

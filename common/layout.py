@@ -169,6 +169,11 @@ class Layout:
                 return self.checkpoint(folder, which)
         return None
 
+    def handed_on(self, stage, cfg) -> Path | None:
+        """The network a training ``stage`` (common/stages.py) hands on under ``cfg``: its
+        ``hands_on`` checkpoint, else the other one, else None."""
+        return self.trained_network(stage.checkpoint_folder, prefer=stage.hands_on(cfg))
+
     def run_dir(self, stage: str) -> Path:
         return self.runs / stage
 

@@ -192,7 +192,7 @@ def output_digest(cfg, name: str) -> str:
     stage = BY_NAME[name]
     layout = Layout(cfg)
     if stage.trains:
-        network = layout.trained_network(stage.checkpoint_folder, prefer=stage.hands_on(cfg))
+        network = layout.handed_on(stage, cfg)
         if network is None:
             raise MissingInput(
                 f"{stage.name} has not trained a network yet "

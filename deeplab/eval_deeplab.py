@@ -39,7 +39,7 @@ def checkpoint_path(cfg):
     """checkpoints/deeplab/<eval.checkpoint>.pt (last or best), else the other one;
     FileNotFoundError naming the folder if neither."""
     layout = Layout(cfg)
-    path = layout.trained_network("deeplab", prefer=BY_NAME["train_deeplab"].hands_on(cfg))
+    path = layout.handed_on(BY_NAME["train_deeplab"], cfg)
     if path is not None:
         return path
     raise FileNotFoundError(
