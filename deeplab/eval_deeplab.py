@@ -18,13 +18,14 @@ import dataclasses
 import hashlib
 import json
 import math
+from concurrent import futures
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 import datasets
-from common import board, distributed, files, metrics, runtime, work
+from common import board, distributed, files, metrics, pool, runtime, work
 from common.errors import InputError
 from common.layout import Layout
 from common.stages import BY_NAME
@@ -208,22 +209,64 @@ def run(cfg) -> dict:
         finish(image_id, None, files.read_label_png(layout.prediction(image_id)))
     progress_path = run_dir / f"predictions.rank{distributed.rank()}.json"
     finished = set(reusable)
-    for group in todo_batches:
-        images = [image_set.image(i) for i in group]
-        with runtime.autocast(device, cfg.runtime.precision):
-            probabilities = batch_probabilities(model, images, settings.scales, settings.flip)
-        for image_id, image, probs in zip(group, images, probabilities):
-            if image_id not in todo:  # its batch is recomputed whole; its prediction stays as it is
-                continue
-            prediction = probs.argmax(0).cpu().numpy().astype(np.uint8)
-            if settings.use_crf:
-                unaries = probs.cpu().numpy() if settings.crf_unary == "softmax" else None
-                prediction = crf_refine(image, prediction, num_classes, settings.crf_confidence, settings.crf, unaries)
-            files.write_label_png(layout.prediction(image_id), prediction)
-            finish(image_id, image, prediction)
+
+    def record(group: list[str]) -> None:
         # recorded as we go (one file per process), so an interrupted evaluation keeps what it finished
         finished.update(group)
         files.write_text(progress_path, json.dumps({"method": method, "ids": sorted(finished)}, indent=1))
+
+    # the dense CRF is single-threaded and most of an evaluation's time on a CPU: a pool of
+    # runtime.num_workers processes refines one batch while this process segments the next
+    crf_workers = cfg.runtime.num_workers if settings.use_crf and todo else 0
+    crf_pool = pool.executor(crf_workers) if crf_workers > 0 else None
+    in_flight: dict = {}  # future -> (image id, image)
+    group_of: dict[str, int] = {}
+    outstanding: dict[int, set[str]] = {}  # group index -> its images whose prediction is not stored
+
+    def store(image_id: str, image: np.ndarray, prediction: np.ndarray) -> None:
+        files.write_label_png(layout.prediction(image_id), prediction)
+        finish(image_id, image, prediction)
+        index = group_of[image_id]
+        outstanding[index].discard(image_id)
+        if not outstanding[index]:
+            record(todo_batches[index])
+
+    def collect(keep: int) -> None:
+        """Store refined predictions until at most ``keep`` are still being refined."""
+        while len(in_flight) > keep:
+            completed, _ = futures.wait(in_flight, return_when=futures.FIRST_COMPLETED)
+            for future in completed:
+                image_id, image = in_flight.pop(future)
+                store(image_id, image, future.result())
+
+    try:
+        for index, group in enumerate(todo_batches):
+            images = [image_set.image(i) for i in group]
+            with runtime.autocast(device, cfg.runtime.precision):
+                probabilities = batch_probabilities(model, images, settings.scales, settings.flip)
+            # an image not in todo: its batch is recomputed whole; its prediction stays as it is
+            outstanding[index] = {i for i in group if i in todo}
+            if not outstanding[index]:
+                record(group)
+            for image_id, image, probs in zip(group, images, probabilities):
+                if image_id not in todo:
+                    continue
+                group_of[image_id] = index
+                prediction = probs.argmax(0).cpu().numpy().astype(np.uint8)
+                if not settings.use_crf:
+                    store(image_id, image, prediction)
+                    continue
+                unaries = probs.cpu().numpy() if settings.crf_unary == "softmax" else None
+                refine = (image, prediction, num_classes, settings.crf_confidence, settings.crf, unaries)
+                if crf_pool is None:
+                    store(image_id, image, crf_refine(*refine))
+                else:
+                    in_flight[crf_pool.submit(crf_refine, *refine)] = (image_id, image)
+            collect(keep=2 * crf_workers)  # bounded: each waiting image holds its (K, H, W) unaries
+        collect(keep=0)
+    finally:
+        if crf_pool is not None:
+            crf_pool.shutdown(wait=True, cancel_futures=True)
     progress.close()
 
     # integer counts: their sum over processes equals one process's matrix exactly

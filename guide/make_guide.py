@@ -11,16 +11,14 @@ same numbers): mIoU, per-class precision and recall, and the fraction of pixels 
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
-import os
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 
 import numpy as np
 from tqdm import tqdm
 
 import datasets
-from common import board, distributed, files, metrics, work
+from common import board, distributed, files, metrics, pool, work
 from common.errors import InputError
 from common.layout import Layout
 from guide.rules import IGNORE, GuideParams, make_pseudo_label
@@ -83,49 +81,8 @@ def read_inputs(layout: Layout, image_set, image_id: str, saliency: np.ndarray |
 _state: dict = {}
 
 
-def _init_worker(cfg, split: str, params: GuideParams, single_threaded: bool, parent_pid: int | None = None) -> None:
-    if parent_pid is not None:
-        _die_with_parent(parent_pid)
-    if single_threaded:
-        # two cores are shared by the pool: one thread per worker
-        import cv2
-        import torch
-
-        cv2.setNumThreads(1)
-        torch.set_num_threads(1)
+def _init_worker(cfg, split: str, params: GuideParams) -> None:
     _state.update(layout=Layout(cfg), image_set=datasets.build(cfg, split), params=params)
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Make this pool worker end when the stage's process does, however that one ends.
-
-    A parent killed with SIGKILL runs no clean-up, and the worker's end of the task queue never
-    reports the parent gone, so without this the workers (and multiprocessing's resource tracker,
-    which waits for them) would live for ever. On Linux the kernel sends SIGTERM at the parent's
-    death (prctl PR_SET_PDEATHSIG); elsewhere, and for a parent that died before that was set, a
-    daemon thread polls the parent's pid."""
-    import signal
-    import sys
-    import threading
-    import time
-
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            PR_SET_PDEATHSIG = 1
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        except (OSError, AttributeError):  # no libc to call: the thread below still works
-            pass
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(1.0)
-        os._exit(1)
-
-    if os.getppid() != parent_pid:  # the parent died while this worker started
-        os._exit(1)
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def _label_one(image_id: str) -> tuple[str, np.ndarray]:
@@ -141,20 +98,11 @@ def compute_pseudo_labels(
     if not ids:
         return
     if workers <= 1 or len(ids) == 1:
-        _init_worker(cfg, split, params, single_threaded=False)
+        _init_worker(cfg, split, params)
         for image_id in ids:
             yield _label_one(image_id)
         return
-    # spawn, never fork: a child forked from a process whose OpenMP threads have run (torch in an
-    # earlier stage, or a test) hangs in its first parallel region. A process pool executor, not
-    # multiprocessing.Pool: a worker that dies (e.g. out of memory) raises BrokenProcessPool
-    # instead of leaving the stage waiting forever.
-    executor = ProcessPoolExecutor(
-        min(workers, len(ids)),
-        mp_context=mp.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(cfg, split, params, True, os.getpid()),
-    )
+    executor = pool.executor(min(workers, len(ids)), initializer=_init_worker, initargs=(cfg, split, params))
     try:
         futures = [executor.submit(_label_one, image_id) for image_id in ids]
         for future in as_completed(futures):
