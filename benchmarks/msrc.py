@@ -100,9 +100,9 @@ PROFILES = {
         "classifier.batch_size": 32,
         "attention.batch_size": 32,
         "guide.workers": 8,
-        # an H200 ran DeepLab's 400 steps in about 17 s and the whole profile, shortened to saliency 300 /
-        # classifier 200 / DeepLab 400, in 2.5 min (docs/BENCHMARKS_GPU.md), where full supervision
-        # still gained 0.012 over its last 20 %: these lengths are sized to about 8 min, not yet run
+        # at 400 steps full supervision still gained 0.012 over its last 20 % on an H200; at these
+        # lengths all four DeepLabs are within 0.012 of their plateau and the whole script,
+        # set-up included, took 537 s on an H100 (docs/BENCHMARKS_GPU.md, docs/RESULTS.md)
         "deeplab.steps": 1500,
         "deeplab.val_every": 300,
         "deeplab.crop_size": 320,
