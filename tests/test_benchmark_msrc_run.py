@@ -114,6 +114,9 @@ def test_quick_profile_with_every_part(tiny_shared, tmp_path):
     assert checkpoint.stat().st_mtime_ns == stamp
     assert again["seeds"] == results["seeds"] and again["saliency_lengths"] == lengths
     assert again["self_training"]["labels"] == results["self_training"]["labels"]
+    # a resumed round reports what its stages cost when they ran, as every other part does
+    kept = json.loads((out / "quick" / "selftrain" / "runs" / "stage_seconds.json").read_text())
+    assert again["self_training"]["seconds"] >= kept["train_deeplab"] + kept["eval_deeplab"]
     # the report can be rewritten from results.json alone
     report = (docs / "BENCHMARKS.md").read_text()
     assert msrc.main_cli(args + ["--report-only"]) == 0
