@@ -140,10 +140,12 @@ def run_main(
     prefix: list[str] | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 600,
+    settings: dict[str, object] | None = None,
 ) -> subprocess.CompletedProcess:
     """``main.py --stages ...`` in a subprocess (torchrun with ``processes`` > 1; gloo on the CPU).
 
-    ``prefix`` replaces ``python`` (e.g. a wrapper script that kills the run at some point)."""
+    ``prefix`` replaces ``python`` (e.g. a wrapper script that kills the run at some point);
+    ``settings`` are set after (so over) the shared ones."""
     if processes > 1:
         launcher = [
             PYTHON,
@@ -154,7 +156,8 @@ def run_main(
         ]
     else:
         launcher = prefix or [PYTHON]
-    command = [*launcher, str(PROJECT / "main.py"), "--stages", ",".join(stages), *overrides(root, data_root)]
+    extra = [arg for key, value in (settings or {}).items() for arg in ("--set", f"{key}={value}")]
+    command = [*launcher, str(PROJECT / "main.py"), "--stages", ",".join(stages), *overrides(root, data_root), *extra]
     return subprocess.run(command, cwd=root, env=env or environment(), capture_output=True, text=True, timeout=timeout)
 
 

@@ -43,6 +43,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 # the write at which each stage is killed: part-way through its images
 KILL_AT = {"create_saliency": 7, "create_attention": 9, "create_guide": 5, "eval_deeplab": 4}
+# EVAL_DEEPLAB with its CRF pool (the guide's pool is on in every run: guide.workers 2)
+SETTINGS = {"eval_deeplab": {"runtime.num_workers": 2}}
 
 
 def test_stale_part_files_are_removed_and_live_ones_kept(tmp_path):
@@ -87,8 +89,9 @@ def test_killed_stage_then_rerun_gives_the_uninterrupted_outputs(stage, tmp_path
     marker = f"CRASH_TEST_{uuid.uuid4().hex}"
     env = stage_runs.environment(KILL_AT_WRITE=str(KILL_AT[stage]), **{marker: "1"})
     # a process that outlives the run keeps its output pipes open: the time-out ends the wait
+    settings = SETTINGS.get(stage)
     killed = stage_runs.run_main(
-        tmp_path, data_root, [stage], prefix=[stage_runs.PYTHON, str(killer)], env=env, timeout=240
+        tmp_path, data_root, [stage], prefix=[stage_runs.PYTHON, str(killer)], env=env, timeout=240, settings=settings
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     outputs = tmp_path / "tmp" / folder
@@ -102,7 +105,7 @@ def test_killed_stage_then_rerun_gives_the_uninterrupted_outputs(stage, tmp_path
         time.sleep(0.2)
     assert _processes_with(marker) == []
 
-    stage_runs.check(stage_runs.run_main(tmp_path, data_root, [stage]))
+    stage_runs.check(stage_runs.run_main(tmp_path, data_root, [stage], settings=settings))
     assert stage_runs.part_files(tmp_path) == []
     assert stage_runs.differing(expected, stage_runs.comparable(outputs)) == []
     assert stage_runs.reports(tmp_path / "runs", stage) == stage_runs.reports(reference / "runs", stage)
