@@ -401,6 +401,13 @@ class DeeplabConfig:
         "off: frozen statistics left the demo predicting background",
     )
     val_every: int = setting(100, "validate every this many steps", positive=True)
+    # fewer weights to fit to noisy labels, and a backward pass that stops early
+    frozen_stride: int = setting(
+        0,
+        "backbone layers that run before the first one coarser than this stride keep their "
+        "ImageNet weights (4 or 8; 0 = every layer trains, the original)",
+        choices=(0, 4, 8),
+    )
     # the small-loss trick for noisy labels: once the network has learnt what most pseudo labels
     # agree on, the pixels whose label it finds least likely are the likeliest to be wrong
     ignore_hardest: float = setting(
@@ -499,6 +506,7 @@ ADDED = {
     "saliency.scales": [1.0],
     "deeplab.ignore_hardest": 0.0,
     "deeplab.ignore_hardest_warmup": 0.3,
+    "deeplab.frozen_stride": 0,
     "eval.checkpoint": "best",
 }
 

@@ -66,6 +66,46 @@ class DeepLab(FrozenBatchNormMixin, nn.Module):
         CPU-sized batches give noisy batch statistics. The BN scale and shift still learn."""
         self.set_batchnorm_frozen(frozen)
 
+    def freeze_early_layers(self, stride: int) -> list[str]:
+        """Keep the ImageNet weights of the backbone's layers that run before the first one whose
+        output is coarser than ``stride`` (4: the stem and the stride-4 stage; 0: none), for any
+        backbone: the order and strides come from one small forward pass. Their weights get no
+        gradient, so backward stops early (a cheaper step). Returns the frozen layers' names."""
+        if stride <= 0:
+            return []
+        order: list[tuple[str, int]] = []  # (layer, its output stride) in the order they run
+        side = 64 * max(stride, self.output_stride)
+
+        def hook(name):
+            def record(module, inputs, output):
+                if isinstance(output, torch.Tensor) and output.dim() == 4:
+                    order.append((name, side // output.shape[-1]))
+
+            return record
+
+        # the layers that hold weights themselves (timm's BatchNormAct2d has children and weights)
+        layers = [(n, m) for n, m in self.backbone.named_modules() if any(True for _ in m.parameters(recurse=False))]
+        handles = [module.register_forward_hook(hook(name)) for name, module in layers]
+        was_training = self.training
+        try:
+            self.eval()
+            with torch.no_grad():
+                self.backbone(torch.zeros(1, 3, side, side))
+        finally:
+            for handle in handles:
+                handle.remove()
+            self.train(was_training)
+        frozen = []
+        for name, layer_stride in order:
+            if layer_stride > stride:
+                break
+            frozen.append(name)
+        modules = dict(layers)
+        for name in frozen:
+            for parameter in modules[name].parameters(recurse=False):
+                parameter.requires_grad_(False)
+        return frozen
+
     def describe(self) -> dict:
         return {
             "backbone": self.name,

@@ -158,7 +158,15 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
             flush=True,
         )
 
-    model = build_from_config(cfg, train_set.num_classes + 1).to(device)
+    model = build_from_config(cfg, train_set.num_classes + 1)
+    frozen_layers = model.freeze_early_layers(settings.frozen_stride)
+    if frozen_layers and main:
+        print(
+            f"DeepLab keeps the ImageNet weights of {len(frozen_layers)} early backbone layers "
+            f"(deeplab.frozen_stride {settings.frozen_stride})",
+            flush=True,
+        )
+    model = model.to(device)
     freeze_bn = settings.freeze_backbone_bn and (settings.pretrained_backbone or settings.segmentation_pretrained)
     optimizer, scheduler = make_optimizer(model, settings)
     describe = {
@@ -167,6 +175,7 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         "gt_percentage": settings.gt_percentage,
         "pretrained_backbone": settings.pretrained_backbone,
         "freeze_backbone_bn": freeze_bn,
+        "frozen_stride": settings.frozen_stride,
         "weakly_supervised": weakly,
         "not_weakly_supervised_because": reasons,
     }

@@ -416,3 +416,31 @@ def test_ignoring_rises_over_the_warmup_then_holds():
     assert [ignore_hardest_at(settings, s) for s in (0, 50, 100, 399)] == pytest.approx([0.0, 0.1, 0.2, 0.2])
     settings.ignore_hardest_warmup = 0.0
     assert ignore_hardest_at(settings, 0) == 0.2
+
+
+@pytest.mark.parametrize(
+    "backbone, stride, first_trained",
+    [
+        ("efficientnet_lite0", 4, "blocks.2.0.conv_dw.weight"),
+        ("efficientnet_lite0", 8, "blocks.3.0.conv_dw.weight"),
+        ("resnet50", 4, "layer2.0.conv2.weight"),
+    ],
+)
+def test_frozen_stride_keeps_the_early_layers_and_trains_the_rest(backbone, stride, first_trained):
+    torch.manual_seed(0)
+    model = build_deeplab(backbone=backbone, num_classes=3, pretrained_backbone=False)
+    frozen = model.freeze_early_layers(stride)
+    names = [name for name, _ in model.backbone.body.named_parameters()]
+    fixed = [name for name, p in model.backbone.body.named_parameters() if not p.requires_grad]
+    # the frozen weights are a prefix of the backbone: everything before its first coarser layer
+    assert fixed == names[: len(fixed)] and names[len(fixed)] == first_trained and frozen
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    images, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
+    nn.functional.cross_entropy(model(images), labels).backward()
+    optimizer.step()
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert not changed & {f"backbone.body.{name}" for name in fixed}
+    assert f"backbone.body.{first_trained}" in changed and "head.4.weight" in changed
+    assert model.freeze_early_layers(0) == []
