@@ -902,6 +902,11 @@ def validate(cfg: Config, stages: typing.Iterable[str] = ()) -> Config:
     band = cfg.guide.uncertain_saliency
     if band and not (len(band) == 2 and band[0] < band[1]):
         problems.append(f"guide.uncertain_saliency: {band} is not [low, high] with low < high (or [] for off)")
+    if cfg.deeplab.frozen_stride and not (cfg.deeplab.pretrained_backbone or cfg.deeplab.segmentation_pretrained):
+        problems.append(
+            f"deeplab.frozen_stride {cfg.deeplab.frozen_stride} keeps the early layers' pretrained weights, "
+            f"but deeplab.pretrained_backbone is off: they would stay random (set frozen_stride 0)"
+        )
     if len(set(cfg.class_names)) != len(cfg.class_names):
         problems.append("class_names: names repeat")
     if any(not name.strip() or any(c.isspace() for c in name) for name in cfg.class_names):

@@ -381,3 +381,11 @@ def test_auto_precision_is_resolved_once_at_validation(native, monkeypatch):
     assert json.loads(cfg.to_json())["runtime"]["precision"] == cfg.runtime.precision
     # a chosen precision is kept whatever the hardware
     assert validate(build_config("demo", ["runtime.device=cpu", "runtime.precision=fp32"])).runtime.precision == "fp32"
+
+
+def test_frozen_stride_needs_pretrained_weights_to_keep():
+    validate(build_config("demo", ["deeplab.frozen_stride=8"]))
+    with pytest.raises(ConfigError, match="deeplab.frozen_stride 8 .* deeplab.pretrained_backbone is off"):
+        validate(build_config("demo", ["deeplab.frozen_stride=8", "deeplab.pretrained_backbone=false"]))
+    with pytest.raises(ConfigError, match="deeplab.frozen_stride"):
+        validate(build_config("demo", ["deeplab.frozen_stride=16"]))  # 4 or 8 (or 0)
