@@ -74,7 +74,7 @@ class DeepLab(FrozenBatchNormMixin, nn.Module):
         if stride <= 0:
             return []
         order: list[tuple[str, int]] = []  # (layer, its output stride) in the order they run
-        side = 64 * max(stride, self.output_stride)
+        side = 8 * max(stride, self.output_stride)  # whole strides at every layer, a cheap pass
 
         def hook(name):
             def record(module, inputs, output):
