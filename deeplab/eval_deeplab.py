@@ -245,9 +245,8 @@ def run(cfg) -> dict:
             with runtime.autocast(device, cfg.runtime.precision):
                 probabilities = batch_probabilities(model, images, settings.scales, settings.flip)
             # an image not in todo: its batch is recomputed whole; its prediction stays as it is
+            # (every batch here holds at least one image in todo, so its last store records it)
             outstanding[index] = {i for i in group if i in todo}
-            if not outstanding[index]:
-                record(group)
             for image_id, image, probs in zip(group, images, probabilities):
                 if image_id not in todo:
                     continue

@@ -51,9 +51,10 @@ SETTINGS = {
 }
 
 
-def overrides(root: Path, data_root: Path) -> list[str]:
+def overrides(root: Path, data_root: Path, settings: dict[str, object] | None = None) -> list[str]:
     """``--set`` arguments putting tmp/, runs/ and checkpoints/ under ``root`` (checkpoints are
-    shared: ``data_root/checkpoints``), on the synthetic set in ``data_root/synthetic``."""
+    shared: ``data_root/checkpoints``), on the synthetic set in ``data_root/synthetic``; then
+    ``settings``, over the shared ones."""
     values = {
         **SETTINGS,
         "paths.tmp": root / "tmp",
@@ -61,6 +62,7 @@ def overrides(root: Path, data_root: Path) -> list[str]:
         "paths.checkpoints": data_root / "checkpoints",
         "paths.data_root": data_root,
         "dataset.root": data_root / "synthetic",
+        **(settings or {}),
     }
     return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
 
@@ -156,8 +158,7 @@ def run_main(
         ]
     else:
         launcher = prefix or [PYTHON]
-    extra = [arg for key, value in (settings or {}).items() for arg in ("--set", f"{key}={value}")]
-    command = [*launcher, str(PROJECT / "main.py"), "--stages", ",".join(stages), *overrides(root, data_root), *extra]
+    command = [*launcher, str(PROJECT / "main.py"), "--stages", ",".join(stages), *overrides(root, data_root, settings)]
     return subprocess.run(command, cwd=root, env=env or environment(), capture_output=True, text=True, timeout=timeout)
 
 
