@@ -389,3 +389,17 @@ def test_frozen_stride_needs_pretrained_weights_to_keep():
         validate(build_config("demo", ["deeplab.frozen_stride=8", "deeplab.pretrained_backbone=false"]))
     with pytest.raises(ConfigError, match="deeplab.frozen_stride"):
         validate(build_config("demo", ["deeplab.frozen_stride=16"]))  # 4 or 8 (or 0)
+
+
+def test_msrc_preset_freezes_early_layers_and_says_so_when_weights_are_off(tmp_path):
+    def msrc(*overrides):
+        cfg = build_config("msrc", list(overrides))
+        cfg.dataset.root = cfg.saliency.train_root = str(tmp_path)  # the preset's data need not be here
+        cfg.saliency.val_root = cfg.saliency.second_val_root = ""
+        return cfg
+
+    assert validate(msrc()).deeplab.frozen_stride == 8  # chosen on MSRC val (docs/RESULTS.md)
+    # a user who turns the ImageNet weights off is told which setting also has to change
+    with pytest.raises(ConfigError, match=r"deeplab.frozen_stride 8 .* \(set frozen_stride 0\)"):
+        validate(msrc("deeplab.pretrained_backbone=false"))
+    validate(msrc("deeplab.pretrained_backbone=false", "deeplab.frozen_stride=0"))

@@ -183,6 +183,26 @@ def test_outputs_recorded_before_a_setting_was_added_are_kept_at_its_old_behavio
     assert _run(cfg, "create_guide")["redone"] == ["guide.uncertain_saliency"] and not kept.exists()
 
 
+def test_a_deeplab_trained_before_frozen_stride_is_not_resumed_with_the_layers_frozen(folder_cfg):
+    """The msrc preset now freezes the early layers (deeplab.frozen_stride 8): a DeepLab trained, or
+    half-trained, before the setting existed trained every layer, so it must not be reused or
+    resumed under the new recipe."""
+    cfg, layout = folder_cfg, Layout(folder_cfg)
+    cfg.deeplab.gt_percentage = 100  # no upstream stage to fake
+    provenance.begin(cfg, "train_deeplab")  # interrupted: a record, not complete, and a network
+    _fake_network(cfg, "deeplab")
+    path = layout.record(BY_NAME["train_deeplab"])
+    record = json.loads(path.read_text())
+    record["inputs"]["settings"].pop("deeplab.frozen_stride")
+    path.write_text(json.dumps(record))
+    assert provenance.begin(cfg, "train_deeplab") == {"redone": []}  # read as 0, as it trained
+    assert "deeplab.frozen_stride" not in json.loads(path.read_text())["inputs"]["settings"]  # kept as written
+    cfg.deeplab.frozen_stride = 8
+    with pytest.raises(provenance.StaleOutputs, match=r"changed: deeplab.frozen_stride\)"):
+        provenance.begin(cfg, "train_deeplab")
+    assert layout.checkpoint("deeplab", "best").exists()
+
+
 def test_ignored_groups_and_keys_leave_the_record_alone(folder_cfg):
     import dataclasses
 
