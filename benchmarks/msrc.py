@@ -69,9 +69,8 @@ PROFILES = {
         "classifier.val_every": 100,
         # 800 steps, not 600: at 600 the fully supervised DeepLab of seed 0 still gained 0.029 over
         # its last 20 %; at 800 DeepLab on pseudo labels rose from 0.698 to 0.722 (real masks 0.769
-        # to 0.804); the whole run adds up to 88.4 min with the seventh session's slow-day DeepLabs
-        # (91.5 before the CRF pool and the shorter speed check), about 77 at the 600-step run's speed
-        # (docs/RESULTS.md)
+        # to 0.804); with the preset's frozen early layers (0.754 / 0.816) the whole run adds up to
+        # 66.0 min (docs/RESULTS.md)
         "deeplab.steps": 800,
         "deeplab.val_every": 160,
         "deeplab.crop_size": 192,
