@@ -7,7 +7,10 @@
    (tmp/guide/labels/<id>.png, where TRAIN_DEEPLAB reads them, ``Layout.pseudo_label``): every
    pixel predicted as a class the image is not tagged with becomes ignore (255), so the image-level
    labels, the only supervision the pipeline has, correct the network's confusions instead of
-   teaching them again. Background stays background.
+   teaching them again. Background stays background. With ``agree_with`` (a run whose
+   CREATE_GUIDE labels the base DeepLab learnt from), every pixel where the two labels differ
+   becomes ignore too: what the network would not fit of the guide, and what the guide never
+   said, are the pixels either of them is likeliest to have wrong.
 3. The retrain run trains and evaluates DeepLab as usual.
 
 Weak supervision holds: the predicting DeepLab learnt from pseudo labels only, the CRF uses the
@@ -41,6 +44,7 @@ from common.stages import BY_NAME  # noqa: E402
 PREDICT_SETTINGS = {"eval.split": "train", "eval.use_crf": True, "eval.overlays": 0}
 # bump when the way predictions become labels changes: the retrain run's record then changes
 FILTER_VERSION = "untagged-classes-ignore/1"
+AGREEMENT_VERSION = "disagreement-with-guide-ignore/1"
 
 
 def filter_to_tags(prediction: np.ndarray, class_ids) -> np.ndarray:
@@ -55,41 +59,61 @@ def filter_to_tags(prediction: np.ndarray, class_ids) -> np.ndarray:
     return label
 
 
+def keep_agreement(label: np.ndarray, guide_label: np.ndarray) -> np.ndarray:
+    """``label`` with every pixel where it differs from ``guide_label`` set to ignore."""
+    if label.shape != guide_label.shape:
+        raise ValueError(
+            f"self-training: a prediction {label.shape} and its guide label {guide_label.shape} differ in size"
+        )
+    kept = label.copy()
+    kept[label != guide_label] = IGNORE
+    return kept
+
+
 def _sha1(payload) -> str:
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
-def labels_inputs(predict_cfg) -> dict:
-    """What the labels are made from: the predict run's complete EVAL_DEEPLAB record (its inputs)."""
-    path = Layout(predict_cfg).record(BY_NAME["eval_deeplab"])
+def _complete_record(cfg, stage: str, what: str) -> dict:
+    path = Layout(cfg).record(BY_NAME[stage])
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise FileNotFoundError(
-            f"self-training: {path} is missing or unreadable ({err}); run EVAL_DEEPLAB on the training split first"
-        ) from None
+        raise FileNotFoundError(f"self-training: {path} is missing or unreadable ({err}); {what}") from None
     if not record.get("complete"):
-        raise FileNotFoundError(f"self-training: EVAL_DEEPLAB did not finish ({path})")
+        raise FileNotFoundError(f"self-training: {stage.upper()} did not finish ({path})")
+    return record
+
+
+def labels_inputs(predict_cfg, agree_with=None) -> dict:
+    """What the labels are made from: the predict run's complete EVAL_DEEPLAB record (its inputs)
+    and, with ``agree_with``, that run's complete CREATE_GUIDE record."""
+    record = _complete_record(predict_cfg, "eval_deeplab", "run EVAL_DEEPLAB on the training split first")
     if predict_cfg.eval.split != "train":
         raise ValueError(
             f"self-training: the predict run evaluates eval.split={predict_cfg.eval.split!r}; "
             f"its predictions must be of the training split (eval.split=train)"
         )
-    return {"self_training_from": _sha1(record["inputs"]), "filter": FILTER_VERSION}
+    inputs = {"self_training_from": _sha1(record["inputs"]), "filter": FILTER_VERSION}
+    if agree_with is not None:
+        guide = _complete_record(agree_with, "create_guide", "run CREATE_GUIDE first")
+        inputs.update(agree_with=_sha1(guide["inputs"]), agreement=AGREEMENT_VERSION)
+    return inputs
 
 
-def write_labels(predict_cfg, retrain_cfg) -> dict:
-    """Write the retrain run's pseudo labels from the predict run's predictions (module docstring)
-    and their record; returns the scores of the labels against the training masks (as CREATE_GUIDE
-    reports them: mIoU, precision, recall, ignore_fraction, ...). A rerun with the same predictions
-    rewrites nothing and returns the stored scores."""
+def write_labels(predict_cfg, retrain_cfg, agree_with=None) -> dict:
+    """Write the retrain run's pseudo labels from the predict run's predictions (module docstring;
+    ``agree_with``: the config of the run whose guide labels they must agree with) and their
+    record; returns the scores of the labels against the training masks (as CREATE_GUIDE reports
+    them: mIoU, precision, recall, ignore_fraction, ...). A rerun with the same predictions rewrites
+    nothing and returns the stored scores."""
     from guide.make_guide import Scores
 
     source, target = Layout(predict_cfg), Layout(retrain_cfg)
     stage = BY_NAME["create_guide"]
     record_path = target.record(stage)
     scores_path = target.runs / "self_training_labels.json"
-    inputs = labels_inputs(predict_cfg)
+    inputs = labels_inputs(predict_cfg, agree_with)
     if record_path.exists() and scores_path.exists():
         record = json.loads(record_path.read_text(encoding="utf-8"))
         if record.get("complete") and record.get("inputs") == inputs:
@@ -111,6 +135,8 @@ def write_labels(predict_cfg, retrain_cfg) -> dict:
             missing.append(image_id)
             continue
         label = filter_to_tags(files.read_label_png(prediction_path), image_set.class_ids(image_id))
+        if agree_with is not None:
+            label = keep_agreement(label, files.read_label_png(Layout(agree_with).pseudo_label(image_id)))
         files.write_label_png(target.pseudo_label(image_id), label)
         scores.update(label, image_set.mask(image_id) if image_set.has_mask(image_id) else None)
     if missing:
@@ -123,3 +149,55 @@ def write_labels(predict_cfg, retrain_cfg) -> dict:
     files.write_text(scores_path, json.dumps(result, indent=2, default=float))
     provenance.record_made_elsewhere(retrain_cfg, stage.name, inputs)
     return result
+
+
+def main_cli(argv=None) -> int:
+    """Self-training rounds from a finished ``make bench`` run, at several seeds, with labels that
+    keep only what the predictions and the guide agree on (``--agree-with-guide``) or the plain
+    round's; one row per seed appended to <out>/rows.jsonl."""
+    import argparse
+
+    from benchmarks import msrc
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.self_training", description=main_cli.__doc__)
+    parser.add_argument(
+        "--from", dest="source", required=True, help="the bench run's profile folder, e.g. bench/s10/full"
+    )
+    parser.add_argument("--shared", default="../shared")
+    parser.add_argument("--profile", choices=sorted(msrc.PROFILES), default="full")
+    parser.add_argument("--seeds", default="0", help="comma-separated runtime.seed values of the retrained DeepLabs")
+    parser.add_argument("--agree-with-guide", action="store_true", help="pixels where the labels differ become ignore")
+    parser.add_argument("--out", default="bench/self_training")
+    args = parser.parse_args(argv)
+    args.overrides = []
+    source, out = Path(args.source), Path(args.out)
+    base = msrc.build(args, source, "gt0", {})
+    predict = msrc.build(args, source, "selftrain_predict", {"deeplab.gt_percentage": 0, **PREDICT_SETTINGS})
+    msrc.share_checkpoints(base, predict, ("deeplab",))
+    msrc.run_variant(predict, ["eval_deeplab"])  # done by the bench run already: its record is reused
+    kind = "agreement" if args.agree_with_guide else "predictions"
+    for seed in (int(s) for s in args.seeds.split(",")):
+        retrain = msrc.build(args, out, f"{kind}_s{seed}", {"deeplab.gt_percentage": 0, "runtime.seed": seed})
+        msrc.share_outputs(base, retrain, ("saliency", "attention"))
+        labels = write_labels(predict, retrain, agree_with=base if args.agree_with_guide else None)
+        summary = msrc.run_variant(retrain, ["train_deeplab", "eval_deeplab"])
+        row = {
+            "labels_from": kind,
+            "seed": seed,
+            "labels": labels,
+            "mIoU": summary["eval_deeplab"]["mIoU"],
+            "per_class": summary["eval_deeplab"].get("per_class_IoU"),
+            "train_seconds": summary["train_deeplab"]["seconds"],
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "rows.jsonl", "a", encoding="utf-8") as rows:
+            rows.write(json.dumps(row, default=float) + "\n")
+        print(
+            f"{kind}, seed {seed}: labels {labels['mIoU']:.3f} (ignore {labels['ignore_fraction']:.3f}), "
+            f"DeepLab {row['mIoU']:.4f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_cli())

@@ -23,20 +23,26 @@ def test_filter_keeps_tagged_classes_and_background():
     assert self_training.filter_to_tags(prediction, []).tolist() == [[0, 255, 255], [255, 255, 255]]
 
 
-def _fake_predict_run(cfg, stray_class: int, version: str = "a") -> None:
-    """A finished EVAL_DEEPLAB on the training split: each prediction is the mask with a square of
-    ``stray_class`` painted in its corner (a class most images are not tagged with)."""
+def _fake_finished_stage(cfg, stage: str, path_of, corner, class_id: int, version: str) -> None:
+    """A finished ``stage`` whose label maps (at ``path_of(layout, id)``) are the training masks
+    with the square ``corner`` painted ``class_id``."""
     layout = Layout(cfg)
     image_set = datasets.build(cfg, "train")
     for image_id in image_set.ids:
-        prediction = image_set.mask(image_id).copy()
-        prediction[prediction == 255] = 0
-        prediction[:8, :8] = stray_class
-        files.write_label_png(layout.prediction(image_id), prediction)
+        label = image_set.mask(image_id).copy()
+        label[label == 255] = 0
+        label[corner] = class_id
+        files.write_label_png(path_of(layout, image_id), label)
     files.write_text(
-        layout.record(BY_NAME["eval_deeplab"]),
-        json.dumps({"stage": "eval_deeplab", "inputs": {"version": version}, "complete": True}),
+        layout.record(BY_NAME[stage]),
+        json.dumps({"stage": stage, "inputs": {"version": version}, "complete": True}),
     )
+
+
+def _fake_predict_run(cfg, stray_class: int, version: str = "a") -> None:
+    """A finished EVAL_DEEPLAB on the training split: a square of ``stray_class`` (a class most
+    images are not tagged with) in each prediction's top-left corner."""
+    _fake_finished_stage(cfg, "eval_deeplab", Layout.prediction, np.s_[:8, :8], stray_class, version)
 
 
 def test_labels_record_and_rerun(tiny_cfg):
@@ -66,6 +72,45 @@ def test_labels_record_and_rerun(tiny_cfg):
     # new predictions: labels rewritten, and the record (so TRAIN_DEEPLAB's inputs) changes
     _fake_predict_run(predict, stray_class=2, version="b")
     self_training.write_labels(predict, retrain)
+    assert provenance.output_digest(retrain, "create_guide") != digest
+
+
+def test_agreement_keeps_only_pixels_both_labels_give():
+    prediction = np.array([[0, 1, 1], [2, 255, 0]], dtype=np.uint8)
+    guide = np.array([[0, 1, 2], [2, 1, 1]], dtype=np.uint8)
+    assert self_training.keep_agreement(prediction, guide).tolist() == [[0, 1, 255], [2, 255, 255]]
+    with pytest.raises(ValueError, match="differ in size"):
+        self_training.keep_agreement(prediction, guide[:, :2])
+
+
+def _fake_guide_run(cfg, corner_class: int, version: str) -> None:
+    """A finished CREATE_GUIDE: a square of ``corner_class`` in each label's bottom-right corner."""
+    _fake_finished_stage(cfg, "create_guide", Layout.pseudo_label, np.s_[-8:, -8:], corner_class, version)
+
+
+def test_labels_that_must_agree_with_the_guide(tiny_cfg):
+    predict = tiny_cfg(**{"eval.split": "train", "paths.tmp": tiny_cfg().paths.tmp + "_predict"})
+    guide = tiny_cfg(**{"paths.tmp": tiny_cfg().paths.tmp + "_guide"})
+    retrain = tiny_cfg()
+    _fake_predict_run(predict, stray_class=1)
+    with pytest.raises(FileNotFoundError, match="run CREATE_GUIDE first"):
+        self_training.write_labels(predict, retrain, agree_with=guide)
+    _fake_guide_run(guide, corner_class=1, version="a")
+    plain = self_training.write_labels(predict, tiny_cfg(**{"paths.tmp": tiny_cfg().paths.tmp + "_plain"}))
+    agreed = self_training.write_labels(predict, retrain, agree_with=guide)
+    layout = Layout(retrain)
+    image_set = datasets.build(retrain, "train")
+    tagged = next(i for i in image_set.ids if 1 in image_set.class_ids(i))
+    label = files.read_label_png(layout.pseudo_label(tagged))
+    mask = image_set.mask(tagged)
+    # each corner: one label says class 1 and the other the mask's class; where they differ, ignore
+    assert ((label[:8, :8] == 255) == (mask[:8, :8] != 1)).all()
+    assert ((label[-8:, -8:] == 255) == (mask[-8:, -8:] != 1)).all()
+    assert agreed["ignore_fraction"] > plain["ignore_fraction"] and agreed["precision"] >= plain["precision"]
+    # the guide's labels are an input: new ones change the record
+    digest = provenance.output_digest(retrain, "create_guide")
+    _fake_guide_run(guide, corner_class=2, version="b")
+    self_training.write_labels(predict, retrain, agree_with=guide)
     assert provenance.output_digest(retrain, "create_guide") != digest
 
 
