@@ -1081,14 +1081,22 @@ def run_threshold_sweep(args, out: Path, base, results: dict) -> None:
     }
 
 
+def self_training_predictions(args, out: Path, base):
+    """The base DeepLab's CRF-refined predictions of the training images (the self-training round's
+    first step; a finished one is reused): the predict run's config and its stage summary."""
+    from benchmarks import self_training
+
+    predict = build(args, out, "selftrain_predict", {"deeplab.gt_percentage": 0, **self_training.PREDICT_SETTINGS})
+    share_checkpoints(base, predict, ("deeplab",))
+    return predict, run_variant(predict, ["eval_deeplab"])
+
+
 def run_self_training(args, out: Path, base, results: dict) -> None:
     """One self-training round from the base run (benchmarks/self_training.py)."""
     from benchmarks import self_training
 
-    predict = build(args, out, "selftrain_predict", {"deeplab.gt_percentage": 0, **self_training.PREDICT_SETTINGS})
+    predict, predicted = self_training_predictions(args, out, base)
     retrain = build(args, out, "selftrain", {"deeplab.gt_percentage": 0})
-    share_checkpoints(base, predict, ("deeplab",))
-    predicted = run_variant(predict, ["eval_deeplab"])
     share_outputs(base, retrain, ("saliency", "attention"))
     started = time.time()
     labels = self_training.write_labels(predict, retrain)

@@ -172,9 +172,7 @@ def main_cli(argv=None) -> int:
     args.overrides = []
     source, out = Path(args.source), Path(args.out)
     base = msrc.build(args, source, "gt0", {})
-    predict = msrc.build(args, source, "selftrain_predict", {"deeplab.gt_percentage": 0, **PREDICT_SETTINGS})
-    msrc.share_checkpoints(base, predict, ("deeplab",))
-    msrc.run_variant(predict, ["eval_deeplab"])  # done by the bench run already: its record is reused
+    predict, _ = msrc.self_training_predictions(args, source, base)
     kind = "agreement" if args.agree_with_guide else "predictions"
     for seed in (int(s) for s in args.seeds.split(",")):
         retrain = msrc.build(args, out, f"{kind}_s{seed}", {"deeplab.gt_percentage": 0, "runtime.seed": seed})
