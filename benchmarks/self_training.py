@@ -126,6 +126,7 @@ def write_labels(predict_cfg, retrain_cfg, agree_with=None) -> dict:
     if folder.exists():
         shutil.rmtree(folder)
     provenance.record_made_elsewhere(retrain_cfg, stage.name, inputs, complete=False)
+    guide = Layout(agree_with) if agree_with is not None else None
     image_set = datasets.build(retrain_cfg, "train")
     scores = Scores(image_set.class_names)
     missing = []
@@ -135,8 +136,8 @@ def write_labels(predict_cfg, retrain_cfg, agree_with=None) -> dict:
             missing.append(image_id)
             continue
         label = filter_to_tags(files.read_label_png(prediction_path), image_set.class_ids(image_id))
-        if agree_with is not None:
-            label = keep_agreement(label, files.read_label_png(Layout(agree_with).pseudo_label(image_id)))
+        if guide is not None:
+            label = keep_agreement(label, files.read_label_png(guide.pseudo_label(image_id)))
         files.write_label_png(target.pseudo_label(image_id), label)
         scores.update(label, image_set.mask(image_id) if image_set.has_mask(image_id) else None)
     if missing:
@@ -163,18 +164,22 @@ def main_cli(argv=None) -> int:
     parser.add_argument(
         "--from", dest="source", required=True, help="the bench run's profile folder, e.g. bench/s10/full"
     )
-    parser.add_argument("--shared", default="../shared")
+    parser.add_argument("--shared", default=str(msrc.PROJECT.parent / "shared"))
     parser.add_argument("--profile", choices=sorted(msrc.PROFILES), default="full")
     parser.add_argument("--seeds", default="0", help="comma-separated runtime.seed values of the retrained DeepLabs")
     parser.add_argument("--agree-with-guide", action="store_true", help="pixels where the labels differ become ignore")
     parser.add_argument("--out", default="bench/self_training")
     args = parser.parse_args(argv)
     args.overrides = []
+    try:
+        seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    except ValueError as err:
+        parser.error(f"--seeds: {err}")
     source, out = Path(args.source), Path(args.out)
     base = msrc.build(args, source, "gt0", {})
     predict, _ = msrc.self_training_predictions(args, source, base)
     kind = "agreement" if args.agree_with_guide else "predictions"
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in seeds:
         retrain = msrc.build(args, out, f"{kind}_s{seed}", {"deeplab.gt_percentage": 0, "runtime.seed": seed})
         msrc.share_outputs(base, retrain, ("saliency", "attention"))
         labels = write_labels(predict, retrain, agree_with=base if args.agree_with_guide else None)
