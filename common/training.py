@@ -7,7 +7,8 @@ What every training gets from :func:`fit`:
   any number of DataLoader workers and any number of processes see the same batches.
 * Resume from ``checkpoints/<name>/last.pt`` with the settings check *before* any weights load: a
   checkpoint trained with other settings is refused with one message naming them (no raw
-  "size mismatch" traceback from ``load_state_dict``).
+  "size mismatch" traceback from ``load_state_dict``). A longer ``steps`` resumes a finished
+  training; a checkpoint whose schedule was built for another length says so when it resumes.
 * ``last.pt`` every ``runtime.checkpoint_every`` steps, at every validation, at the end and on
   SIGINT/SIGTERM (then the process exits with a message); ``best.pt`` whenever validation improves.
 * A stop at the first non-finite loss (:class:`TrainingError` naming the step and the checkpoint
@@ -148,6 +149,25 @@ def step_schedule(optimizer, step_size: int, gamma: float = 0.1):
 
 # ---- checkpoints and settings ----------------------------------------------------------------------
 
+# the training length a checkpoint's learning-rate schedule was built for. Left out of the settings a
+# resume must share, so a longer ``steps`` extends a finished training; but then the schedule is
+# stretched mid-way (poly: from near 0 back up), and the result is not what a fresh run of the new
+# length gives, so resuming says so
+PLANNED_STEPS = "planned_steps"
+
+
+def schedule_warning(stage: str, path: Path, step: int, planned: int, steps: int) -> str:
+    """The notice printed when ``path`` (at ``step``) resumes with another training length."""
+    if step >= steps:
+        change = "it stops there, short of the end of its schedule" if step < planned else "it is kept as it is"
+    else:
+        change = f"its learning-rate schedule is stretched from step {step} to end at {steps}"
+    return (
+        f"warning: {stage}: {path} was trained toward {planned} steps and is at step {step}; with "
+        f"{steps} steps {change}, which is not the network a fresh {steps}-step training gives. Set "
+        f"runtime.overwrite=true (or another paths.checkpoints) to train {steps} steps from the start"
+    )
+
 
 def check_settings(path: Path, saved: dict, current: dict, keys: Sequence[str]) -> None:
     """Refuse to resume ``path`` when any of ``keys`` differs between the checkpoint's saved
@@ -276,6 +296,9 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
         start, best = state["step"], state["extra"].get("best", best)
         if main:
             print(f"resuming {spec.stage} at step {start} of {spec.steps} ({last_path})", flush=True)
+            planned = state["extra"].get(PLANNED_STEPS)
+            if planned is not None and planned != spec.steps:
+                print(schedule_warning(spec.stage, last_path, start, planned, spec.steps), file=sys.stderr, flush=True)
     if start >= spec.steps:
         return Outcome(step=start, best=best, resumed_from=start, trained=False)
     _restore_random_state(state, cfg.runtime.seed, rank, world)
@@ -321,7 +344,7 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
     def save_last(done: int) -> None:
         rng_ranks = distributed.all_gather_object(runtime.rng_state()) if world > 1 else None
         if main and saved["step"] != done:
-            extra = {**spec.describe, "best": best}
+            extra = {**spec.describe, "best": best, PLANNED_STEPS: spec.steps}
             if rng_ranks is not None:
                 extra["rng_ranks"] = rng_ranks
             checkpoint.save_training_state(
@@ -394,7 +417,10 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
                         best = {**result, "step": done}
                         if main:
                             checkpoint.save_training_state(
-                                best_path, model=model, step=done, extra={**spec.describe, "best": best}
+                                best_path,
+                                model=model,
+                                step=done,
+                                extra={**spec.describe, "best": best, PLANNED_STEPS: spec.steps},
                             )
                 if validated or (every and done % every == 0) or done == end:
                     save_last(done)

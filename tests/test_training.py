@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -388,6 +389,37 @@ def test_a_fresh_training_drops_the_events_of_the_one_before_and_a_resumed_one_k
     assert training.starts_fresh(cfg, "toy")
     fresh = fit()
     assert fresh and not fresh & again
+
+
+def test_resuming_with_another_training_length_says_the_schedule_is_not_a_fresh_runs(make_cfg, capsys):
+    """A longer ``steps`` extends a finished training (the length is not a resume setting), but
+    the poly schedule restarts from mid-way: the user is told, with the way to a fresh run."""
+    cfg = make_cfg()
+    training.fit(cfg, _toy_spec(poison=-1), device=torch.device("cpu"))
+    assert "warning" not in capsys.readouterr().err
+    again = _toy_spec(poison=-1)
+    outcome = training.fit(cfg, again, device=torch.device("cpu"))  # same length: nothing to say
+    assert not outcome.trained and "warning" not in capsys.readouterr().err
+
+    longer = _toy_spec(poison=-1)
+    longer.steps = 15
+    longer.scheduler = training.poly_schedule(longer.optimizer, 15)
+    outcome = training.fit(cfg, longer, device=torch.device("cpu"))
+    err = capsys.readouterr().err
+    assert outcome.step == 15 and outcome.resumed_from == 10
+    assert re.search(
+        r"warning: toy: .*last\.pt was trained toward 10 steps and is at step 10; with 15 steps its "
+        r"learning-rate schedule is stretched from step 10 to end at 15.*runtime\.overwrite=true",
+        err,
+    )
+    state = torch.load(Layout(cfg).checkpoint("toy", "last"), weights_only=False)
+    assert state["extra"][training.PLANNED_STEPS] == 15
+
+    shorter = _toy_spec(poison=-1)
+    shorter.steps = 12
+    outcome = training.fit(cfg, shorter, device=torch.device("cpu"))
+    assert not outcome.trained
+    assert "trained toward 15 steps and is at step 15; with 12 steps it is kept as it is" in capsys.readouterr().err
 
 
 def test_toy_settings_check_comes_before_the_shape_mismatch(make_cfg):
