@@ -90,7 +90,9 @@ def build(name: str, cfg, device: torch.device):
         from deeplab.train_deeplab import build_from_config, make_optimizer, pixel_loss
 
         settings = cfg.deeplab
-        model = build_from_config(cfg, NUM_CLASSES + 1).to(device)
+        model = build_from_config(cfg, NUM_CLASSES + 1)
+        model.freeze_early_layers(settings.frozen_stride)  # as TRAIN_DEEPLAB does: backward stops early
+        model = model.to(device)
         optimizer, scheduler = make_optimizer(model, settings)
         size, count = settings.crop_size, settings.batch_size
         batch = (

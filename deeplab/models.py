@@ -68,18 +68,27 @@ class DeepLab(FrozenBatchNormMixin, nn.Module):
 
     def freeze_early_layers(self, stride: int) -> list[str]:
         """Keep the ImageNet weights of the backbone's layers that run before the first one whose
-        output is coarser than ``stride`` (4: the stem and the stride-4 stage; 0: none), for any
-        backbone: the order and strides come from one small forward pass. Their weights get no
+        output is coarser than ``stride`` (4: the stem and the stride-4 stage; 0: none), or that is
+        dilated, for any backbone: the order and strides come from one small forward pass. At an
+        output stride finer than ``stride``, the first block of the first dilated stage (undilated
+        itself, its stride moved into the blocks after it) is frozen with the stage before. Their weights get no
         gradient, so backward stops early (a cheaper step). Returns the frozen layers' names."""
         if stride <= 0:
             return []
-        order: list[tuple[str, int]] = []  # (layer, its output stride) in the order they run
+        # (layer, whether it ends the frozen part) in the order they run: the first layer coarser
+        # than ``stride``, or dilated. A dilated layer stands in for the stride that a finer output
+        # stride took out of its stage, so the frozen part does not swallow the dilated stages
+        # (at output stride 8, stride 8 froze the whole of resnet50). A 1x1 output is a pooled
+        # branch (squeeze-excitation), not a stage: it ends nothing
+        order: list[tuple[str, bool]] = []
         side = 8 * max(stride, self.output_stride)  # whole strides at every layer, a cheap pass
 
         def hook(name):
             def record(module, inputs, output):
                 if isinstance(output, torch.Tensor) and output.dim() == 4:
-                    order.append((name, side // output.shape[-1]))
+                    pooled = output.shape[-1] == 1
+                    dilated = isinstance(module, nn.Conv2d) and max(module.dilation) > 1
+                    order.append((name, not pooled and (side // output.shape[-1] > stride or dilated)))
 
             return record
 
@@ -96,8 +105,8 @@ class DeepLab(FrozenBatchNormMixin, nn.Module):
                 handle.remove()
             self.train(was_training)
         frozen = []
-        for name, layer_stride in order:
-            if layer_stride > stride:
+        for name, ends in order:
+            if ends:
                 break
             frozen.append(name)
         modules = dict(layers)

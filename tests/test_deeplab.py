@@ -419,16 +419,22 @@ def test_ignoring_rises_over_the_warmup_then_holds():
 
 
 @pytest.mark.parametrize(
-    "backbone, stride, first_trained",
+    "backbone, output_stride, stride, first_trained",
     [
-        ("efficientnet_lite0", 4, "blocks.2.0.conv_dw.weight"),
-        ("efficientnet_lite0", 8, "blocks.3.0.conv_dw.weight"),
-        ("resnet50", 4, "layer2.0.conv2.weight"),
+        ("efficientnet_lite0", 16, 4, "blocks.2.0.conv_dw.weight"),
+        ("efficientnet_lite0", 16, 8, "blocks.3.0.conv_dw.weight"),
+        # blocks 5-6 are dilated at output stride 16: they and only they keep learning
+        ("efficientnet_lite0", 16, 16, "blocks.5.1.conv_dw.weight"),
+        ("resnet50", 16, 4, "layer2.0.conv2.weight"),
+        # at output stride 8 the dilated layer3 stops the frozen part (it froze all of resnet50 once)
+        ("resnet50", 8, 8, "layer3.1.conv2.weight"),
+        # squeeze-excitation's pooled 1x1 maps do not end the frozen part early
+        ("mobilenet_v3_large", 16, 8, "7.block.1.0.weight"),
     ],
 )
-def test_frozen_stride_keeps_the_early_layers_and_trains_the_rest(backbone, stride, first_trained):
+def test_frozen_stride_keeps_the_early_layers_and_trains_the_rest(backbone, output_stride, stride, first_trained):
     torch.manual_seed(0)
-    model = build_deeplab(backbone=backbone, num_classes=3, pretrained_backbone=False)
+    model = build_deeplab(backbone=backbone, num_classes=3, output_stride=output_stride, pretrained_backbone=False)
     frozen = model.freeze_early_layers(stride)
     names = [name for name, _ in model.backbone.body.named_parameters()]
     fixed = [name for name, p in model.backbone.body.named_parameters() if not p.requires_grad]
