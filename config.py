@@ -378,6 +378,13 @@ class DeeplabConfig:
         False, "start from torchvision's COCO/VOC segmentation weights (NOT weak supervision)"
     )
     segmentation_weights_path: str = setting("", "local file with those weights instead of a download", path="file")
+    # a self-training round fine-tunes the network that made its labels instead of training anew
+    init_checkpoint: str = setting(
+        "",
+        "start from the weights of this TRAIN_DEEPLAB checkpoint (same backbone and classes), with a "
+        "fresh optimiser and schedule; empty = the ImageNet backbone",
+        path="file",
+    )
     gt_percentage: float = setting(
         0.0,
         "% of training images with a mask whose real mask replaces the pseudo "
@@ -507,6 +514,7 @@ ADDED = {
     "deeplab.ignore_hardest": 0.0,
     "deeplab.ignore_hardest_warmup": 0.3,
     "deeplab.frozen_stride": 0,
+    "deeplab.init_checkpoint": "",
     "eval.checkpoint": "best",
 }
 

@@ -147,6 +147,7 @@ def settings_of(cfg, stage: Stage) -> dict:
         "classifier.weights_path",
         "deeplab.weights_path",
         "deeplab.segmentation_weights_path",
+        "deeplab.init_checkpoint",
     ):
         if flat.get(key):
             flat[key] = {"path": flat[key], "sha1": file_digest(cfg.path(flat[key]))}

@@ -20,6 +20,7 @@ from common.layout import Layout
 from deeplab.data import IGNORE, SegmentationSamples, label_sources
 from deeplab.inference import evaluate
 from deeplab.models import NOT_WEAK_WARNING, build_deeplab
+from deeplab.segmenter import CheckpointError, load_checkpoint
 
 STAGE = "train_deeplab"
 CHECKPOINTS = "deeplab"
@@ -33,6 +34,7 @@ RESUME_KEYS = (
     "gt_percentage",
     "pretrained_backbone",
     "freeze_backbone_bn",
+    "init_checkpoint",
 )
 
 
@@ -50,15 +52,40 @@ def build_from_config(cfg, num_classes: int):
     )
 
 
-def supervision(segmentation_pretrained: bool, gt_images: int) -> tuple[bool, list[str]]:
+def supervision(segmentation_pretrained: bool, gt_images: int, initial: dict | None = None) -> tuple[bool, list[str]]:
     """(weakly supervised?, the reasons it is not): pixel labels reached the model when it started
-    from segmentation weights or trained on any real mask."""
+    from segmentation weights or from a DeepLab that had them (``initial``: the description of
+    deeplab.init_checkpoint), or trained on any real mask."""
     reasons = []
     if segmentation_pretrained:
         reasons.append(NOT_WEAK_WARNING)
+    if initial is not None and not initial.get("weakly_supervised", False):
+        why = "; ".join(initial.get("not_weakly_supervised_because") or ["it does not say it was weakly supervised"])
+        reasons.append(
+            f"starts from {initial['checkpoint']} (deeplab.init_checkpoint), trained with pixel labels: {why}"
+        )
     if gt_images:
         reasons.append(f"{gt_images} training images used their ground-truth mask (deeplab.gt_percentage)")
     return not reasons, reasons
+
+
+def initial_network(cfg, class_names: list[str]):
+    """The DeepLab deeplab.init_checkpoint holds and its description, or (None, None) when it is
+    unset; refused, naming the file, when it is another backbone, output stride or class list."""
+    settings = cfg.deeplab
+    if not settings.init_checkpoint:
+        return None, None
+    network, description = load_checkpoint(cfg.path(settings.init_checkpoint))
+    expected = {
+        "backbone": settings.backbone,
+        "output_stride": settings.output_stride,
+        "class_names": list(class_names),
+    }
+    different = [k for k, v in expected.items() if description.get(k) != v]
+    if different:
+        listed = ", ".join(f"{k}: {description.get(k)!r} there, {expected[k]!r} now" for k in different)
+        raise CheckpointError(f"deeplab.init_checkpoint {description['checkpoint']} is another network ({listed})")
+    return network, description
 
 
 def make_optimizer(model, settings):
@@ -133,7 +160,8 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
     train_set = datasets.build(cfg, "train")
     val_set = datasets.build(cfg, "val")
     sources, report = label_sources(cfg, train_set, layout)
-    weakly, reasons = supervision(settings.segmentation_pretrained, len(report["gt_images"]))
+    initial, initial_description = initial_network(cfg, train_set.class_names)
+    weakly, reasons = supervision(settings.segmentation_pretrained, len(report["gt_images"]), initial_description)
     report.update(weakly_supervised=weakly, not_weakly_supervised_because=reasons)
     if main:
         board.write_report(cfg, STAGE, "labels", report)
@@ -159,6 +187,10 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         )
 
     model = build_from_config(cfg, train_set.num_classes + 1)
+    if initial is not None:
+        model.load_state_dict(initial.state_dict())
+        if main:
+            print(f"DeepLab starts from {initial_description['checkpoint']} (deeplab.init_checkpoint)", flush=True)
     frozen_layers = model.freeze_early_layers(settings.frozen_stride)
     if frozen_layers and main:
         print(
@@ -178,6 +210,8 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         "frozen_stride": settings.frozen_stride,
         "weakly_supervised": weakly,
         "not_weakly_supervised_because": reasons,
+        # only when set, so checkpoints written before the setting existed still resume
+        **({"init_checkpoint": initial_description["checkpoint"]} if initial is not None else {}),
     }
     summary = {
         "gt_images": len(report["gt_images"]),

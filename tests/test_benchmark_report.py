@@ -360,3 +360,22 @@ def test_variant_parsing_keeps_each_benchmark_to_its_settings():
         eval_variants.parse_variant("train=eval.split=train")
     with pytest.raises(SystemExit, match="deeplab.lr is not an attention, guide or saliency.threshold setting"):
         cam_variants.parse_variant("x=deeplab.lr=0.1")
+
+
+@pytest.mark.parametrize(
+    "trained, base, said",
+    [
+        (0.80, 0.76, "wins"),
+        (0.70, 0.76, "does not win"),
+        (0.754, 0.748, "is within one training's spread of it (+0.006), no win"),
+        (0.735, 0.748, "is within one training's spread of it (-0.013), no win"),
+        (None, 0.748, "not measured"),
+    ],
+)
+def test_the_self_training_row_calls_a_win_only_beyond_one_trainings_spread(trained, base, said):
+    """One seed each: a difference smaller than two trainings of one recipe differ by is no result."""
+    assert msrc.self_training_outcome(trained, base) == said
+    results = _with_seeds(_results(base or 0.6, 0.80, 6.0, 70, resumed=False), 0.62, 0.68)
+    results["self_training"] = {"labels": {"mIoU": 0.79}, "deeplab_mIoU": trained, "per_class_IoU": {}}
+    if base is not None:
+        assert f"the self-training round **{said}**" in msrc.markdown(results)

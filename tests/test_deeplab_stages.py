@@ -15,6 +15,7 @@ import datasets
 import main
 from common import files, provenance
 from common.layout import Layout
+from common.stages import BY_NAME
 from deeplab import eval_deeplab, train_deeplab
 
 torch.set_num_threads(2)
@@ -131,6 +132,56 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(voc_cfg, tmp_path, ign
     cfg.deeplab.gt_percentage = 50.0
     with pytest.raises(ValueError, match="gt_percentage.*runtime.overwrite"):
         train_deeplab.run(cfg)
+
+
+def test_init_checkpoint_starts_from_a_trained_deeplab_and_carries_its_supervision(voc_cfg, tmp_path):
+    """deeplab.init_checkpoint (a self-training round fine-tunes its base network): the run starts
+    from those weights with a fresh schedule, is weakly supervised only if they were, is refused
+    for another network, and its checkpoint resumes only from the same start."""
+    cfg = voc_cfg(**{"deeplab.steps": 2, "deeplab.gt_percentage": 30.0})
+    write_pseudo_labels(cfg)
+    train_deeplab.run(cfg)
+    base_path = Layout(cfg).checkpoint("deeplab", "last")
+    base = torch.load(base_path, weights_only=False)["model"]
+
+    def tuned(folder: str, **settings):
+        cfg.paths.checkpoints, cfg.paths.runs = str(tmp_path / folder / "ck"), str(tmp_path / folder / "runs")
+        for key, value in {"deeplab.steps": 1, "deeplab.gt_percentage": 0.0, "deeplab.lr": 1e-12, **settings}.items():
+            section, name = key.split(".")
+            setattr(getattr(cfg, section), name, value)
+        summary = train_deeplab.run(cfg)
+        state = torch.load(Layout(cfg).checkpoint("deeplab", "last"), weights_only=False)
+        return summary, state
+
+    def parameters_close(state) -> bool:
+        names = [n for n, _ in train_deeplab.build_from_config(cfg, 3).named_parameters()]
+        return all(torch.allclose(state["model"][n], base[n], atol=1e-6) for n in names)
+
+    summary, state = tuned("fresh", **{"deeplab.init_checkpoint": ""})
+    assert not parameters_close(state) and summary["weakly_supervised"] is True
+    summary, state = tuned("tuned", **{"deeplab.init_checkpoint": str(base_path)})
+    assert parameters_close(state)  # one step at a negligible rate from the base's weights
+    assert state["step"] == 1 and state["extra"]["init_checkpoint"] == str(base_path)
+    # the base saw 3 real masks: so did everything fine-tuned from it
+    assert summary["weakly_supervised"] is False
+    report = json.loads((Layout(cfg).run_dir("train_deeplab") / "labels.json").read_text())
+    assert any("deeplab.init_checkpoint" in reason for reason in report["not_weakly_supervised_because"])
+    # its record holds the file's bytes, not only its name
+    inputs = provenance.inputs_of(cfg, BY_NAME["train_deeplab"])
+    assert inputs["settings"]["deeplab.init_checkpoint"]["sha1"] == provenance.file_digest(base_path)
+
+    cfg.deeplab.output_stride = 8
+    with pytest.raises(
+        train_deeplab.CheckpointError,
+        match=r"init_checkpoint .*last\.pt is another network \(output_stride: 16 there, 8 now\)",
+    ):
+        tuned("other", **{"deeplab.init_checkpoint": str(base_path)})
+    cfg.deeplab.output_stride = 16
+    # a network fine-tuned from one start is not resumed from another
+    other_start = tmp_path / "other_start.pt"
+    other_start.write_bytes(base_path.read_bytes())
+    with pytest.raises(ValueError, match="init_checkpoint.*runtime.overwrite"):
+        tuned("tuned", **{"deeplab.init_checkpoint": str(other_start), "deeplab.steps": 2})
 
 
 def test_missing_and_partial_pseudo_labels(voc_cfg, capsys):

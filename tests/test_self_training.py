@@ -175,8 +175,12 @@ def test_round_through_the_real_stages(tiny_cfg, tmp_path):
     share_checkpoints(base, predict, ("deeplab",))
     evaluated = main.run_stages(predict, ["eval_deeplab"])["eval_deeplab"]
     assert evaluated["images"] == len(image_set.ids)
+    # fine-tuning the network that made the predictions, for a third of its steps
+    tuning = self_training.retrain_settings(predict)
+    assert tuning["deeplab.steps"] == 1 and tuning["deeplab.gt_percentage"] == 0
+    assert tuning["deeplab.init_checkpoint"] == str(Layout(base).checkpoint("deeplab", "best").resolve())
     retrain = tiny_cfg(
-        **small,
+        **{**small, **tuning},
         **{
             "paths.tmp": str(tmp_path / "retrain" / "tmp"),
             "paths.runs": str(tmp_path / "retrain" / "runs"),
@@ -188,3 +192,5 @@ def test_round_through_the_real_stages(tiny_cfg, tmp_path):
     summaries = main.run_stages(retrain, ["train_deeplab", "eval_deeplab"])
     assert summaries["train_deeplab"]["pseudo_images"] == len(image_set.ids)
     assert summaries["train_deeplab"]["weakly_supervised"] and 0 <= summaries["eval_deeplab"]["mIoU"] <= 1
+    tuned = torch.load(Layout(retrain).checkpoint("deeplab", "last"), weights_only=False)
+    assert tuned["step"] == 1 and tuned["extra"]["init_checkpoint"] == tuning["deeplab.init_checkpoint"]
