@@ -1098,12 +1098,12 @@ def self_training_outcome(trained: float | None, base: float | None) -> str:
     return f"is within one training's spread of it ({trained - base:+.3f}), no win"
 
 
-def self_training_predictions(args, out: Path, base):
+def self_training_predictions(args, out: Path, base, name: str = "selftrain_predict"):
     """The base DeepLab's CRF-refined predictions of the training images (the self-training round's
-    first step; a finished one is reused): the predict run's config and its stage summary."""
+    first step; a finished one is reused) in the run ``out/name``: its config and stage summary."""
     from benchmarks import self_training
 
-    predict = build(args, out, "selftrain_predict", {"deeplab.gt_percentage": 0, **self_training.PREDICT_SETTINGS})
+    predict = build(args, out, name, {"deeplab.gt_percentage": 0, **self_training.PREDICT_SETTINGS})
     share_checkpoints(base, predict, ("deeplab",))
     return predict, run_variant(predict, ["eval_deeplab"])
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -185,6 +186,11 @@ def main_cli(argv=None) -> int:
     )
     parser.add_argument("--shared", default=str(msrc.PROJECT.parent / "shared"))
     parser.add_argument("--profile", choices=sorted(msrc.PROFILES), default="full")
+    parser.add_argument(
+        "--base",
+        default="gt0",
+        help="the run whose DeepLab predicts and is fine-tuned: gt0 (seed 0, as make bench) or gt0_seed1",
+    )
     parser.add_argument("--seeds", default="0", help="comma-separated runtime.seed values of the retrained DeepLabs")
     parser.add_argument("--agree-with-guide", action="store_true", help="pixels where the labels differ become ignore")
     parser.add_argument("--out", default="bench/self_training")
@@ -195,15 +201,23 @@ def main_cli(argv=None) -> int:
     except ValueError as err:
         parser.error(f"--seeds: {err}")
     source, out = Path(args.source), Path(args.out)
-    base = msrc.build(args, source, "gt0", {})
-    predict, _ = msrc.self_training_predictions(args, source, base)
+    match = re.fullmatch(r"gt0(?:_seed(\d+))?", args.base)
+    if match is None:
+        parser.error(f"--base: {args.base!r} is not a weakly supervised run of the benchmark (gt0, gt0_seed1, ...)")
+    if not (source / args.base).is_dir():
+        parser.error(f"--base: {source / args.base} does not exist")
+    base = msrc.build(args, source, args.base, {"runtime.seed": int(match.group(1) or 0)})
+    predict_name = "selftrain_predict" + ("" if args.base == "gt0" else "_" + args.base.removeprefix("gt0_"))
+    predict, _ = msrc.self_training_predictions(args, source, base, predict_name)
     kind = "agreement" if args.agree_with_guide else "predictions"
+    prefix = "" if args.base == "gt0" else args.base.removeprefix("gt0_") + "_"
     for seed in seeds:
-        retrain = msrc.build(args, out, f"{kind}_s{seed}", {**retrain_settings(predict), "runtime.seed": seed})
+        retrain = msrc.build(args, out, f"{prefix}{kind}_s{seed}", {**retrain_settings(predict), "runtime.seed": seed})
         msrc.share_outputs(base, retrain, ("saliency", "attention"))
         labels = write_labels(predict, retrain, agree_with=base if args.agree_with_guide else None)
         summary = msrc.run_variant(retrain, ["train_deeplab", "eval_deeplab"])
         row = {
+            "base": args.base,
             "labels_from": kind,
             "seed": seed,
             "labels": labels,

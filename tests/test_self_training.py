@@ -127,6 +127,22 @@ def test_refuses_what_is_not_train_predictions(tiny_cfg):
         self_training.write_labels(on_val, tiny_cfg())
 
 
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["--base", "gt100"], "--base: 'gt100' is not a weakly supervised run"),
+        (["--base", "gt0_seed7"], "gt0_seed7 does not exist"),
+        (["--seeds", "0,x"], "--seeds"),
+    ],
+)
+def test_the_command_line_names_a_bad_argument_before_any_work(tmp_path, capsys, argv, said):
+    (tmp_path / "gt0").mkdir()
+    with pytest.raises(SystemExit) as stopped:
+        self_training.main_cli(["--from", str(tmp_path), "--shared", str(tmp_path), *argv])
+    assert stopped.value.code == 2 and said in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gt0"]  # nothing was made
+
+
 @pytest.mark.slow
 def test_round_through_the_real_stages(tiny_cfg, tmp_path):
     """EVAL_DEEPLAB (train split, CRF) of a random-weight DeepLab in a linked checkpoints folder,
