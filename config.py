@@ -385,6 +385,13 @@ class DeeplabConfig:
         "fresh optimiser and schedule; empty = the ImageNet backbone",
         path="file",
     )
+    # the classifier has learnt this data set's classes from its image labels alone, which ImageNet's
+    # weights have not: weak supervision holds
+    backbone_from_classifier: bool = setting(
+        False,
+        "start the backbone from TRAIN_SEED's trained classifier (the same backbone, trained on this "
+        "data set's image labels) instead of ImageNet's weights",
+    )
     gt_percentage: float = setting(
         0.0,
         "% of training images with a mask whose real mask replaces the pseudo "
@@ -515,6 +522,7 @@ ADDED = {
     "deeplab.ignore_hardest_warmup": 0.3,
     "deeplab.frozen_stride": 0,
     "deeplab.init_checkpoint": "",
+    "deeplab.backbone_from_classifier": False,
     "eval.checkpoint": "best",
 }
 
@@ -919,6 +927,17 @@ def validate(cfg: Config, stages: typing.Iterable[str] = ()) -> Config:
             f"deeplab.frozen_stride {cfg.deeplab.frozen_stride} keeps the early layers' pretrained weights, "
             f"but deeplab.pretrained_backbone is off: they would stay random (set frozen_stride 0)"
         )
+    if cfg.deeplab.backbone_from_classifier:
+        if cfg.classifier.backbone != cfg.deeplab.backbone:
+            problems.append(
+                f"deeplab.backbone_from_classifier: the classifier is a {cfg.classifier.backbone}, DeepLab a "
+                f"{cfg.deeplab.backbone}; they must be the same backbone"
+            )
+        if cfg.deeplab.init_checkpoint or cfg.deeplab.segmentation_pretrained:
+            problems.append(
+                "deeplab.backbone_from_classifier: deeplab.init_checkpoint or segmentation_pretrained already "
+                "gives the starting weights; set one of them"
+            )
     if len(set(cfg.class_names)) != len(cfg.class_names):
         problems.append("class_names: names repeat")
     if any(not name.strip() or any(c.isspace() for c in name) for name in cfg.class_names):

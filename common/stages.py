@@ -111,7 +111,10 @@ STAGES: tuple[Stage, ...] = (
         checkpoint_folder="deeplab",
         depends_on=("deeplab", "runtime.seed", "runtime.precision"),
         ignores=("deeplab.steps", "deeplab.val_every"),
-        upstream=lambda cfg: () if cfg.deeplab.gt_percentage >= 100 else ("create_guide",),
+        upstream=lambda cfg: (
+            (() if cfg.deeplab.gt_percentage >= 100 else ("create_guide",))
+            + (("train_seed",) if cfg.deeplab.backbone_from_classifier else ())
+        ),
         hands_on=lambda cfg: cfg.eval.checkpoint,
         table=(("val_mIoU", "DeepLab best val mIoU while training"),),
     ),

@@ -35,6 +35,7 @@ RESUME_KEYS = (
     "pretrained_backbone",
     "freeze_backbone_bn",
     "init_checkpoint",
+    "backbone_from_classifier",
 )
 
 
@@ -86,6 +87,36 @@ def initial_network(cfg, class_names: list[str]):
         listed = ", ".join(f"{k}: {description.get(k)!r} there, {expected[k]!r} now" for k in different)
         raise CheckpointError(f"deeplab.init_checkpoint {description['checkpoint']} is another network ({listed})")
     return network, description
+
+
+def load_classifier_backbone(cfg, model, class_names: list[str]) -> str:
+    """Copy TRAIN_SEED's trained classifier's backbone weights into ``model``'s backbone
+    (deeplab.backbone_from_classifier); returns what was loaded, in words. The two networks hold
+    the same layers under different names (a classification and a dense-feature wrapper), so the
+    tensors are paired in order, and refused, naming the first mismatch, unless every pair agrees
+    in kind and shape. The classifier's layers after the last one DeepLab has (its head) are left."""
+    from classifier import load_trained
+
+    # building the classifier draws a random initialisation: not from the stream training uses
+    with torch.random.fork_rng(devices=[]):
+        classifier = load_trained(cfg, class_names, torch.device("cpu"))
+    source = list(classifier.features.state_dict().items())
+    target = model.backbone.state_dict()
+    if len(source) < len(target):
+        raise ValueError(
+            f"deeplab.backbone_from_classifier: the classifier's backbone has {len(source)} tensors, DeepLab's "
+            f"{len(target)}"
+        )
+    weights = {}
+    for (name, tensor), (own, own_tensor) in zip(source, target.items()):
+        if name.rsplit(".", 1)[-1] != own.rsplit(".", 1)[-1] or tensor.shape != own_tensor.shape:
+            raise ValueError(
+                f"deeplab.backbone_from_classifier: the classifier's {name} {tuple(tensor.shape)} does not "
+                f"fit DeepLab's {own} {tuple(own_tensor.shape)}"
+            )
+        weights[own] = tensor
+    model.backbone.load_state_dict(weights)
+    return f"the backbone of TRAIN_SEED's classifier ({len(weights)} tensors)"
 
 
 def make_optimizer(model, settings):
@@ -187,6 +218,10 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         )
 
     model = build_from_config(cfg, train_set.num_classes + 1)
+    if settings.backbone_from_classifier:
+        loaded = load_classifier_backbone(cfg, model, train_set.class_names)
+        if main:
+            print(f"DeepLab starts from {loaded} (deeplab.backbone_from_classifier)", flush=True)
     if initial is not None:
         model.load_state_dict(initial.state_dict())
         if main:
@@ -194,7 +229,7 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
     frozen_layers = model.freeze_early_layers(settings.frozen_stride)
     if frozen_layers and main:
         print(
-            f"DeepLab keeps the ImageNet weights of {len(frozen_layers)} early backbone layers "
+            f"DeepLab keeps the starting weights of {len(frozen_layers)} early backbone layers "
             f"(deeplab.frozen_stride {settings.frozen_stride})",
             flush=True,
         )
@@ -212,6 +247,7 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         "not_weakly_supervised_because": reasons,
         # only when set, so checkpoints written before the setting existed still resume
         **({"init_checkpoint": initial_description["checkpoint"]} if initial is not None else {}),
+        **({"backbone_from_classifier": True} if settings.backbone_from_classifier else {}),
     }
     summary = {
         "gt_images": len(report["gt_images"]),

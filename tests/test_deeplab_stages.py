@@ -184,6 +184,48 @@ def test_init_checkpoint_starts_from_a_trained_deeplab_and_carries_its_supervisi
         tuned("tuned", **{"deeplab.init_checkpoint": str(other_start), "deeplab.steps": 2})
 
 
+def test_backbone_from_classifier_starts_from_the_trained_classifier(voc_cfg):
+    """deeplab.backbone_from_classifier: the backbone starts from TRAIN_SEED's classifier (image
+    labels only, so still weak supervision), which becomes an upstream output of the stage; a
+    classifier of another backbone is refused up front."""
+    from classifier.models import build_classifier
+    from common.checkpoint import save_training_state
+    from config import ConfigError, validate
+
+    cfg = voc_cfg(
+        **{
+            "deeplab.steps": 1,
+            "deeplab.lr": 1e-12,
+            "deeplab.backbone_from_classifier": True,
+            "classifier.backbone": "efficientnet_lite0",
+        }
+    )
+    write_pseudo_labels(cfg)
+    with pytest.raises(FileNotFoundError, match="no trained classifier.*TRAIN_SEED"):
+        train_deeplab.run(cfg)
+    torch.manual_seed(1)
+    classifier = build_classifier(backbone="efficientnet_lite0", num_classes=2, pretrained=False, output_stride=16)
+    extra = {**classifier.describe(), "class_names": CLASSES}
+    save_training_state(Layout(cfg).checkpoint("classifier", "best"), model=classifier, extra=extra)
+    summary = train_deeplab.run(cfg)
+    assert summary["weakly_supervised"] is True
+    state = torch.load(Layout(cfg).checkpoint("deeplab", "last"), weights_only=False)
+    # the two wrappers name the same layers differently: paired in order, the classifier's head left
+    own_names = list(train_deeplab.build_from_config(cfg, 3).backbone.state_dict())
+    pairs = dict(zip(classifier.features.state_dict(), own_names))
+    learnt = dict(classifier.features.named_parameters())
+    compared = [name for name in pairs if name in learnt]
+    assert len(compared) > 100 and not any(name.startswith(("model.conv_head", "model.bn2")) for name in pairs)
+    # one step at a negligible rate from the classifier's weights
+    assert all(torch.allclose(state["model"][f"backbone.{pairs[n]}"], learnt[n], atol=1e-6) for n in compared)
+    assert "train_seed" in BY_NAME["train_deeplab"].upstream(cfg)
+    assert state["extra"]["backbone_from_classifier"] is True
+
+    cfg.classifier.backbone = "vgg16_bn"
+    with pytest.raises(ConfigError, match="classifier is a vgg16_bn, DeepLab a efficientnet_lite0"):
+        validate(cfg)
+
+
 def test_missing_and_partial_pseudo_labels(voc_cfg, capsys):
     cfg = voc_cfg(**{"deeplab.steps": 1})
     with pytest.raises(FileNotFoundError, match=r"tmp/guide/labels.*CREATE_GUIDE"):
