@@ -930,14 +930,20 @@ def validate(cfg: Config, stages: typing.Iterable[str] = ()) -> Config:
     if cfg.deeplab.backbone_from_classifier:
         if cfg.classifier.backbone != cfg.deeplab.backbone:
             problems.append(
-                f"deeplab.backbone_from_classifier: the classifier is a {cfg.classifier.backbone}, DeepLab a "
-                f"{cfg.deeplab.backbone}; they must be the same backbone"
+                f"deeplab.backbone_from_classifier: classifier.backbone is {cfg.classifier.backbone}, "
+                f"deeplab.backbone {cfg.deeplab.backbone}; they must be the same backbone"
             )
-        if cfg.deeplab.init_checkpoint or cfg.deeplab.segmentation_pretrained:
-            problems.append(
-                "deeplab.backbone_from_classifier: deeplab.init_checkpoint or segmentation_pretrained already "
-                "gives the starting weights; set one of them"
-            )
+    starts = [
+        key
+        for key, chosen in (
+            ("deeplab.backbone_from_classifier", cfg.deeplab.backbone_from_classifier),
+            ("deeplab.init_checkpoint", bool(cfg.deeplab.init_checkpoint)),
+            ("deeplab.segmentation_pretrained", cfg.deeplab.segmentation_pretrained),
+        )
+        if chosen
+    ]
+    if len(starts) > 1:
+        problems.append(f"{' and '.join(starts)} each give DeepLab's starting weights; set one of them")
     if len(set(cfg.class_names)) != len(cfg.class_names):
         problems.append("class_names: names repeat")
     if any(not name.strip() or any(c.isspace() for c in name) for name in cfg.class_names):

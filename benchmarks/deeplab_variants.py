@@ -44,6 +44,8 @@ def train(args, name: str, seed: int, settings: dict) -> dict:
     )
     if percentage < 100:
         msrc.share_outputs(args.source, cfg, ("saliency", "attention", "guide"))
+    if cfg.deeplab.backbone_from_classifier:
+        msrc.share_checkpoints(args.source, cfg, ("classifier",))
     summary = msrc.run_variant(cfg, ["train_deeplab", "eval_deeplab"])
     curve = msrc.stage_curves(cfg, "train_deeplab")
     return {

@@ -8,7 +8,7 @@ What every training gets from :func:`fit`:
 * Resume from ``checkpoints/<name>/last.pt`` with the settings check *before* any weights load: a
   checkpoint trained with other settings is refused with one message naming them (no raw
   "size mismatch" traceback from ``load_state_dict``). A longer ``steps`` resumes a finished
-  training; a checkpoint whose schedule was built for another length says so when it resumes.
+  training; a checkpoint whose poly schedule was built for another length says so when it resumes.
 * ``last.pt`` every ``runtime.checkpoint_every`` steps, at every validation, at the end and on
   SIGINT/SIGTERM (then the process exits with a message); ``best.pt`` whenever validation improves.
 * A stop at the first non-finite loss (:class:`TrainingError` naming the step and the checkpoint
@@ -135,11 +135,19 @@ def eval_loader(
 
 # ---- schedules -------------------------------------------------------------------------------------
 
+# the training length a schedule was built for (poly: it reaches 0 there; a step schedule has none).
+# Left out of the settings a resume must share, so a longer ``steps`` extends a finished training;
+# but then a poly schedule is stretched mid-way (from near 0 back up), and the result is not what a
+# fresh run of the new length gives, so resuming says so
+PLANNED_STEPS = "planned_steps"
+
 
 def poly_schedule(optimizer, total_steps: int, power: float = 0.9):
     """Learning rate x (1 - step / total) ** power, reaching 0 at ``total_steps``."""
     total = max(1, total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total) ** power)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total) ** power)
+    setattr(scheduler, PLANNED_STEPS, total_steps)  # a resume with another length says so (fit)
+    return scheduler
 
 
 def step_schedule(optimizer, step_size: int, gamma: float = 0.1):
@@ -148,12 +156,6 @@ def step_schedule(optimizer, step_size: int, gamma: float = 0.1):
 
 
 # ---- checkpoints and settings ----------------------------------------------------------------------
-
-# the training length a checkpoint's learning-rate schedule was built for. Left out of the settings a
-# resume must share, so a longer ``steps`` extends a finished training; but then the schedule is
-# stretched mid-way (poly: from near 0 back up), and the result is not what a fresh run of the new
-# length gives, so resuming says so
-PLANNED_STEPS = "planned_steps"
 
 
 def schedule_warning(stage: str, path: Path, step: int, planned: int, steps: int) -> str:
@@ -285,6 +287,8 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
     metric = spec.metric
     start, best = 0, {metric: float("-inf")}
     state = None
+    planned_now = getattr(scheduler, PLANNED_STEPS, None)
+    planned_extra = {} if planned_now is None else {PLANNED_STEPS: planned_now}
     if not starts_fresh(cfg, spec.checkpoints):
         state = checkpoint.read_state(last_path)
         check_settings(last_path, state.get("extra", {}), spec.describe, spec.resume_keys)
@@ -297,7 +301,7 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
         if main:
             print(f"resuming {spec.stage} at step {start} of {spec.steps} ({last_path})", flush=True)
             planned = state["extra"].get(PLANNED_STEPS)
-            if planned is not None and planned != spec.steps:
+            if planned is not None and planned_now is not None and planned != planned_now:
                 print(schedule_warning(spec.stage, last_path, start, planned, spec.steps), file=sys.stderr, flush=True)
     if start >= spec.steps:
         return Outcome(step=start, best=best, resumed_from=start, trained=False)
@@ -344,7 +348,7 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
     def save_last(done: int) -> None:
         rng_ranks = distributed.all_gather_object(runtime.rng_state()) if world > 1 else None
         if main and saved["step"] != done:
-            extra = {**spec.describe, "best": best, PLANNED_STEPS: spec.steps}
+            extra = {**spec.describe, "best": best, **planned_extra}
             if rng_ranks is not None:
                 extra["rng_ranks"] = rng_ranks
             checkpoint.save_training_state(
@@ -420,7 +424,7 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
                                 best_path,
                                 model=model,
                                 step=done,
-                                extra={**spec.describe, "best": best, PLANNED_STEPS: spec.steps},
+                                extra={**spec.describe, "best": best, **planned_extra},
                             )
                 if validated or (every and done % every == 0) or done == end:
                     save_last(done)

@@ -71,7 +71,8 @@ class DeepLab(FrozenBatchNormMixin, nn.Module):
         output is coarser than ``stride`` (4: the stem and the stride-4 stage; 0: none), or that is
         dilated, for any backbone: the order and strides come from one small forward pass. At an
         output stride finer than ``stride``, the first block of the first dilated stage (undilated
-        itself, its stride moved into the blocks after it) is frozen with the stage before. Their weights get no
+        itself, its stride moved into the blocks after it) and the layers of the next block before its
+        dilated one are frozen with the stage before. Their weights get no
         gradient, so backward stops early (a cheaper step). Returns the frozen layers' names."""
         if stride <= 0:
             return []

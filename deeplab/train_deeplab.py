@@ -76,7 +76,10 @@ def initial_network(cfg, class_names: list[str]):
     settings = cfg.deeplab
     if not settings.init_checkpoint:
         return None, None
-    network, description = load_checkpoint(cfg.path(settings.init_checkpoint))
+    # building the network draws a random initialisation: not from the stream training uses, so a
+    # run started from a checkpoint sees the dropout masks a run from ImageNet would
+    with torch.random.fork_rng(devices=[]):
+        network, description = load_checkpoint(cfg.path(settings.init_checkpoint))
     expected = {
         "backbone": settings.backbone,
         "output_stride": settings.output_stride,
@@ -100,6 +103,12 @@ def load_classifier_backbone(cfg, model, class_names: list[str]) -> str:
     # building the classifier draws a random initialisation: not from the stream training uses
     with torch.random.fork_rng(devices=[]):
         classifier = load_trained(cfg, class_names, torch.device("cpu"))
+    trained_as = classifier.describe()["backbone"]
+    if trained_as != cfg.deeplab.backbone:
+        raise ValueError(
+            f"deeplab.backbone_from_classifier: TRAIN_SEED's classifier is a trained {trained_as}, "
+            f"deeplab.backbone is {cfg.deeplab.backbone}; retrain the classifier or change the setting"
+        )
     source = list(classifier.features.state_dict().items())
     target = model.backbone.state_dict()
     if len(source) < len(target):

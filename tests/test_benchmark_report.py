@@ -366,6 +366,7 @@ def test_variant_parsing_keeps_each_benchmark_to_its_settings():
     "trained, base, said",
     [
         (0.80, 0.76, "wins"),
+        (0.73, 0.70, "wins"),  # 0.0299999... in floating point: judged as printed
         (0.70, 0.76, "does not win"),
         (0.754, 0.748, "is within one training's spread of it (+0.006), no win"),
         (0.735, 0.748, "is within one training's spread of it (-0.013), no win"),

@@ -423,7 +423,8 @@ def test_ignoring_rises_over_the_warmup_then_holds():
     [
         ("efficientnet_lite0", 16, 4, "blocks.2.0.conv_dw.weight"),
         ("efficientnet_lite0", 16, 8, "blocks.3.0.conv_dw.weight"),
-        # blocks 5-6 are dilated at output stride 16: they and only they keep learning
+        # blocks 5-6 are dilated at output stride 16: from the first dilated layer (in block 5.1) on,
+        # everything learns; block 5.0 runs undilated and is frozen with the stage before
         ("efficientnet_lite0", 16, 16, "blocks.5.1.conv_dw.weight"),
         ("resnet50", 16, 4, "layer2.0.conv2.weight"),
         # at output stride 8 the dilated layer3 stops the frozen part (it froze all of resnet50 once)

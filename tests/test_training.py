@@ -417,9 +417,25 @@ def test_resuming_with_another_training_length_says_the_schedule_is_not_a_fresh_
 
     shorter = _toy_spec(poison=-1)
     shorter.steps = 12
+    shorter.scheduler = training.poly_schedule(shorter.optimizer, 12)
     outcome = training.fit(cfg, shorter, device=torch.device("cpu"))
     assert not outcome.trained
     assert "trained toward 15 steps and is at step 15; with 12 steps it is kept as it is" in capsys.readouterr().err
+
+
+def test_a_schedule_that_does_not_follow_the_length_resumes_longer_without_a_warning(make_cfg, capsys):
+    """TRAIN_SALIENCY's step schedule is the same at any length: a longer run is what a fresh one
+    of that length would be, so nothing is said (and no length is stored)."""
+    cfg = make_cfg()
+    spec = _toy_spec(poison=-1)
+    spec.scheduler = training.step_schedule(spec.optimizer, 4)
+    training.fit(cfg, spec, device=torch.device("cpu"))
+    longer = _toy_spec(poison=-1)
+    longer.steps, longer.scheduler = 15, training.step_schedule(longer.optimizer, 4)
+    outcome = training.fit(cfg, longer, device=torch.device("cpu"))
+    assert outcome.step == 15 and "warning" not in capsys.readouterr().err
+    state = torch.load(Layout(cfg).checkpoint("toy", "last"), weights_only=False)
+    assert training.PLANNED_STEPS not in state["extra"]
 
 
 def test_toy_settings_check_comes_before_the_shape_mismatch(make_cfg):
