@@ -96,13 +96,12 @@ def _sha1(payload) -> str:
 
 
 def _complete_record(cfg, stage: str, what: str) -> dict:
+    record = provenance.read_record(cfg, BY_NAME[stage])
     path = Layout(cfg).record(BY_NAME[stage])
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise FileNotFoundError(f"self-training: {path} is missing or unreadable ({err}); {what}") from None
-    if not record.get("complete"):
-        raise FileNotFoundError(f"self-training: {stage.upper()} did not finish ({path})")
+    if record is None:
+        raise FileNotFoundError(f"self-training: {path} is missing; {what}")
+    if not record.get("complete"):  # an unreadable record reads as incomplete
+        raise FileNotFoundError(f"self-training: {stage.upper()} did not finish ({path}); {what}")
     return record
 
 
