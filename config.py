@@ -922,10 +922,17 @@ def validate(cfg: Config, stages: typing.Iterable[str] = ()) -> Config:
     band = cfg.guide.uncertain_saliency
     if band and not (len(band) == 2 and band[0] < band[1]):
         problems.append(f"guide.uncertain_saliency: {band} is not [low, high] with low < high (or [] for off)")
-    if cfg.deeplab.frozen_stride and not (cfg.deeplab.pretrained_backbone or cfg.deeplab.segmentation_pretrained):
+    trained_start = (
+        cfg.deeplab.pretrained_backbone
+        or cfg.deeplab.segmentation_pretrained
+        or cfg.deeplab.init_checkpoint
+        or cfg.deeplab.backbone_from_classifier
+    )
+    if cfg.deeplab.frozen_stride and not trained_start:
         problems.append(
-            f"deeplab.frozen_stride {cfg.deeplab.frozen_stride} keeps the early layers' pretrained weights, "
-            f"but deeplab.pretrained_backbone is off: they would stay random (set frozen_stride 0)"
+            f"deeplab.frozen_stride {cfg.deeplab.frozen_stride} keeps the early layers' starting weights, "
+            f"but deeplab.pretrained_backbone is off and nothing else gives trained ones: they would stay "
+            f"random (set frozen_stride 0)"
         )
     if cfg.deeplab.backbone_from_classifier:
         if cfg.classifier.backbone != cfg.deeplab.backbone:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import datasets
-from common import backbones, board, distributed, runtime, training
+from common import backbones, board, distributed, provenance, runtime, training
 from common.layout import Layout
 from deeplab.data import IGNORE, SegmentationSamples, label_sources
 from deeplab.inference import evaluate
@@ -34,19 +34,27 @@ RESUME_KEYS = (
     "gt_percentage",
     "pretrained_backbone",
     "freeze_backbone_bn",
-    "init_checkpoint",
+    # the start's bytes, not its path: a moved bench folder resumes, a changed file at the same path does not
+    "init_checkpoint_sha1",
     "backbone_from_classifier",
 )
 
 
+def starts_from_trained_weights(settings) -> bool:
+    """Whether deeplab.init_checkpoint or deeplab.backbone_from_classifier replaces the whole
+    backbone's starting weights (so ImageNet's are not needed)."""
+    return bool(settings.init_checkpoint) or settings.backbone_from_classifier
+
+
 def build_from_config(cfg, num_classes: int):
-    """The configured (untrained) DeepLab."""
+    """The configured (untrained) DeepLab. Where another trained network's weights replace the
+    backbone's at once, ImageNet's are not loaded: no download, and no file needed offline."""
     settings = cfg.deeplab
     return build_deeplab(
         backbone=settings.backbone,
         num_classes=num_classes,
         output_stride=settings.output_stride,
-        pretrained_backbone=settings.pretrained_backbone,
+        pretrained_backbone=settings.pretrained_backbone and not starts_from_trained_weights(settings),
         weights_path=backbones.resolved_weights_path(cfg, settings.weights_path),
         segmentation_pretrained=settings.segmentation_pretrained,
         segmentation_weights_path=backbones.resolved_weights_path(cfg, settings.segmentation_weights_path),
@@ -243,7 +251,10 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
             flush=True,
         )
     model = model.to(device)
-    freeze_bn = settings.freeze_backbone_bn and (settings.pretrained_backbone or settings.segmentation_pretrained)
+    starts_trained = (
+        settings.pretrained_backbone or settings.segmentation_pretrained or starts_from_trained_weights(settings)
+    )
+    freeze_bn = settings.freeze_backbone_bn and starts_trained
     optimizer, scheduler = make_optimizer(model, settings)
     describe = {
         **model.describe(),
@@ -255,7 +266,14 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         "weakly_supervised": weakly,
         "not_weakly_supervised_because": reasons,
         # only when set, so checkpoints written before the setting existed still resume
-        **({"init_checkpoint": initial_description["checkpoint"]} if initial is not None else {}),
+        **(
+            {
+                "init_checkpoint": initial_description["checkpoint"],
+                "init_checkpoint_sha1": provenance.file_digest(cfg.path(settings.init_checkpoint)),
+            }
+            if initial is not None
+            else {}
+        ),
         **({"backbone_from_classifier": True} if settings.backbone_from_classifier else {}),
     }
     summary = {

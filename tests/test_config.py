@@ -383,10 +383,15 @@ def test_auto_precision_is_resolved_once_at_validation(native, monkeypatch):
     assert validate(build_config("demo", ["runtime.device=cpu", "runtime.precision=fp32"])).runtime.precision == "fp32"
 
 
-def test_frozen_stride_needs_pretrained_weights_to_keep():
+def test_frozen_stride_needs_pretrained_weights_to_keep(tmp_path):
     validate(build_config("demo", ["deeplab.frozen_stride=8"]))
     with pytest.raises(ConfigError, match="deeplab.frozen_stride 8 .* deeplab.pretrained_backbone is off"):
         validate(build_config("demo", ["deeplab.frozen_stride=8", "deeplab.pretrained_backbone=false"]))
+    # a trained DeepLab to start from gives the early layers weights worth keeping, ImageNet's or not
+    start = tmp_path / "start.pt"
+    start.write_bytes(b"checked by TRAIN_DEEPLAB")
+    overrides = ["deeplab.frozen_stride=8", "deeplab.pretrained_backbone=false", f"deeplab.init_checkpoint={start}"]
+    validate(build_config("demo", overrides))
     with pytest.raises(ConfigError, match="deeplab.frozen_stride"):
         validate(build_config("demo", ["deeplab.frozen_stride=16"]))  # 4 or 8 (or 0)
 

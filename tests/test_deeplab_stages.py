@@ -162,6 +162,7 @@ def test_init_checkpoint_starts_from_a_trained_deeplab_and_carries_its_supervisi
     summary, state = tuned("tuned", **{"deeplab.init_checkpoint": str(base_path)})
     assert parameters_close(state)  # one step at a negligible rate from the base's weights
     assert state["step"] == 1 and state["extra"]["init_checkpoint"] == str(base_path)
+    assert state["extra"]["init_checkpoint_sha1"] == provenance.file_digest(base_path)
     # the base saw 3 real masks: so did everything fine-tuned from it
     assert summary["weakly_supervised"] is False
     report = json.loads((Layout(cfg).run_dir("train_deeplab") / "labels.json").read_text())
@@ -177,11 +178,24 @@ def test_init_checkpoint_starts_from_a_trained_deeplab_and_carries_its_supervisi
     ):
         tuned("other", **{"deeplab.init_checkpoint": str(base_path)})
     cfg.deeplab.output_stride = 16
+    # the same start at another path (a moved bench folder) resumes: the check compares the bytes
+    moved_start = tmp_path / "moved_start.pt"
+    moved_start.write_bytes(base_path.read_bytes())
+    summary, state = tuned("tuned", **{"deeplab.init_checkpoint": str(moved_start), "deeplab.steps": 2})
+    assert state["step"] == 2 and state["extra"]["init_checkpoint"] == str(moved_start)
     # a network fine-tuned from one start is not resumed from another
     other_start = tmp_path / "other_start.pt"
-    other_start.write_bytes(base_path.read_bytes())
-    with pytest.raises(ValueError, match="init_checkpoint.*runtime.overwrite"):
-        tuned("tuned", **{"deeplab.init_checkpoint": str(other_start), "deeplab.steps": 2})
+    other = torch.load(base_path, weights_only=False)
+    other["model"] = {name: tensor + 1 if tensor.is_floating_point() else tensor for name, tensor in base.items()}
+    torch.save(other, other_start)
+    with pytest.raises(ValueError, match="init_checkpoint_sha1.*runtime.overwrite"):
+        tuned("tuned", **{"deeplab.init_checkpoint": str(other_start), "deeplab.steps": 3})
+    # ImageNet's weights would be replaced at once: not loaded, so no file or download is needed
+    cfg.deeplab.weights_path = str(tmp_path / "no_such_imagenet_file.pth")
+    summary, state = tuned(
+        "offline", **{"deeplab.init_checkpoint": str(base_path), "deeplab.pretrained_backbone": True}
+    )
+    assert parameters_close(state) and state["extra"]["pretrained_backbone"] is True
 
 
 def test_backbone_from_classifier_starts_from_the_trained_classifier(voc_cfg):
