@@ -922,13 +922,17 @@ def validate(cfg: Config, stages: typing.Iterable[str] = ()) -> Config:
     band = cfg.guide.uncertain_saliency
     if band and not (len(band) == 2 and band[0] < band[1]):
         problems.append(f"guide.uncertain_saliency: {band} is not [low, high] with low < high (or [] for off)")
-    trained_start = (
-        cfg.deeplab.pretrained_backbone
-        or cfg.deeplab.segmentation_pretrained
-        or cfg.deeplab.init_checkpoint
-        or cfg.deeplab.backbone_from_classifier
-    )
-    if cfg.deeplab.frozen_stride and not trained_start:
+    # the settings that give DeepLab trained starting weights other than ImageNet's
+    starts = [
+        key
+        for key, chosen in (
+            ("deeplab.backbone_from_classifier", cfg.deeplab.backbone_from_classifier),
+            ("deeplab.init_checkpoint", bool(cfg.deeplab.init_checkpoint)),
+            ("deeplab.segmentation_pretrained", cfg.deeplab.segmentation_pretrained),
+        )
+        if chosen
+    ]
+    if cfg.deeplab.frozen_stride and not (cfg.deeplab.pretrained_backbone or starts):
         problems.append(
             f"deeplab.frozen_stride {cfg.deeplab.frozen_stride} keeps the early layers' starting weights, "
             f"but deeplab.pretrained_backbone is off and nothing else gives trained ones: they would stay "
@@ -940,15 +944,6 @@ def validate(cfg: Config, stages: typing.Iterable[str] = ()) -> Config:
                 f"deeplab.backbone_from_classifier: classifier.backbone is {cfg.classifier.backbone}, "
                 f"deeplab.backbone {cfg.deeplab.backbone}; they must be the same backbone"
             )
-    starts = [
-        key
-        for key, chosen in (
-            ("deeplab.backbone_from_classifier", cfg.deeplab.backbone_from_classifier),
-            ("deeplab.init_checkpoint", bool(cfg.deeplab.init_checkpoint)),
-            ("deeplab.segmentation_pretrained", cfg.deeplab.segmentation_pretrained),
-        )
-        if chosen
-    ]
     if len(starts) > 1:
         problems.append(f"{' and '.join(starts)} each give DeepLab's starting weights; set one of them")
     if len(set(cfg.class_names)) != len(cfg.class_names):
