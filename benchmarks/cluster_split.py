@@ -143,7 +143,6 @@ def write_labels(base_cfg, target_cfg, seed: int = 0) -> dict:
     shared_ids = [i for i in image_set.ids if len(image_set.class_ids(i)) >= 2]
     samples: dict[tuple, list] = {}
     current: dict = {}
-    crf_split = rules.split_region
 
     def collect(image, region, box, class_ids, cams, params):
         window = rules.crf_window(box, params.crf_margin, region.shape)
@@ -152,7 +151,7 @@ def write_labels(base_cfg, target_cfg, seed: int = 0) -> dict:
         pixels = current["features"][window][inside]
         keep = rng.choice(len(pixels), min(len(pixels), PIXELS_PER_REGION), replace=False)
         samples.setdefault(tuple(class_ids), []).append((pixels[keep], shares[:, keep]))
-        return crf_split(image, region, box, class_ids, cams, params)
+        return rules.split_region(image, region, box, class_ids, cams, params)
 
     def cluster_split(image, region, box, class_ids, cams, params):
         window = rules.crf_window(box, params.crf_margin, region.shape)
@@ -162,30 +161,24 @@ def write_labels(base_cfg, target_cfg, seed: int = 0) -> dict:
         labels[inside] = np.asarray(class_ids, np.uint8)[chosen]
         return window, labels
 
-    try:
-        rules.split_region = collect
-        for image_id in shared_ids:
-            inputs_of_image = make_guide.read_inputs(layout, image_set, image_id)
+    for image_id in shared_ids:
+        inputs_of_image = make_guide.read_inputs(layout, image_set, image_id)
+        current["features"] = features_of(inputs_of_image["image"])
+        rules.make_pseudo_label(**inputs_of_image, params=params, split=collect)
+    namers = {
+        classes: fit_namers(np.concatenate([p for p, _ in parts]), np.concatenate([s for _, s in parts], 1), seed=seed)
+        for classes, parts in samples.items()
+    }
+    scores = Scores(image_set.class_names)
+    for image_id in image_set.ids:
+        inputs_of_image = make_guide.read_inputs(layout, image_set, image_id)
+        split = None
+        if image_id in shared_ids:
             current["features"] = features_of(inputs_of_image["image"])
-            rules.make_pseudo_label(**inputs_of_image, params=params)
-        namers = {
-            classes: fit_namers(
-                np.concatenate([p for p, _ in parts]), np.concatenate([s for _, s in parts], 1), seed=seed
-            )
-            for classes, parts in samples.items()
-        }
-        scores = Scores(image_set.class_names)
-        for image_id in image_set.ids:
-            inputs_of_image = make_guide.read_inputs(layout, image_set, image_id)
-            rules.split_region = crf_split
-            if image_id in shared_ids:
-                current["features"] = features_of(inputs_of_image["image"])
-                rules.split_region = cluster_split
-            label = rules.make_pseudo_label(**inputs_of_image, params=params)
-            files.write_label_png(target.pseudo_label(image_id), label)
-            scores.update(label, image_set.mask(image_id) if image_set.has_mask(image_id) else None)
-    finally:
-        rules.split_region = crf_split
+            split = cluster_split
+        label = rules.make_pseudo_label(**inputs_of_image, params=params, split=split)
+        files.write_label_png(target.pseudo_label(image_id), label)
+        scores.update(label, image_set.mask(image_id) if image_set.has_mask(image_id) else None)
     provenance.record_made_elsewhere(target_cfg, "create_guide", inputs)
     return scores.result()
 

@@ -206,6 +206,7 @@ def make_pseudo_label(
     class_masks: dict[int, np.ndarray],
     cams: dict[int, np.ndarray],
     params: GuideParams,
+    split=None,
 ) -> np.ndarray:
     """The pseudo label (H, W) uint8 of one image: 0 background, class ids, 255 ignore.
 
@@ -217,13 +218,15 @@ def make_pseudo_label(
         cams: class id -> CAM (H, W) float in [0, 1] at the image's size; every class of
             ``class_masks`` needs one.
         params: the rule and its settings.
+        split: how the region rule splits a region shared by several classes, with the arguments
+            and result of :func:`split_region` (the default, the dense CRF); comparisons pass others.
     """
     _check_inputs(image, saliency_prob, class_masks, cams)
     salient = saliency_prob >= params.saliency_threshold
     if params.rule == "pixel":
         label = pixel_rule(salient, cams, params.cam_threshold)
     else:
-        label = region_rule(image, salient, class_masks, cams, params)
+        label = region_rule(image, salient, class_masks, cams, params, split or split_region)
     if params.uncertain_saliency:
         low, high = params.uncertain_saliency
         label[(saliency_prob >= low) & (saliency_prob < high)] = IGNORE
@@ -270,8 +273,10 @@ def region_rule(
     class_masks: dict[int, np.ndarray],
     cams: dict[int, np.ndarray],
     params: GuideParams,
+    split=split_region,
 ) -> np.ndarray:
-    """The region rule (module docstring) on a binary saliency mask."""
+    """The region rule (module docstring) on a binary saliency mask; ``split`` as in
+    :func:`make_pseudo_label`."""
     height, width = salient.shape
     plan = plan_regions(salient, class_masks, params)
     saliency_regions, class_ids, overlapping = plan.saliency_regions, plan.class_ids, plan.overlapping
@@ -293,7 +298,7 @@ def region_rule(
         x, y, w, h = saliency_regions.boxes[index]
         region = np.zeros((height, width), bool)
         region[y : y + h, x : x + w] = saliency_regions.labels[y : y + h, x : x + w] == region_number
-        window, window_labels = split_region(image, region, saliency_regions.boxes[index], shared_classes, cams, params)
+        window, window_labels = split(image, region, saliency_regions.boxes[index], shared_classes, cams, params)
         inside = region[window]
         label[window][inside] = window_labels[inside]
 

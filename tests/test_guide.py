@@ -93,6 +93,28 @@ def test_the_crf_writes_only_the_regions_pixels():
     assert (label[8:24, 20:50] == 0).all()  # inside the box, outside the region
 
 
+def test_a_shared_region_is_split_by_the_split_passed_in_and_only_it():
+    # the split the comparisons pass (benchmarks/cluster_split.py) replaces the CRF for shared
+    # regions only; single-class regions and the rest of the image keep the rule
+    image, saliency, masks, cams = red_blue_case()
+    lone = rect(34, 39, 52, 59)
+    saliency[lone] = 0.9
+    masks[3], cams[3] = lone, lone.astype(np.float32)
+    calls = []
+
+    def all_second_class(image, region, box, class_ids, cams, params):
+        calls.append(list(class_ids))
+        return (slice(0, H), slice(0, W)), np.full((H, W), class_ids[1], np.uint8)
+
+    label = make_pseudo_label(image, saliency, masks, cams, GuideParams(), split=all_second_class)
+    assert calls == [[1, 2]]
+    assert (label[8:32, 10:50] == 2).all()
+    assert (label[lone] == 3).all()
+    default = make_pseudo_label(image, saliency, masks, cams, GuideParams())
+    assert set(np.unique(default[8:32, 10:50]).tolist()) == {1, 2}
+    assert (label[(saliency < 0.5)] == default[(saliency < 0.5)]).all()
+
+
 @pytest.mark.parametrize("background_channel", [False, True])
 def test_crf_background_channel(background_channel):
     # the salient rectangle overshoots the two objects into grey surroundings where no CAM fires:
