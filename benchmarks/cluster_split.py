@@ -26,11 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import datasets  # noqa: E402
 from common import files, provenance  # noqa: E402
+from common.backbone_parts import to_tensor  # noqa: E402
 from common.layout import Layout  # noqa: E402
 from common.stages import BY_NAME  # noqa: E402
 
@@ -101,24 +104,16 @@ class FeatureMaps:
     """The classifier's features at its CAM layer, L2-normalised per pixel, resized to an image."""
 
     def __init__(self, cfg, class_names: list[str]) -> None:
-        import torch
-
+        from attention.gradcam import find_layer
         from classifier import load_trained
 
-        self.torch = torch
         self.model = load_trained(cfg, class_names, torch.device("cpu"))
-        layer = cfg.attention.target_layer or self.model.default_target_layer
+        layer = find_layer(self.model, cfg.attention.target_layer or self.model.default_target_layer)
         self.tapped = {}
-        dict(self.model.named_modules())[layer].register_forward_hook(
-            lambda module, inputs, output: self.tapped.__setitem__("maps", output.detach())
-        )
+        layer.register_forward_hook(lambda module, inputs, output: self.tapped.__setitem__("maps", output.detach()))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        import torch.nn.functional as F
-
-        from common.backbone_parts import to_tensor
-
-        with self.torch.no_grad():
+        with torch.no_grad():
             self.model(to_tensor(image, self.model.mean, self.model.std)[None])
             maps = self.tapped["maps"].float()
             maps = F.interpolate(maps, size=image.shape[:2], mode="bilinear", align_corners=False)
@@ -151,7 +146,8 @@ def write_labels(base_cfg, target_cfg, seed: int = 0) -> dict:
         pixels = current["features"][window][inside]
         keep = rng.choice(len(pixels), min(len(pixels), PIXELS_PER_REGION), replace=False)
         samples.setdefault(tuple(class_ids), []).append((pixels[keep], shares[:, keep]))
-        return rules.split_region(image, region, box, class_ids, cams, params)
+        # this pass only gathers pixels; its labels are thrown away, so no CRF runs for them
+        return window, np.zeros(inside.shape, np.uint8)
 
     def cluster_split(image, region, box, class_ids, cams, params):
         window = rules.crf_window(box, params.crf_margin, region.shape)
