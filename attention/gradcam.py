@@ -19,18 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.errors import InputError
-
-
-def find_layer(model: nn.Module, name: str) -> nn.Module:
-    modules = dict(model.named_modules())
-    if name not in modules:
-        candidates = [n for n in modules if n][-8:]
-        raise InputError(
-            f"attention.target_layer {name!r} is not a module of the classifier "
-            f"(last module names: {', '.join(candidates)})"
-        )
-    return modules[name]
+from classifier import find_layer
 
 
 class GradCam:

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import config as config_module  # noqa: E402
 import datasets  # noqa: E402
-from attention.gradcam import GradCam, find_layer, normalise_maps, per_class_grad_cam  # noqa: E402
+from attention.gradcam import GradCam, normalise_maps, per_class_grad_cam  # noqa: E402
 from attention.make_cam import same_size_batches  # noqa: E402
-from classifier import load_trained  # noqa: E402
+from classifier import find_layer, load_trained  # noqa: E402
 from classifier.data import to_tensor  # noqa: E402
 
 

@@ -1,8 +1,10 @@
-"""The multi-label classifier (TRAIN_SEED). Other stages use it only through :func:`load_trained`."""
+"""The multi-label classifier (TRAIN_SEED). Other stages use it only through :func:`load_trained`
+and :func:`find_layer`."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
 from classifier.models import MultiLabelClassifier, build_classifier
 from common.errors import InputError
@@ -36,4 +38,17 @@ def load_trained(cfg, class_names: list[str], device: torch.device) -> MultiLabe
     return model.to(device).eval()
 
 
-__all__ = ["MultiLabelClassifier", "build_classifier", "load_trained"]
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """The module ``name`` of ``model`` (the CAM layer: ``attention.target_layer``, or the model's
+    ``default_target_layer`` when that is empty), with a clear error naming the setting."""
+    modules = dict(model.named_modules())
+    if name not in modules:
+        candidates = [n for n in modules if n][-8:]
+        raise InputError(
+            f"attention.target_layer {name!r} is not a module of the classifier "
+            f"(last module names: {', '.join(candidates)})"
+        )
+    return modules[name]
+
+
+__all__ = ["MultiLabelClassifier", "build_classifier", "find_layer", "load_trained"]
