@@ -345,6 +345,31 @@ class GuideConfig:
         "the dense CRF that splits a saliency region shared by several classes (unaries: -log of normalised CAMs)",
     )
     crf_margin: int = setting(16, "pixels around a region's bounding box given to the CRF", **COUNT)
+    # on MSRC the CAMs of face and body are nearly equal per pixel, so the CRF's choice between them
+    # is close to a coin toss; clusters named by thousands of pixels' CAMs told them apart (face
+    # 0.63 -> 0.77, body 0.48 -> 0.61 in the pseudo labels; docs/RESULTS.md, docs/guide.md)
+    split: str = setting(
+        "crf",
+        "how a saliency region shared by several classes is split: crf (the original: a dense CRF on "
+        "the CAMs) | clusters (k-means clusters of the classifier's CAM-layer features over every "
+        "shared region of the split, each cluster named by its pixels' mean CAM shares; reads TRAIN_SEED's network)",
+        choices=("crf", "clusters"),
+    )
+    cluster_counts: list[int] = setting(
+        [8, 16, 32],
+        "guide.split clusters: k-means models, one per cluster count; a pixel sums their votes",
+        nonempty=True,
+        each_positive=True,
+    )
+    cluster_pixels_per_region: int = setting(
+        4000, "guide.split clusters: pixels of one shared region sampled to fit and name the clusters", positive=True
+    )
+    cluster_pixels_per_set: int = setting(
+        200000,
+        "guide.split clusters: most pixels kept per set of classes (a uniform sample; memory: this x the "
+        "CAM layer's channels x 2 bytes per set)",
+        positive=True,
+    )
     uncertain_saliency: list[float] = setting(
         [],
         "[low, high]: pixels whose saliency probability is in [low, high) are ignore (255) in the "
@@ -524,6 +549,10 @@ ADDED = {
     "deeplab.init_checkpoint": "",
     "deeplab.backbone_from_classifier": False,
     "eval.checkpoint": "best",
+    "guide.split": "crf",
+    "guide.cluster_counts": [8, 16, 32],
+    "guide.cluster_pixels_per_region": 4000,
+    "guide.cluster_pixels_per_set": 200000,
 }
 
 
@@ -919,6 +948,11 @@ def validate(cfg: Config, stages: typing.Iterable[str] = ()) -> Config:
         sub = getattr(cfg, section)
         if not 0 < sub.scale_min <= sub.scale_max:
             problems.append(f"{section}.scale_min/scale_max: need 0 < scale_min <= scale_max")
+    if cfg.guide.split == "clusters" and cfg.guide.rule != "region":
+        problems.append(
+            f"guide.split clusters splits the regions of the region rule; guide.rule is {cfg.guide.rule} "
+            "(set guide.rule region or guide.split crf)"
+        )
     band = cfg.guide.uncertain_saliency
     if band and not (len(band) == 2 and band[0] < band[1]):
         problems.append(f"guide.uncertain_saliency: {band} is not [low, high] with low < high (or [] for off)")

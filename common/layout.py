@@ -8,6 +8,7 @@ stages exchange through tmp/.
     tmp/attention/masks/<id>_c<NN>.png    binary class mask (0/255) of class id NN, image size
     tmp/guide/labels/<id>.png             pseudo label, VOC palette PNG (0 bg, 1..C, 255 ignore)
     tmp/guide/previews/<id>.jpg           image | saliency | CAMs | guide | ground truth
+    tmp/guide/clusters_<split>.npz        guide.split clusters: the split's k-means models (guide/clusters.py)
     tmp/deeplab/predictions/<id>.png      DeepLab prediction, VOC palette PNG
     tmp/deeplab/overlays/<id>.jpg         image | ground truth | prediction
     checkpoints/<stage>/{best,last}.pt    trained networks; last.pt holds the full training state
@@ -147,6 +148,9 @@ class Layout:
 
     def guide_preview(self, image_id: str) -> Path:
         return self.folder("guide") / "previews" / f"{check_id(image_id)}.jpg"
+
+    def cluster_models(self, split: str) -> Path:
+        return self.folder("guide") / f"clusters_{check_id(split)}.npz"
 
     # ---- deeplab
     def prediction(self, image_id: str) -> Path:

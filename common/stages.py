@@ -101,7 +101,10 @@ STAGES: tuple[Stage, ...] = (
         tmp_folder="guide",
         depends_on=("guide", "saliency.threshold", "attention.threshold"),
         ignores=("guide.workers", "guide.previews"),
-        upstream=lambda cfg: ("create_saliency", "create_attention"),
+        # guide.split clusters reads the classifier's features
+        upstream=lambda cfg: (
+            ("create_saliency", "create_attention") + (("train_seed",) if cfg.guide.split == "clusters" else ())
+        ),
         table=(("mIoU", "pseudo-label mIoU (train)"),),
     ),
     Stage(

@@ -21,6 +21,7 @@ import datasets
 from common import board, distributed, files, metrics, pool, work
 from common.errors import InputError
 from common.layout import Layout
+from guide import clusters
 from guide.rules import IGNORE, GuideParams, make_pseudo_label
 
 STAGE = "create_guide"
@@ -81,28 +82,36 @@ def read_inputs(layout: Layout, image_set, image_id: str, saliency: np.ndarray |
 _state: dict = {}
 
 
-def _init_worker(cfg, split: str, params: GuideParams) -> None:
-    _state.update(layout=Layout(cfg), image_set=datasets.build(cfg, split), params=params)
+def _init_worker(cfg, split: str, params: GuideParams, cluster_models: dict | None = None) -> None:
+    image_set = datasets.build(cfg, split)
+    shared_region_split = None
+    if cluster_models is not None:
+        shared_region_split = clusters.ClusterSplit(cfg, image_set.class_names, cluster_models)
+    _state.update(layout=Layout(cfg), image_set=image_set, params=params, split=shared_region_split)
 
 
 def _label_one(image_id: str) -> tuple[str, np.ndarray]:
     inputs = read_inputs(_state["layout"], _state["image_set"], image_id)
-    return image_id, make_pseudo_label(**inputs, params=_state["params"])
+    return image_id, make_pseudo_label(**inputs, params=_state["params"], split=_state["split"])
 
 
 def compute_pseudo_labels(
-    cfg, split: str, ids: list[str], params: GuideParams, workers: int
+    cfg, split: str, ids: list[str], params: GuideParams, workers: int, cluster_models: dict | None = None
 ) -> Iterator[tuple[str, np.ndarray]]:
     """``(id, pseudo label)`` for every id of ``split``, in completion order, from a pool of
-    ``workers`` processes (in this process when 1). Nothing is written; see :func:`run`."""
+    ``workers`` processes (in this process when 1). ``cluster_models``: those of
+    :func:`fit_cluster_models` (guide.split clusters), else shared regions go to the dense CRF.
+    Nothing is written; see :func:`run`."""
     if not ids:
         return
     if workers <= 1 or len(ids) == 1:
-        _init_worker(cfg, split, params)
+        _init_worker(cfg, split, params, cluster_models)
         for image_id in ids:
             yield _label_one(image_id)
         return
-    executor = pool.executor(min(workers, len(ids)), initializer=_init_worker, initargs=(cfg, split, params))
+    executor = pool.executor(
+        min(workers, len(ids)), initializer=_init_worker, initargs=(cfg, split, params, cluster_models)
+    )
     try:
         futures = [executor.submit(_label_one, image_id) for image_id in ids]
         for future in as_completed(futures):
@@ -112,12 +121,30 @@ def compute_pseudo_labels(
         executor.shutdown(wait=True, cancel_futures=True)
 
 
-def write_pseudo_labels(cfg, split: str, ids: list[str], params: GuideParams, workers: int) -> None:
+def write_pseudo_labels(
+    cfg, split: str, ids: list[str], params: GuideParams, workers: int, cluster_models: dict | None = None
+) -> None:
     """Compute and store (atomically, through the layout) the pseudo labels of ``ids``."""
     layout = Layout(cfg)
-    labels = compute_pseudo_labels(cfg, split, ids, params, workers)
+    labels = compute_pseudo_labels(cfg, split, ids, params, workers, cluster_models)
     for image_id, label in tqdm(labels, total=len(ids), desc=f"guide {split}"):
         files.write_label_png(layout.pseudo_label(image_id), label)
+
+
+def fit_cluster_models(cfg, image_set, params: GuideParams) -> dict:
+    """guide.split clusters: the k-means models of ``image_set``'s shared regions (guide/clusters.py),
+    fitted by rank 0 and kept in tmp/guide (refitted under runtime.overwrite), so every process and
+    every resumed run labels with the same models."""
+    layout = Layout(cfg)
+    path = layout.cluster_models(image_set.split)
+    if distributed.is_main() and (cfg.runtime.overwrite or not path.exists()):
+        models = clusters.gather_and_fit(cfg, image_set, lambda i: read_inputs(layout, image_set, i), params)
+        clusters.save_namers(path, models)
+        print(
+            f"{image_set.split}: shared regions split by clusters of {len(models)} class sets (models kept in {path})"
+        )
+    distributed.barrier()
+    return clusters.load_namers(path)
 
 
 # ---- scoring and pictures
@@ -232,9 +259,16 @@ def run(cfg) -> dict:
         todo = work.pending(work.shard(image_set.ids), lambda i: layout.pseudo_label(i).exists(), cfg.runtime.overwrite)
         print(
             f"{split}: {len(image_set) - len(todo)} pseudo labels done before or by other processes, "
-            f"{len(todo)} to do here (rule {params.rule}, {cfg.guide.workers} workers)"
+            f"{len(todo)} to do here (rule {params.rule}, shared regions split by {cfg.guide.split}, "
+            f"{cfg.guide.workers} workers)"
         )
-        write_pseudo_labels(cfg, split, todo, params, cfg.guide.workers)
+        cluster_models = None
+        # every process decides alike (the whole split, not its shard), as fitting waits for all
+        if cfg.guide.split == "clusters" and work.pending(
+            image_set.ids, lambda i: layout.pseudo_label(i).exists(), cfg.runtime.overwrite
+        ):
+            cluster_models = fit_cluster_models(cfg, image_set, params)
+        write_pseudo_labels(cfg, split, todo, params, cfg.guide.workers, cluster_models)
     split_scores = {
         split: merged_scores(score_split(layout, image_set, work.shard(image_set.ids)))
         for split, image_set in image_sets.items()

@@ -14,7 +14,9 @@ import datasets
 from attention.make_cam import storage_size
 from common import files, metrics
 from common.layout import Layout
-from guide import make_guide
+from common.stages import BY_NAME
+from config import ConfigError
+from guide import clusters, make_guide
 from guide.rules import IGNORE, GuideParams
 
 H, W = 48, 64
@@ -248,3 +250,72 @@ def test_cam_file_of_other_classes_is_refused(voc_cfg):
     layout.write_cams("single", [1], np.zeros((1, *storage_size((H, W), STRIDE)), np.float32), (H, W))
     with pytest.raises(ValueError, match="CREATE_ATTENTION"):
         make_guide.run(cfg)
+
+
+# ---- guide.split clusters (guide/clusters.py)
+def write_classifier(cfg) -> None:
+    from classifier.models import build_classifier
+    from common.checkpoint import save_training_state
+
+    torch.manual_seed(0)
+    class_names = datasets.build(cfg, "train").class_names
+    model = build_classifier(backbone="efficientnet_lite0", num_classes=len(class_names), pretrained=False)
+    save_training_state(
+        Layout(cfg).checkpoint("classifier", "best"),
+        model=model,
+        extra={**model.describe(), "class_names": class_names},
+    )
+
+
+CLUSTERS = {"guide.split": "clusters", "guide.workers": 1, "classifier.backbone": "efficientnet_lite0"}
+
+
+def test_the_stage_splits_shared_regions_by_clusters_and_keeps_its_models(voc_cfg, monkeypatch):
+    cfg = voc_cfg(**CLUSTERS)
+    with pytest.raises(FileNotFoundError, match="TRAIN_SEED"):
+        make_guide.run(cfg)
+    write_classifier(cfg)
+    summary = make_guide.run(cfg)
+    labels = stored_labels(cfg)
+    pair = labels["pair"][12:36, 8:54]
+    left, right = labels["pair"][12:36, 8:28], labels["pair"][12:36, 32:54]
+    assert (left == 1).mean() > 0.9 and (right == 2).mean() > 0.9
+    assert set(np.unique(pair).tolist()) <= {1, 2}
+    assert (labels["single"][14:34, 22:42] == 3).all()
+    assert summary["mIoU"] > 0.8
+    layout = Layout(cfg)
+    path = layout.cluster_models("train")
+    models = clusters.load_namers(path)
+    assert list(models) == [(1, 2)] and len(models[(1, 2)]) == len(cfg.guide.cluster_counts)
+
+    # a resumed run labels with the kept models: no refit, the same label
+    def no_refit(*args, **kwargs):
+        raise AssertionError("refitted")
+
+    monkeypatch.setattr(clusters, "gather_and_fit", no_refit)
+    layout.pseudo_label("pair").unlink()
+    make_guide.run(cfg)
+    assert np.array_equal(stored_labels(cfg)["pair"], labels["pair"])
+
+
+def test_pool_and_one_process_give_the_same_cluster_labels(voc_cfg):
+    cfg = voc_cfg(**{**CLUSTERS, "guide.workers": 2})
+    write_classifier(cfg)
+    make_guide.run(cfg)
+    pooled = stored_labels(cfg)
+    models = clusters.load_namers(Layout(cfg).cluster_models("train"))
+    params = GuideParams.from_config(cfg)
+    in_process = dict(make_guide.compute_pseudo_labels(cfg, "train", list(SCENES), params, 1, models))
+    assert all(np.array_equal(pooled[i], in_process[i]) for i in SCENES)
+
+
+def test_only_the_cluster_split_reads_the_classifier(voc_cfg):
+    # the record's inputs then hold the trained classifier's digest: a retrained one redoes the guide
+    stage = BY_NAME["create_guide"]
+    assert "train_seed" not in stage.upstream(voc_cfg(**{"guide.workers": 1}))
+    assert "train_seed" in stage.upstream(voc_cfg(**CLUSTERS))
+
+
+def test_the_cluster_split_needs_the_region_rule(make_cfg):
+    with pytest.raises(ConfigError, match="guide.split clusters.*guide.rule is pixel"):
+        make_cfg("demo", **{"guide.split": "clusters", "guide.rule": "pixel"})
