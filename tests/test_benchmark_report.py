@@ -126,9 +126,11 @@ def test_speed_rows_and_time_limit():
     assert _row(report, "| stored CAMs").endswith("| <= 0.1 | holds |")
     total = _row(report, "Whole benchmark")
     assert "95.0 min" in total and "resumed" in total and total.endswith("MISSED.")
-    # the parts' own wall times (600 + 300 + 45 + 10 + 10 + 2 x 400 + 5 x 10 + 120 s) are summed beside it
-    assert "add up to **32.2 min**" in total
+    # the parts' own wall times (600 + 300 + 45 + 10 + 10 + 2 x 400 + 4 x 10 + 120 s; not the default guide row, which is the base run) are summed beside it
+    assert "add up to **32.1 min**" in total
     assert "| train_deeplab, gt_percentage 100 | 400 |" in report
+    first, second = list(msrc.ABLATIONS)[:2]
+    assert f"| guide ablation: {first} |" not in report and f"| guide ablation: {second} | 10 |" in report
     assert "| 0.2 (default, best on MSRC train) |" in report and "| 0.5 (original) |" in report
     assert "| 0.1 | 0.610 |" in report
     assert "were reused" in report
@@ -140,7 +142,7 @@ def test_a_resumed_benchmark_is_judged_on_its_parts_when_they_took_longer_than_t
     results = _results(0.58, 0.64, 6.0, 10, resumed=True)
     results["base"]["train_saliency"]["seconds"] = 6000.0
     total = _row(msrc.markdown(results), "Whole benchmark")
-    assert "**10.0 min** in this process" in total and "add up to **122.2 min**" in total
+    assert "**10.0 min** in this process" in total and "add up to **122.1 min**" in total
     assert total.endswith("MISSED.")
 
 
