@@ -126,7 +126,8 @@ def test_speed_rows_and_time_limit():
     assert _row(report, "| stored CAMs").endswith("| <= 0.1 | holds |")
     total = _row(report, "Whole benchmark")
     assert "95.0 min" in total and "resumed" in total and total.endswith("MISSED.")
-    # the parts' own wall times (600 + 300 + 45 + 10 + 10 + 2 x 400 + 4 x 10 + 120 s; not the default guide row, which is the base run) are summed beside it
+    # the parts' own wall times (600 + 300 + 45 + 10 + 10 + 2 x 400 + 4 x 10 + 120 s) are summed beside
+    # it; not the default guide row, which is the base run
     assert "add up to **32.1 min**" in total
     assert "| train_deeplab, gt_percentage 100 | 400 |" in report
     first, second = list(msrc.ABLATIONS)[:2]
