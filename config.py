@@ -347,7 +347,7 @@ class GuideConfig:
     crf_margin: int = setting(16, "pixels around a region's bounding box given to the CRF", **COUNT)
     # on MSRC the CAMs of face and body are nearly equal per pixel, so the CRF's choice between them
     # is close to a coin toss; clusters named by thousands of pixels' CAMs told them apart (face
-    # 0.63 -> 0.77, body 0.48 -> 0.61 in the pseudo labels; docs/RESULTS.md, docs/guide.md)
+    # 0.63 -> 0.75, body 0.48 -> 0.60 in the pseudo labels; docs/RESULTS.md, docs/guide.md)
     split: str = setting(
         "crf",
         "how a saliency region shared by several classes is split: crf (the original: a dense CRF on "
@@ -627,8 +627,8 @@ def _msrc(cfg: Config) -> None:
     cfg.guide.min_saliency_area = 0.002
     # face and body share their saliency regions and have nearly equal CAMs; clusters of the
     # classifier's features named by their pixels' CAMs told them apart: pseudo labels 0.775 ->
-    # 0.792 (face 0.63 -> 0.78, body 0.48 -> 0.61) and DeepLab 0.765 -> 0.792 over two seeds on
-    # MSRC val (docs/RESULTS.md, docs/BENCHMARKS.md)
+    # 0.790 (face 0.63 -> 0.75, body 0.48 -> 0.60) and DeepLab 0.765 -> 0.785 over two seeds on
+    # MSRC val, +0.018 / +0.024 seed by seed (docs/RESULTS.md, docs/BENCHMARKS.md)
     cfg.guide.split = "clusters"
     cfg.deeplab.crop_size = 224
     # the stem and blocks 0-2 keep their ImageNet weights: on MSRC val, seeds 0 and 1, DeepLab on
