@@ -6,6 +6,8 @@ the raw CAM of every ground-truth class, and writes a VOC-palette PNG (0 backgro
 skipped on a rerun unless ``runtime.overwrite``. Where ground truth exists the stage scores every
 requested pseudo label, also ones from earlier runs (read back from disk, so a rerun reports the
 same numbers): mIoU, per-class precision and recall, and the fraction of pixels left as ignore.
+With ``guide.split = "clusters"`` a first pass, before the pool, fits the k-means models that
+split shared regions (guide/clusters.py), reading TRAIN_SEED's network.
 """
 
 from __future__ import annotations
