@@ -38,12 +38,22 @@ FIT_PIXELS = 60000
 
 def nearest(points: np.ndarray, centers: np.ndarray, chunk: int = 20000) -> np.ndarray:
     """Index of the nearest center (squared Euclidean) of every row of ``points``."""
-    center_norms = (centers.astype(np.float32) ** 2).sum(1)
-    out = np.empty(len(points), np.int64)
+    return _assign(points, centers, chunk=chunk)[0]
+
+
+def _assign(points: np.ndarray, centers: np.ndarray, norms: np.ndarray | None = None, chunk: int = 20000):
+    """Nearest center of each point, and (given the points' squared ``norms``) the squared distance
+    to it, else None; in chunks of ``chunk`` points so a chunk's distances stay small."""
+    centers = centers.astype(np.float32, copy=False)
+    center_norms = (centers**2).sum(1)
+    nearest_index = np.empty(len(points), np.int64)
+    distance = None if norms is None else np.empty(len(points), np.float32)
     for start in range(0, len(points), chunk):
-        part = points[start : start + chunk].astype(np.float32)
-        out[start : start + chunk] = (center_norms[None] - 2 * part @ centers.T).argmin(1)
-    return out
+        block = center_norms[None] - 2 * points[start : start + chunk].astype(np.float32, copy=False) @ centers.T
+        nearest_index[start : start + chunk] = block.argmin(1)
+        if distance is not None:
+            distance[start : start + chunk] = block.min(1) + norms[start : start + chunk]
+    return nearest_index, None if distance is None else np.maximum(distance, 0)
 
 
 @dataclass
@@ -67,7 +77,7 @@ def kmeans(points: np.ndarray, count: int, seed: int = SEED, attempts: int = 3, 
     for _ in range(attempts):
         centers = _kmeans_plus_plus(points, norms, count, rng)
         for _ in range(iterations):
-            assigned, _ = _assign(points, norms, centers)
+            assigned = nearest(points, centers)
             # per-cluster sums as one matrix product (np.add.at over rows is a slow Python-level loop)
             members = np.zeros((count, len(points)), np.float32)
             members[assigned, np.arange(len(points))] = 1.0
@@ -80,23 +90,11 @@ def kmeans(points: np.ndarray, count: int, seed: int = SEED, attempts: int = 3, 
             centers = moved
             if shift <= 1e-4:
                 break
-        _, distances = _assign(points, norms, centers)
+        _, distances = _assign(points, centers, norms)
         cost = float(distances.sum())
         if cost < best_cost:
             best, best_cost = centers, cost
     return best
-
-
-def _assign(points: np.ndarray, norms: np.ndarray, centers: np.ndarray, chunk: int = 20000):
-    """Nearest center of each point and the squared distance to it."""
-    center_norms = (centers**2).sum(1)
-    nearest_index = np.empty(len(points), np.int64)
-    distance = np.empty(len(points), np.float32)
-    for start in range(0, len(points), chunk):
-        block = center_norms[None] - 2 * points[start : start + chunk] @ centers.T
-        nearest_index[start : start + chunk] = block.argmin(1)
-        distance[start : start + chunk] = block.min(1) + norms[start : start + chunk]
-    return nearest_index, np.maximum(distance, 0)
 
 
 def _kmeans_plus_plus(points: np.ndarray, norms: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -224,28 +222,41 @@ def _image_rng(image_id: str) -> np.random.Generator:
     return np.random.default_rng([SEED, zlib.crc32(image_id.encode())])
 
 
+class _FeaturesOfImage:
+    """The CAM layer's map of the image being labelled: the classifier is loaded at the first call
+    (a split without shared regions never needs it) and the map computed once per image (every
+    shared region of an image is passed the same image array)."""
+
+    def __init__(self, cfg, class_names: list[str]) -> None:
+        self.cfg, self.class_names = cfg, class_names
+        self._features_of = None
+        self._image = self._maps = None
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        if self._features_of is None:
+            self._features_of = FeatureMaps(self.cfg, self.class_names)
+        if image is not self._image:
+            self._image, self._maps = image, self._features_of(image)
+        return self._maps
+
+
 class _Collector:
     """The ``split`` of the gathering pass: samples a shared region's pixels (features and CAM
     shares) into ``samples`` and labels nothing (the pass's labels are thrown away)."""
 
     def __init__(self, cfg, class_names: list[str], samples: Samples) -> None:
-        self.cfg, self.class_names, self.samples = cfg, class_names, samples
-        self._features_of = None
+        self.cfg, self.samples = cfg, samples
+        self._features = _FeaturesOfImage(cfg, class_names)
         self.start("")
 
     def start(self, image_id: str) -> None:
-        self._features = None
         self._rng = _image_rng(image_id)
 
     def __call__(self, image, region, box, class_ids, cams, params):
-        if self._features_of is None:
-            self._features_of = FeatureMaps(self.cfg, self.class_names)
-        if self._features is None:
-            self._features = self._features_of(image)
         window, inside, rows, cols, shares = _region_pixels(region, box, class_ids, cams, params)
         count = min(len(rows), self.cfg.guide.cluster_pixels_per_region)
         keep = self._rng.choice(len(rows), count, replace=False)
-        pixels = FeatureMaps.at(self._features, rows[keep], cols[keep], region.shape)
+        pixels = FeatureMaps.at(self._features(image), rows[keep], cols[keep], region.shape)
         self.samples.add(tuple(class_ids), self._rng.random(count), pixels, shares[:, keep])
         return window, np.zeros(inside.shape, np.uint8)
 
@@ -273,21 +284,16 @@ class ClusterSplit:
     seen while fitting) keeps the dense CRF. Features are computed once per image."""
 
     def __init__(self, cfg, class_names: list[str], namers: dict) -> None:
-        self.cfg, self.class_names, self.namers = cfg, class_names, namers
-        self._features_of = None
-        self._image = self._features = None
+        self.namers = namers
+        self._features = _FeaturesOfImage(cfg, class_names)
 
     def __call__(self, image, region, box, class_ids, cams, params):
         namers = self.namers.get(tuple(class_ids))
         if namers is None:
             return rules.split_region(image, region, box, class_ids, cams, params)
-        if self._features_of is None:
-            self._features_of = FeatureMaps(self.cfg, self.class_names)
-        if image is not self._image:
-            self._image, self._features = image, self._features_of(image)
         window, inside, rows, cols, _ = _region_pixels(region, box, class_ids, cams, params)
         labels = np.zeros(inside.shape, np.uint8)
-        pixels = FeatureMaps.at(self._features, rows, cols, region.shape)
+        pixels = FeatureMaps.at(self._features(image), rows, cols, region.shape)
         labels[inside] = np.asarray(class_ids, np.uint8)[vote(namers, pixels)]
         return window, labels
 

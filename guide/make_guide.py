@@ -258,7 +258,11 @@ def run(cfg) -> dict:
     image_sets = {split: datasets.build(cfg, split) for split in cfg.guide.splits}
     # all labelling happens before the tensorboard writer (and its thread) exists
     for split, image_set in image_sets.items():
-        todo = work.pending(work.shard(image_set.ids), lambda i: layout.pseudo_label(i).exists(), cfg.runtime.overwrite)
+
+        def done(image_id: str) -> bool:
+            return layout.pseudo_label(image_id).exists()
+
+        todo = work.pending(work.shard(image_set.ids), done, cfg.runtime.overwrite)
         print(
             f"{split}: {len(image_set) - len(todo)} pseudo labels done before or by other processes, "
             f"{len(todo)} to do here (rule {params.rule}, shared regions split by {cfg.guide.split}, "
@@ -266,9 +270,7 @@ def run(cfg) -> dict:
         )
         cluster_models = None
         # every process decides alike (the whole split, not its shard), as fitting waits for all
-        if cfg.guide.split == "clusters" and work.pending(
-            image_set.ids, lambda i: layout.pseudo_label(i).exists(), cfg.runtime.overwrite
-        ):
+        if cfg.guide.split == "clusters" and work.pending(image_set.ids, done, cfg.runtime.overwrite):
             cluster_models = fit_cluster_models(cfg, image_set, params)
         write_pseudo_labels(cfg, split, todo, params, cfg.guide.workers, cluster_models)
     split_scores = {
