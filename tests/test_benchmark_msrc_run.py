@@ -121,3 +121,26 @@ def test_quick_profile_with_every_part(tiny_shared, tmp_path):
     report = (docs / "BENCHMARKS.md").read_text()
     assert msrc.main_cli(args + ["--report-only"]) == 0
     assert (docs / "BENCHMARKS.md").read_text() == report
+
+
+@pytest.mark.slow
+def test_gpu_profile_parts_on_the_cpu(tiny_shared, tmp_path):
+    """The gpu profile's own paths (its report and pictures, no speed ratios, no comparison
+    DeepLab), run on the CPU: a lent GPU's minutes are too few to find a crash there."""
+    import torch
+
+    torch.set_num_threads(1)
+    docs, out = tmp_path / "docs", tmp_path / "bench"
+    args = ["--profile", "gpu", "--shared", str(tiny_shared), "--out", str(out), "--docs", str(docs)]
+    args += [a for k, v in {**STEPS, "runtime.precision": "fp32"}.items() for a in ("--set", f"{k}={v}")]
+    assert msrc.main_cli(args) == 0
+    results = json.loads((out / "gpu" / "results.json").read_text())
+    assert set(results["seeds"]) == {"0", "1"} and "speed" not in results
+    assert set(results["curves"]["train_deeplab"]) == {"gt0", "gt100", "gt0_seed1", "gt100_seed1"}
+    assert results["ablations"][msrc.ORIGINAL_RULE]["deeplab_mIoU"] is None
+    assert results["ablations"][msrc.CLUSTER_SPLIT]["default"]
+    report = (docs / "BENCHMARKS_GPU.md").read_text()
+    assert "(gpu profile)" in report and "## One step beyond the thesis: shared regions split by" in report
+    for picture in ("benchmark_curves_gpu.png", "benchmark_worst_classes_gpu.png", "benchmark_gt_percentage_gpu.png"):
+        assert (docs / picture).stat().st_size > 1000
+    assert not (docs / "BENCHMARKS.md").exists()
