@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from guide import clusters
 
@@ -113,3 +114,26 @@ def test_kmeans_finds_separated_groups_and_beats_a_random_start():
     assert np.abs(centers - truth_centers[matched]).max() < 0.3
     # deterministic for a seed
     assert np.array_equal(centers, clusters.kmeans(points, 5, seed=0))
+
+
+def test_kmeans_attempts_keep_the_cheapest():
+    """With several attempts the returned centers cost no more than one attempt's."""
+    rng = np.random.default_rng(4)
+    points = rng.normal(size=(3000, 6)).astype(np.float32)
+
+    def cost(centers):
+        return ((points[:, None] - centers[None]) ** 2).sum(-1).min(1).sum()
+
+    assert cost(clusters.kmeans(points, 7, seed=1, attempts=4)) <= cost(clusters.kmeans(points, 7, seed=1)) + 1e-3
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_kmeans_on_a_gpu_gives_the_cpu_clusters():
+    """The same seed gives the same starts on both devices (NumPy draws them), so the same clusters."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 5, 4000)
+    points = (rng.normal(size=(5, 16))[labels] * 6 + rng.normal(size=(4000, 16))).astype(np.float32)
+    on_cpu, on_gpu = clusters.kmeans(points, 5), clusters.kmeans(points, 5, device="cuda")
+    assert np.allclose(on_cpu, on_gpu, atol=1e-3)
+    assert np.array_equal(clusters.nearest(points, on_cpu), clusters.nearest(points, on_gpu, device="cuda"))
