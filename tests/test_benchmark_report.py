@@ -153,6 +153,10 @@ def test_report_without_optional_parts():
     del results["saliency_thresholds"], results["seconds"], results["speed"]["seconds"]
     report = msrc.markdown(results)
     assert "Whole benchmark" not in report and "saliency.threshold" not in report
+    assert "## The guide's rules (ablation)" in report
+    # stopped before the ablation: no empty table
+    del results["ablations"]
+    assert "The guide's rules" not in msrc.markdown(results)
 
 
 def test_ratio_is_the_mean_of_the_seeds_ratios_with_both_shown():
@@ -417,6 +421,11 @@ def test_the_cluster_split_section_sets_the_default_against_the_original_crf_spl
     assert _row(report, "| feature clusters (default)").endswith("| 0.792 | 0.899 | 0.872 | 0.780 | 0.610 | 0.790 |")
     assert "the cluster split's DeepLab **wins**" in report
     assert "seeds 0, 1: 0.790, 0.780" in report
+    # the gpu profile trains no DeepLab on the original's labels: no verdict, the seeds still shown
+    results["ablations"][msrc.ORIGINAL_RULE]["deeplab_mIoU"] = None
+    report = msrc.markdown(results)
+    assert "were not both trained in this profile; the default's DeepLabs at seeds 0, 1: 0.790, 0.780" in report
+    assert "**not measured**" not in report
     # without the original's row (a run that has not reached the ablations) there is no section
     del results["ablations"][msrc.ORIGINAL_RULE]
     assert "One step beyond the thesis: shared regions" not in msrc.markdown(results)
