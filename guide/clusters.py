@@ -50,6 +50,7 @@ def _assign(points: torch.Tensor, centers: torch.Tensor, norms: torch.Tensor | N
     stay small (the points may stay on the CPU)."""
     centers = centers.float()
     center_norms = (centers**2).sum(1)
+    norms = None if norms is None else norms.to(centers.device)
     nearest_index = torch.empty(len(points), dtype=torch.int64, device=centers.device)
     distance = None if norms is None else torch.empty(len(points), device=centers.device)
     for start in range(0, len(points), chunk):
@@ -81,6 +82,8 @@ def kmeans(
     CREATE_GUIDE 63 s longer (docs/RESULTS.md). Distances and sums are matrix products on
     ``device``: 60,000 points of 1,280 features at 32 clusters take about 2 s on 2 CPU cores and
     0.1 s on a GPU."""
+    if attempts < 1:
+        raise ValueError(f"kmeans: attempts must be at least 1, not {attempts}")
     rng = np.random.default_rng(seed)
     points = torch.from_numpy(np.ascontiguousarray(points, np.float32)).to(device)
     norms = (points**2).sum(1)
@@ -286,7 +289,7 @@ def gather_and_fit(cfg, image_set, inputs_of, params) -> dict:
 
     ``inputs_of(image_id)`` gives :func:`guide.rules.make_pseudo_label`'s arguments of an image.
     Only images tagged with two or more classes can hold a shared region."""
-    # the k-means on the run's GPU where there is one (the features come from the CPU's workers)
+    # the k-means on the run's GPU where there is one (the features are computed on the CPU)
     device = str(device_for_rank(select_device(cfg.runtime.device)))
     samples = Samples(cfg.guide.cluster_pixels_per_set)
     collect = _Collector(cfg, image_set.class_names, samples)
