@@ -424,7 +424,7 @@ def test_the_cluster_split_section_sets_the_default_against_the_original_crf_spl
     # the gpu profile trains no DeepLab on the original's labels: no verdict, the seeds still shown
     results["ablations"][msrc.ORIGINAL_RULE]["deeplab_mIoU"] = None
     report = msrc.markdown(results)
-    assert "were not both trained in this profile; the default's DeepLabs at seeds 0, 1: 0.790, 0.780" in report
+    assert "were not both measured in this run; the default's DeepLabs at seeds 0, 1: 0.790, 0.780" in report
     assert "**not measured**" not in report
     # without the original's row (a run that has not reached the ablations) there is no section
     del results["ablations"][msrc.ORIGINAL_RULE]
