@@ -318,22 +318,23 @@ def metric_curve(curves: dict, metric: str) -> list:
 
 
 # ---- the second saliency validation set ----------------------------------------------------------
-def score_saliency_on(cfg, root: Path) -> dict:
-    """Max F and MAE of the trained saliency network on the (image, mask) pairs of ``root``, each
-    map scored at its image's own size, at the network's input size as in training's validation.
-    Cached in runs/second_saliency_val.json by the network file's digest."""
+def score_saliency_on(cfg, root: Path, cache_name: str = "second_saliency_val.json") -> dict:
+    """Max F and MAE of the saliency network CREATE_SALIENCY uses (trained, or the ready
+    ``saliency.checkpoint``) on the (image, mask) pairs of ``root``, each map scored at its image's
+    own size, at the network's input size as in training's validation. Cached in runs/``cache_name``
+    by the network file's digest."""
     import torch.nn.functional as F
 
     from common import files, runtime
     from common.provenance import file_digest
     from saliency.data import find_pairs, image_tensor, resize
-    from saliency.make_saliency import load_network
+    from saliency.make_saliency import load_network, network_path
 
     layout = Layout(cfg)
-    network = layout.trained_network("saliency")
+    network = network_path(cfg)
     if network is None:
         raise FileNotFoundError(f"no trained saliency network in {layout.checkpoints / 'saliency'}")
-    cache = layout.runs / "second_saliency_val.json"
+    cache = layout.runs / cache_name
     key = {"network": file_digest(network), "root": str(root), "input_size": cfg.saliency.input_size}
     if cache.exists():
         stored = json.loads(cache.read_text())
@@ -646,6 +647,7 @@ def markdown(results: dict) -> str:
     both_at_plateau = bool(judged) and all(c is not None and c["gain"] < TARGETS["plateau_gain"] for c in judged)
     second = results.get("second_saliency_val") or {}
     saliency_data = results.get("saliency_data", "davis_saliency")
+    ready = results.get("settings", {}).get("saliency.checkpoint")
     rescored = results.get("rescored")
     lines = [
         f"# Benchmark: MSRC objects (real photos), saliency from {saliency_data.split('_')[0].upper()}",
@@ -670,7 +672,11 @@ def markdown(results: dict) -> str:
         + "What the numbers say, and what limits them: docs/RESULTS.md.",
         "",
         "Data: `../shared/data/msrc_objects` (15 object classes + background; train 325, val 88); "
-        f"saliency trained on `{saliency_data}/train`, validated on `{saliency_data}/val`"
+        + (
+            f"saliency from the ready network `{ready}` (TRAIN_SALIENCY does not run), scored on `{saliency_data}/val`"
+            if ready
+            else f"saliency trained on `{saliency_data}/train`, validated on `{saliency_data}/val`"
+        )
         + (
             f" and on `{second['name']}` ({second.get('images', '?')} images, the second validation set)"
             if second
@@ -1437,6 +1443,8 @@ def main_cli(argv=None) -> int:
     results["base"] = run_variant(base, main.STAGE_NAMES)
     for stage in ("train_saliency", "train_seed", "train_deeplab"):
         record_curves(results, base, "gt0" if stage == "train_deeplab" else "base", stage)
+    if base.saliency.checkpoint:  # a ready network: no training validated it
+        results["base"]["train_saliency"].update(score_saliency_on(base, shared / SALIENCY_VAL, "saliency_val.json"))
     second = shared / SECOND_SALIENCY_VAL
     if second.exists():
         results["second_saliency_val"] = {

@@ -149,3 +149,35 @@ def test_gpu_profile_parts_on_the_cpu(tiny_shared, tmp_path):
     args = ["--profile", "gpu", "--shared", str(tiny_shared), "--out", str(out), "--docs", str(docs)]
     assert msrc.main_cli(args + ["--report-only"]) == 0
     assert (docs / "BENCHMARKS_GPU.md").read_text() == report
+
+
+@pytest.mark.slow
+def test_a_ready_saliency_network_is_scored_not_trained(tiny_shared, tmp_path):
+    """--set saliency.checkpoint=<a network trained elsewhere> (the public PiCANet checkpoint, or the
+    CPU benchmark's network on a GPU machine that cannot carry its training pairs): TRAIN_SALIENCY
+    does not run, the ready network is scored on both validation sets, and the report says so."""
+    import argparse
+
+    import torch
+
+    import main
+    from common.layout import Layout
+
+    torch.set_num_threads(1)
+    overrides = [f"{k}={v}" for k, v in STEPS.items()]
+    quick = argparse.Namespace(shared=str(tiny_shared), profile="quick", overrides=overrides)
+    elsewhere = msrc.build(quick, tmp_path / "elsewhere", "gt0", {})
+    main.run_stages(elsewhere, ["train_saliency"])
+    network = Layout(elsewhere).trained_network("saliency")
+    docs, out = tmp_path / "docs", tmp_path / "bench"
+    args = ["--quick", "--shared", str(tiny_shared), "--out", str(out), "--docs", str(docs)]
+    args += [a for o in overrides + [f"saliency.checkpoint={network}"] for a in ("--set", o)]
+    assert msrc.main_cli(args) == 0
+    results = json.loads((out / "quick" / "results.json").read_text())
+    assert not (out / "quick" / "gt0" / "checkpoints" / "saliency").exists()
+    scored = results["base"]["train_saliency"]
+    assert 0 < scored["max_F"] <= 1 and scored["images"] == 4  # the tiny set's saliency val
+    assert 0 < results["second_saliency_val"]["max_F"] <= 1
+    report = (docs / "BENCHMARKS.md").read_text()
+    assert f"saliency from the ready network `{network}` (TRAIN_SALIENCY does not run)" in report
+    assert f"| saliency max F, duts_saliency/val | {scored['max_F']:.3f} |" in report
