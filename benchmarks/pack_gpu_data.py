@@ -20,7 +20,7 @@ Wheels are taken from ``bench/wheels`` when there, else fetched with ``pip downl
 
 With ``--saliency-network FILE`` (a trained PiCANet, e.g. ``bench/msrc/full/gt0/checkpoints/saliency/
 best.pt``, 14 MiB) the file goes in as ``.gpu_data/saliency_network.pt`` and gpu_profile.sh uses it
-instead of training one: all 4,000 DUTS training pairs (106 MiB) cannot travel, so a network
+instead of training one: all 4,000 DUTS training pairs (85.5 MiB) cannot travel, so a network
 trained on them on the CPU is how a GPU run gets that saliency. Fewer training pairs then fit; they
 are not used.
 
