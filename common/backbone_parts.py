@@ -15,7 +15,10 @@ import torch.nn as nn
 def to_tensor(image: np.ndarray, mean, std) -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> float (3, H, W) normalised with ``mean``/``std`` (the backbone's,
     ``backbones.normalisation``); the mean colour becomes 0."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    array = np.ascontiguousarray(image)
+    if not array.flags.writeable:  # np.asarray of a PIL image: torch warns on sharing read-only memory
+        array = array.copy()
+    tensor = torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
     return (tensor - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 

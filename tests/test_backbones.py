@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -216,6 +217,11 @@ def test_to_tensor_normalises_to_the_mean_colour():
     assert tensor.shape == (3, 1, 2) and tensor.dtype == torch.float32
     assert torch.allclose(tensor[:, 0, 0], torch.tensor([-1.0, 128 / 127.5 - 1, 1.0]), atol=1e-6)
     assert torch.equal(tensor[:, 0, 1], torch.ones(3))
+    # a read-only array (np.asarray of a PIL image) gives the same tensor, with no warning
+    image.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(to_tensor(image, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), tensor)
 
 
 # ---- the three networks built on it --------------------------------------------------------------
