@@ -1163,11 +1163,11 @@ def cluster_split_section(results: dict, seeds: dict) -> list[str]:
             + "".join(f"{_f(per_class.get(name))} | " for name in names)
             + f"{_f(row.get('deeplab_mIoU'))} |"
         )
-    outcome = self_training_outcome(clusters.get("deeplab_mIoU"), original.get("deeplab_mIoU"))
     both = [seeds.get(seed, {}).get("weak") for seed in sorted(seeds)]
-    if outcome == "not measured":
+    if _missing(clusters.get("deeplab_mIoU")) or _missing(original.get("deeplab_mIoU")):
         verdict = "On MSRC val the two splits' DeepLabs were not both measured in this run"
     else:
+        outcome = self_training_outcome(clusters["deeplab_mIoU"], original["deeplab_mIoU"])
         verdict = (
             f"On MSRC val the cluster split's DeepLab **{outcome}** against the CRF split's (one seed "
             f"each; differences under {ONE_TRAINING_SPREAD} are within one training's spread)"

@@ -137,13 +137,14 @@ def fit_namers(
     """k-means models of ``features`` (n, D) at each cluster count, every cluster named by the mean
     of ``cam_shares`` (classes, n) over its pixels; the distances computed on ``device``."""
     rng = np.random.default_rng(seed)
-    points = np.ascontiguousarray(features, np.float32)
+    # the kept pixels stay at their float16: kmeans converts its fit sample, nearest each chunk
+    # (a float32 copy of a whole set would be 1 GB at 200,000 pixels of 1,280 features)
     namers = []
     for count in counts:
-        count = min(int(count), len(points))
-        fit = points[np.sort(rng.choice(len(points), min(len(points), FIT_PIXELS), replace=False))]
+        count = min(int(count), len(features))
+        fit = features[np.sort(rng.choice(len(features), min(len(features), FIT_PIXELS), replace=False))]
         centers = kmeans(fit, count, seed, device=device)
-        assigned = nearest(points, centers, device=device)
+        assigned = nearest(features, centers, device=device)
         names = np.zeros((count, cam_shares.shape[0]))
         for cluster in range(count):
             members = assigned == cluster
