@@ -158,6 +158,13 @@ class RuntimeConfig:
         "bf16 where the hardware computes it natively, else fp32",
         choices=("auto", "fp32", "bf16", "fp16"),
     )
+    memory_format: str = setting(
+        "auto",
+        "the classifier's and DeepLab's weights and activations in training and inference: "
+        "channels_last | contiguous; auto = channels_last on a CPU at fp32 (steps 18-30 % faster "
+        "on an AVX2 CPU), contiguous elsewhere (slower on a bf16 CPU; docs/RESULTS.md)",
+        choices=("auto", "channels_last", "contiguous"),
+    )
     checkpoint_every: int = setting(
         50, "trainings save their full state every this many steps, validation or not (0 = only at validation)", **COUNT
     )
@@ -890,6 +897,22 @@ def auto_precision(device: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def auto_memory_format(device: str, precision: str) -> str:
+    """``runtime.memory_format = auto``: channels_last on a CPU at fp32, where oneDNN's convolutions
+    of the lite0 classifier and DeepLab ran 18-30 % faster in it (an AVX2 CPU without native bf16,
+    where auto's precision is fp32); contiguous at bf16 on a CPU, where a DeepLab step measured
+    slower in channels_last, and on a GPU, where it helped one size and slowed another
+    (docs/RESULTS.md). ``precision`` is resolved (not auto)."""
+    if device.startswith("cuda"):
+        return "contiguous"
+    if device == "auto":
+        import torch  # only to know what "auto" will pick
+
+        if torch.cuda.is_available():
+            return "contiguous"
+    return "channels_last" if precision == "fp32" else "contiguous"
+
+
 SALIENCY_DATA_HELP = (
     "set saliency.checkpoint to a trained PiCANet (e.g. the public checkpoint, encoder vgg16) or "
     "saliency.train_root (and saliency.val_root) to a saliency set with images/ and masks/ "
@@ -944,6 +967,8 @@ def validate(cfg: Config, stages: typing.Iterable[str] = ()) -> Config:
     if cfg.runtime.precision == "auto" and not device_problem:
         # resolved here, once, so that records, config.json and every process see the arithmetic used
         cfg.runtime.precision = auto_precision(cfg.runtime.device)
+    if cfg.runtime.memory_format == "auto" and not device_problem:
+        cfg.runtime.memory_format = auto_memory_format(cfg.runtime.device, cfg.runtime.precision)
     experiment = cfg.runtime.experiment
     if experiment and (experiment.startswith(".") or any(c in experiment for c in "/\\:")):
         problems.append(f"runtime.experiment: {experiment!r} cannot name a folder (no slashes, no leading dot)")

@@ -653,7 +653,9 @@ def markdown(results: dict) -> str:
         f"# Benchmark: MSRC objects (real photos), saliency from {saliency_data.split('_')[0].upper()}",
         "",
         f"Produced by `{results['command']}` ({profile} profile) on {results['date']}, "
-        f"{results['machine']}. Every number below was measured by that command on that day"
+        f"{results['machine']}"
+        + (f"; {results['arithmetic']}" if results.get("arithmetic") else "")
+        + ". Every number below was measured by that command on that day"
         + (
             f", except the DeepLab figures: the same networks were scored again on {rescored['date']} "
             f"with the evaluation described under Data (`{rescored['command']}`), because the "
@@ -1017,6 +1019,26 @@ def markdown(results: dict) -> str:
     lines += ["| part | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in parts]
     return "\n".join(lines) + "\n"
+
+
+def machine_description() -> str:
+    """Cores, the CPU's model and whether it computes bf16 natively, torch, and the GPU if any."""
+    model = ""
+    try:
+        model = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
+        )
+    except OSError:  # not Linux
+        pass
+    bf16 = "native bf16" if config_module.cpu_has_native_bf16() else "no native bf16"
+    cpu = f"{os.cpu_count()} CPU cores ({', '.join(filter(None, [model, bf16]))})"
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {platform.machine()}, torch {torch.__version__}{gpu}"
 
 
 # ---- the runs ---------------------------------------------------------------------------------------
@@ -1430,13 +1452,16 @@ def main_cli(argv=None) -> int:
         + "".join(f" --set {o}" for o in args.overrides),
         "profile": args.profile,
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, torch {torch.__version__}"
-        + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
+        "machine": machine_description(),
         "settings": {**PROFILES[args.profile], **dict(o.split("=", 1) for o in args.overrides)},
         "saliency_data": Path(SALIENCY_TRAIN).parent.name,
     }
 
     base = build(args, out, "gt0", {"deeplab.gt_percentage": 0})
+    # the same CPU kind runs 2-2.7x slower without native bf16 (docs/RESULTS.md): say what ran
+    results["arithmetic"] = (
+        f"runtime.precision {base.runtime.precision}, runtime.memory_format {base.runtime.memory_format}"
+    )
     results["resumed"] = (Layout(base).runs / "stage_seconds.json").exists()
     results["evaluation"] = evaluation_settings(base)
     results["cluster_counts"] = list(base.guide.cluster_counts)

@@ -1,4 +1,5 @@
-"""The per-image stages at each precision: images per second and what each computes, on MSRC.
+"""The per-image stages at each precision and memory format: images per second and what each
+computes, on MSRC.
 
 CREATE_SALIENCY, CREATE_ATTENTION and EVAL_DEEPLAB run as main.py runs them (data loading, the
 network under ``runtime.autocast``, everything after it in float32, the files written), on the
@@ -8,8 +9,11 @@ Each run writes into its own folder under ``--out`` and reads the base run's ups
 
     python -m benchmarks.stage_precision                    # fp32 vs bf16, 2 rounds
     python -m benchmarks.stage_precision --rounds 3 --precisions fp32,bf16
+    python -m benchmarks.stage_precision --precisions fp32 --memory-formats contiguous,channels_last \
+        --stages create_attention,eval_deeplab --set "attention.scales=[1.0]" --set attention.flip=false
 
-Prints a markdown table (median images/s, the speed-up over the first precision, and each stage's
+Every (precision, memory format) pair is one variant. Prints a markdown table (median images/s,
+the speed-up over the first variant, and each stage's
 own score: dataset max F of the saliency maps, the CAM seed mIoU, DeepLab's val mIoU) and writes it
 as JSON to <out>/stage_precision.json. The scores show whether the cheaper arithmetic changes the
 outputs, not whether the trainings would reach the same networks at that precision.
@@ -45,11 +49,14 @@ def count_images(summary: dict, stage: str, cfg) -> int:
     return sum(len(datasets.build(cfg, split).ids) for split in cfg.attention.splits)
 
 
-def run_once(args, base, stage: str, precision: str, round_index: int) -> dict:
+def run_once(args, base, stage: str, variant: tuple[str, str], round_index: int) -> dict:
     folders, checkpoints, score = STAGES[stage]
-    name = f"{stage}_{precision}_{round_index}"
+    precision, memory_format = variant
+    name = f"{stage}_{precision}_{memory_format}_{round_index}"
     shutil.rmtree(Path(args.out) / name, ignore_errors=True)
-    cfg = msrc.build(args, Path(args.out), name, {"runtime.precision": precision})
+    cfg = msrc.build(
+        args, Path(args.out), name, {"runtime.precision": precision, "runtime.memory_format": memory_format}
+    )
     msrc.share_outputs(base, cfg, folders)
     msrc.share_checkpoints(base, cfg, checkpoints)
     summary = msrc.main.run_stages(cfg, [stage])[stage]
@@ -70,34 +77,45 @@ def main_cli(argv=None) -> int:
     )
     parser.add_argument("--out", default="bench/stage_precision")
     parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument(
+        "--memory-formats", default="auto", help="runtime.memory_format values (auto: what the precision picks)"
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value for every run")
     args = parser.parse_args(argv)
-    args.profile, args.overrides = "full", []
+    args.profile = "full"
     base_folder = Path(args.base).resolve()
     if not (base_folder / "checkpoints").is_dir():
         parser.error(f"--from {args.base}: no checkpoints/ there; run make bench first")
     base = msrc.build(args, base_folder.parent, base_folder.name, {})
-    precisions = args.precisions.split(",")
+    variants = [(p, m) for p in args.precisions.split(",") for m in args.memory_formats.split(",")]
     stages = args.stages.split(",")
-    runs: dict = {stage: {p: [] for p in precisions} for stage in stages}
+    runs: dict = {stage: {v: [] for v in variants} for stage in stages}
     for round_index in range(args.rounds):
         for stage in stages:
-            for precision in precisions:
-                runs[stage][precision].append(run_once(args, base, stage, precision, round_index))
-    table = ["| stage | precision | images | images/s (median) | speed-up | score |", "|---|---|---|---|---|---|"]
-    results = {"rounds": args.rounds, "base": str(args.base), "stages": {}}
+            for variant in variants:
+                runs[stage][variant].append(run_once(args, base, stage, variant, round_index))
+    table = [
+        "| stage | precision | memory format | images | images/s (median) | speed-up | score |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    results = {"rounds": args.rounds, "base": str(args.base), "overrides": args.overrides, "stages": {}}
     for stage in stages:
-        first = statistics.median(r["images_per_second"] for r in runs[stage][precisions[0]])
+        first = statistics.median(r["images_per_second"] for r in runs[stage][variants[0]])
         results["stages"][stage] = {}
-        for precision in precisions:
-            rows = runs[stage][precision]
+        for variant in variants:
+            rows = runs[stage][variant]
             speed = statistics.median(r["images_per_second"] for r in rows)
             scores = [r["score"] for r in rows]
-            results["stages"][stage][precision] = {"images_per_second": speed, "speedup": speed / first, "runs": rows}
+            results["stages"][stage]["_".join(variant)] = {
+                "images_per_second": speed,
+                "speedup": speed / first,
+                "runs": rows,
+            }
             score_text = ", ".join("-" if s is None else f"{s:.4f}" for s in scores)
             table.append(
-                f"| {stage} | {precision} | {rows[0]['images']} | {speed:.1f} | {speed / first:.2f}x | "
+                f"| {stage} | {variant[0]} | {variant[1]} | {rows[0]['images']} | {speed:.1f} | {speed / first:.2f}x | "
                 f"{STAGES[stage][2]} {score_text} |"
             )
     print("\n".join(table))

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from classifier.models import MultiLabelClassifier, build_classifier
+from common import runtime
 from common.errors import InputError
 from common.layout import Layout
 
@@ -35,7 +36,7 @@ def load_trained(cfg, class_names: list[str], device: torch.device) -> MultiLabe
         output_stride=extra["output_stride"],
     )
     model.load_state_dict(state["model"])
-    return model.to(device).eval()
+    return runtime.in_memory_format(model.to(device), cfg.runtime.memory_format).eval()
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:

@@ -159,6 +159,7 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         resume_keys=RESUME_KEYS,
         validate=validate,
         train_mode=train_mode,
+        memory_format=cfg.runtime.memory_format,
     )
     outcome = training.fit(cfg, spec, device=device, stop_after=stop_after)
     best = outcome.best

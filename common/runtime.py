@@ -66,6 +66,20 @@ def autocast(device: torch.device | str, precision: str):
     return torch.autocast(device_type, dtype=dtype)
 
 
+MEMORY_FORMATS = ("contiguous", "channels_last")
+
+
+def in_memory_format(model: torch.nn.Module, memory_format: str) -> torch.nn.Module:
+    """``model`` with its 4-d weights in ``memory_format`` (runtime.memory_format, resolved): in
+    channels_last, oneDNN and cuDNN keep every convolution's activations channels-last too, from
+    any input. Contiguous leaves the model as it is."""
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory format {memory_format!r}: expected one of {', '.join(MEMORY_FORMATS)}")
+    if memory_format == "channels_last":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def grad_scaler(device: torch.device | str, precision: str) -> torch.amp.GradScaler:
     """Loss scaler for training: active only for fp16 (bf16 has float32's range and needs none).
 

@@ -216,10 +216,9 @@ class TrainingSpec:
     validate: Callable[[torch.nn.Module, int, Any], dict] | None = None
     train_mode: Callable[[torch.nn.Module], None] | None = None
     grad_clip: float = 0.0  # max gradient norm; 0 = none
-    # channels_last memory format for the model on CUDA. Off in every stage: on an H200 it made
-    # DeepLab's training steps faster at batch 32 x 321 in bf16 (26.6 vs 17.9 steps/s) but the demo's
-    # TRAIN_DEEPLAB slower (validation at each image's own size), and gave the others nothing
-    channels_last: bool = False
+    # runtime.memory_format (resolved) of the model: the stages whose networks gain set it from the
+    # config; contiguous (the model as built) for the others
+    memory_format: str = "contiguous"
     collate_fn: Callable | None = None
     log_every: int = 10
     writer: Any = None  # a tensorboard writer (rank 0) or None to open runs/<stage>/
@@ -325,8 +324,7 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
     train_mode = spec.train_mode or (lambda m: m.train())
     # before DDP's wrapper records which parameters learn (freezing may switch some off)
     train_mode(model)
-    if spec.channels_last and device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    runtime.in_memory_format(model, spec.memory_format)
     network: torch.nn.Module = model
     if world > 1:
         network = torch.nn.parallel.DistributedDataParallel(

@@ -33,7 +33,7 @@ import torch.nn as nn
 from PIL import Image, ImageOps
 
 from common import files, runtime
-from config import CrfConfig, EvalConfig, auto_precision
+from config import CrfConfig, EvalConfig, auto_memory_format, auto_precision
 from deeplab.inference import batch_probabilities, crf_refine
 from deeplab.models import DeepLab, build_deeplab
 
@@ -159,6 +159,7 @@ class Segmenter:
         *,
         device: str | torch.device = "auto",
         precision: str = "fp32",
+        memory_format: str = "auto",
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
         crf: bool = False,
@@ -171,6 +172,7 @@ class Segmenter:
         """``class_names``: the C foreground names (background is added as id 0). ``device``: auto
         (CUDA when present), cpu, cuda, cuda:N. ``precision``: fp32, or autocast in bf16 / fp16
         (fp16 on CUDA only), or auto (bf16 where the device computes it natively, else fp32).
+        ``memory_format``: channels_last, contiguous, or auto (channels_last on a CPU at fp32).
         ``scales`` / ``flip``: softmax averaged over the image resized by each scale and, with
         ``flip``, mirrored. ``crf``: EVAL_DEEPLAB's CRF post-processing (its
         defaults unless ``crf_params`` / ``crf_unary`` / ``crf_confidence`` are given).
@@ -199,7 +201,9 @@ class Segmenter:
         self.crf_confidence = default_confidence if crf_confidence is None else float(crf_confidence)
         if self.crf_unary not in ("labels", "softmax"):
             raise ValueError(f"crf_unary {self.crf_unary!r}: expected labels or softmax")
-        self.model = model.to(self.device).eval()
+        if memory_format == "auto":
+            memory_format = auto_memory_format(str(self.device), precision)
+        self.model = runtime.in_memory_format(model.to(self.device), memory_format).eval()
         self.class_names = ["background", *class_names]
         self.palette = files.voc_palette()[: len(self.class_names)].copy()
         self.precision, self.scales, self.flip, self.crf = precision, scales, bool(flip), bool(crf)

@@ -331,6 +331,7 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         validate=validate,
         train_mode=train_mode,
         writer=writer,
+        memory_format=cfg.runtime.memory_format,
     )
     try:
         outcome = training.fit(cfg, spec, device=device, stop_after=stop_after)
