@@ -135,6 +135,19 @@ def preflight(cfg, stages: list[str]) -> dict:
 _running: dict = {"stage": None}
 
 
+def describe_arithmetic(cfg) -> str:
+    """One line: the device, precision and memory format a run uses (resolved), and why a CPU runs
+    fp32, since the same stages take 2-2.7x as long there as at bf16 on a CPU that has it."""
+    from common.runtime import select_device
+
+    runtime = cfg.runtime
+    line = f"device {runtime.device}, precision {runtime.precision}, memory format {runtime.memory_format}"
+    on_cpu = select_device(runtime.device).type == "cpu"
+    if on_cpu and runtime.precision == "fp32" and not config_module.cpu_has_native_bf16():
+        line += " (this CPU has no native bf16: fp32, about half the speed of bf16 on one that has it)"
+    return line
+
+
 def run_stages(cfg, stages: list[str]) -> dict[str, dict]:
     """Run ``stages`` in pipeline order; returns each stage's summary and wall time. Under torchrun
     every process runs every stage (each takes its share); rank 0 alone keeps the records."""
@@ -148,6 +161,7 @@ def run_stages(cfg, stages: list[str]) -> dict[str, dict]:
     layout = Layout(cfg)
     if distributed.is_main():
         files.write_text(layout.runs / "config.json", cfg.to_json())
+        print(describe_arithmetic(cfg), flush=True)
     summaries: dict[str, dict] = {}
     for stage in stages:
         _running["stage"] = stage

@@ -156,3 +156,16 @@ def test_training_in_channels_last_learns_the_contiguous_weights_and_saves_loada
         trained[memory_format] = fresh[0].weight.detach()
     assert not torch.equal(trained["contiguous"], _conv_spec("contiguous").model[0].weight.detach())  # it learnt
     assert torch.allclose(trained["contiguous"], trained["channels_last"], atol=1e-5)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_run_says_its_arithmetic_and_why_a_cpu_runs_fp32(native, monkeypatch):
+    import main
+
+    monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: native)
+    cfg = validate(build_config("demo", ["runtime.device=cpu"]))
+    line = main.describe_arithmetic(cfg)
+    assert line.startswith(f"device cpu, precision {cfg.runtime.precision}, memory format {cfg.runtime.memory_format}")
+    assert ("no native bf16" in line) is (not native)
+    chosen = validate(build_config("demo", ["runtime.device=cpu", "runtime.precision=fp32"]))
+    assert ("no native bf16" in main.describe_arithmetic(chosen)) is (not native)
