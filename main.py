@@ -137,14 +137,15 @@ _running: dict = {"stage": None}
 
 def describe_arithmetic(cfg) -> str:
     """One line: the device, precision and memory format a run uses (resolved), and why a CPU runs
-    fp32, since the same stages take 2-2.7x as long there as at bf16 on a CPU that has it."""
+    fp32: the benchmark's stages took 2-2.7x as long on such a CPU as on the AVX512-BF16 kind at
+    bf16 (docs/RESULTS.md), which is worth knowing before reading any wall time."""
     from common.runtime import select_device
 
     runtime = cfg.runtime
     line = f"device {runtime.device}, precision {runtime.precision}, memory format {runtime.memory_format}"
     on_cpu = select_device(runtime.device).type == "cpu"
     if on_cpu and runtime.precision == "fp32" and not config_module.cpu_has_native_bf16():
-        line += " (this CPU has no native bf16: fp32, about half the speed of bf16 on one that has it)"
+        line += " (this CPU has no native bf16, so fp32: expect 2-2.7x the wall times of an AVX512-BF16 CPU)"
     return line
 
 

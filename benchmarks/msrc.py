@@ -1458,7 +1458,7 @@ def main_cli(argv=None) -> int:
     }
 
     base = build(args, out, "gt0", {"deeplab.gt_percentage": 0})
-    # the same CPU kind runs 2-2.7x slower without native bf16 (docs/RESULTS.md): say what ran
+    # CPUs without native bf16 ran the stages 2-2.7x as long (docs/RESULTS.md): say what ran
     results["arithmetic"] = (
         f"runtime.precision {base.runtime.precision}, runtime.memory_format {base.runtime.memory_format}"
     )
