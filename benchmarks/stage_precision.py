@@ -78,17 +78,24 @@ def main_cli(argv=None) -> int:
     parser.add_argument("--out", default="bench/stage_precision")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument(
-        "--memory-formats", default="auto", help="runtime.memory_format values (auto: what the precision picks)"
+        "--memory-formats",
+        default="contiguous",
+        help="runtime.memory_format values (default contiguous: precisions compared in one layout)",
     )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value for every run")
     args = parser.parse_args(argv)
     args.profile = "full"
+    varied = [o for o in args.overrides if o.split("=", 1)[0] in ("runtime.precision", "runtime.memory_format")]
+    if varied:
+        parser.error(f"--set {varied[0]}: use --precisions / --memory-formats, which name each variant")
     base_folder = Path(args.base).resolve()
     if not (base_folder / "checkpoints").is_dir():
         parser.error(f"--from {args.base}: no checkpoints/ there; run make bench first")
     base = msrc.build(args, base_folder.parent, base_folder.name, {})
+    if "auto" in args.memory_formats.split(","):
+        parser.error("--memory-formats auto: name the formats (contiguous, channels_last)")
     variants = [(p, m) for p in args.precisions.split(",") for m in args.memory_formats.split(",")]
     stages = args.stages.split(",")
     runs: dict = {stage: {v: [] for v in variants} for stage in stages}

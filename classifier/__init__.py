@@ -36,7 +36,7 @@ def load_trained(cfg, class_names: list[str], device: torch.device) -> MultiLabe
         output_stride=extra["output_stride"],
     )
     model.load_state_dict(state["model"])
-    return runtime.in_memory_format(model.to(device), cfg.runtime.memory_format).eval()
+    return runtime.to_memory_format(model.to(device), cfg.runtime.memory_format).eval()
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:

@@ -324,7 +324,7 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
     train_mode = spec.train_mode or (lambda m: m.train())
     # before DDP's wrapper records which parameters learn (freezing may switch some off)
     train_mode(model)
-    runtime.in_memory_format(model, spec.memory_format)
+    runtime.to_memory_format(model, spec.memory_format)
     network: torch.nn.Module = model
     if world > 1:
         network = torch.nn.parallel.DistributedDataParallel(

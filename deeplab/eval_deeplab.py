@@ -71,7 +71,7 @@ def load_trained(cfg, device) -> tuple[torch.nn.Module, dict, str]:
     )
     model.load_state_dict(state["model"])
     digest = hashlib.sha1(path.read_bytes()).hexdigest()
-    model = runtime.in_memory_format(model.to(device), cfg.runtime.memory_format)
+    model = runtime.to_memory_format(model.to(device), cfg.runtime.memory_format)
     return model.eval(), {**extra, "checkpoint": str(path), "step": state.get("step")}, digest
 
 

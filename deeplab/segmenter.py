@@ -203,7 +203,7 @@ class Segmenter:
             raise ValueError(f"crf_unary {self.crf_unary!r}: expected labels or softmax")
         if memory_format == "auto":
             memory_format = auto_memory_format(str(self.device), precision)
-        self.model = runtime.in_memory_format(model.to(self.device), memory_format).eval()
+        self.model = runtime.to_memory_format(model.to(self.device), memory_format).eval()
         self.class_names = ["background", *class_names]
         self.palette = files.voc_palette()[: len(self.class_names)].copy()
         self.precision, self.scales, self.flip, self.crf = precision, scales, bool(flip), bool(crf)
@@ -297,7 +297,10 @@ class Segmenter:
             raise ValueError(f"export size {height}x{width}: expected both sides at least 16")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        wrapper = LogitsAtInputSize(copy.deepcopy(self.model).float().cpu()).eval()
+        # contiguous weights: the exported file does not depend on this machine's memory format
+        wrapper = LogitsAtInputSize(
+            copy.deepcopy(self.model).float().cpu().to(memory_format=torch.contiguous_format)
+        ).eval()
         generator = torch.Generator().manual_seed(0)
         example = torch.randn(1, 3, height, width, generator=generator)
         check = torch.randn(1, 3, height, width, generator=generator)

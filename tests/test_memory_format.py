@@ -55,14 +55,14 @@ def test_auto_memory_format_is_resolved_at_validation_after_the_precision(native
         validate(build_config("demo", ["runtime.memory_format=nhwc"]))
 
 
-def test_in_memory_format_converts_convolution_weights_only_when_asked():
+def test_to_memory_format_converts_convolution_weights_only_when_asked():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3))
-    assert runtime.in_memory_format(model, "contiguous") is model
+    assert runtime.to_memory_format(model, "contiguous") is model
     assert all(p.is_contiguous() for p in model.parameters())
-    runtime.in_memory_format(model, "channels_last")
+    runtime.to_memory_format(model, "channels_last")
     assert _is_channels_last(model[0].weight) and _is_channels_last(model[2].weight)
     with pytest.raises(ValueError, match="memory format 'nhwc'"):
-        runtime.in_memory_format(model, "nhwc")
+        runtime.to_memory_format(model, "nhwc")
 
 
 def test_grad_cam_of_a_channels_last_classifier_matches_the_contiguous_one():
@@ -72,7 +72,7 @@ def test_grad_cam_of_a_channels_last_classifier_matches_the_contiguous_one():
     classes = [[0, 2], [3]]
     with GradCam(model, model.default_target_layer) as grad_cam:
         contiguous = compute_cams(grad_cam, images, classes, [1.0, 1.5], True, (16, 16), "fp32")
-    runtime.in_memory_format(model, "channels_last")
+    runtime.to_memory_format(model, "channels_last")
     seen = []
     hook = dict(model.named_modules())[model.default_target_layer].register_forward_hook(
         lambda module, inputs, output: seen.append(_is_channels_last(output))
@@ -169,3 +169,35 @@ def test_a_run_says_its_arithmetic_and_why_a_cpu_runs_fp32(native, monkeypatch):
     assert ("no native bf16" in line) is (not native)
     chosen = validate(build_config("demo", ["runtime.device=cpu", "runtime.precision=fp32"]))
     assert ("no native bf16" in main.describe_arithmetic(chosen)) is (not native)
+
+
+def test_the_stages_train_and_load_their_networks_in_runtime_memory_format(tiny_cfg):
+    import datasets
+    from classifier import load_trained as load_classifier
+    from classifier.train_classifier import run as train_classifier
+    from deeplab.eval_deeplab import load_trained as load_deeplab
+    from deeplab.train_deeplab import run as train_deeplab
+
+    cpu = torch.device("cpu")
+    cfg = tiny_cfg(
+        **{
+            "runtime.device": "cpu",
+            "runtime.memory_format": "channels_last",
+            "classifier.steps": 1,
+            "deeplab.steps": 1,
+            "deeplab.gt_percentage": 100,  # real masks: no earlier stage needed
+            "eval.checkpoint": "last",
+        }
+    )
+    train_classifier(cfg)
+    train_deeplab(cfg)
+    for folder in ("classifier", "deeplab"):
+        state = torch.load(Layout(cfg).checkpoint(folder, "last"), weights_only=False)
+        kernel = next(t for t in state["model"].values() if t.dim() == 4 and t.shape[-1] > 1)
+        assert _is_channels_last(kernel)  # trained in channels_last: torch.save keeps the strides
+    names = datasets.build(cfg, "train").class_names
+    assert _is_channels_last(_first_kernel(load_classifier(cfg, names, cpu)))
+    assert _is_channels_last(_first_kernel(load_deeplab(cfg, cpu)[0]))
+    cfg.runtime.memory_format = "contiguous"
+    assert _first_kernel(load_classifier(cfg, names, cpu)).is_contiguous()
+    assert _first_kernel(load_deeplab(cfg, cpu)[0]).is_contiguous()
