@@ -90,12 +90,12 @@ def main_cli(argv=None) -> int:
     varied = [o for o in args.overrides if o.split("=", 1)[0] in ("runtime.precision", "runtime.memory_format")]
     if varied:
         parser.error(f"--set {varied[0]}: use --precisions / --memory-formats, which name each variant")
+    if "auto" in args.memory_formats.split(","):
+        parser.error("--memory-formats auto: name the formats (contiguous, channels_last)")
     base_folder = Path(args.base).resolve()
     if not (base_folder / "checkpoints").is_dir():
         parser.error(f"--from {args.base}: no checkpoints/ there; run make bench first")
     base = msrc.build(args, base_folder.parent, base_folder.name, {})
-    if "auto" in args.memory_formats.split(","):
-        parser.error("--memory-formats auto: name the formats (contiguous, channels_last)")
     variants = [(p, m) for p in args.precisions.split(",") for m in args.memory_formats.split(",")]
     stages = args.stages.split(",")
     runs: dict = {stage: {v: [] for v in variants} for stage in stages}

@@ -201,3 +201,19 @@ def test_the_stages_train_and_load_their_networks_in_runtime_memory_format(tiny_
     cfg.runtime.memory_format = "contiguous"
     assert _first_kernel(load_classifier(cfg, names, cpu)).is_contiguous()
     assert _first_kernel(load_deeplab(cfg, cpu)[0]).is_contiguous()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--set", "runtime.memory_format=channels_last"], "--set runtime.memory_format=channels_last: use"),
+        (["--set", "runtime.precision=bf16"], "--set runtime.precision=bf16: use"),
+        (["--memory-formats", "contiguous,auto"], "--memory-formats auto: name the formats"),
+    ],
+)
+def test_stage_precision_names_every_variant_it_compares(arguments, message, capsys, tmp_path):
+    from benchmarks import stage_precision
+
+    with pytest.raises(SystemExit):
+        stage_precision.main_cli([*arguments, "--from", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert message in capsys.readouterr().err
