@@ -72,15 +72,13 @@ MEMORY_FORMATS = ("contiguous", "channels_last")
 def to_memory_format(model: torch.nn.Module, memory_format: str) -> torch.nn.Module:
     """Puts ``model``'s 4-d weights in ``memory_format`` (runtime.memory_format, resolved), in place,
     and returns it: in channels_last, oneDNN and cuDNN keep every convolution's activations
-    channels-last too, from any input. Contiguous leaves the model as it is."""
+    channels-last too, from any input. A model already in the format is left untouched."""
     if memory_format not in MEMORY_FORMATS:
         raise ValueError(
             f"memory format {memory_format!r}: expected one of {', '.join(MEMORY_FORMATS)} "
             f"(runtime.memory_format = auto is resolved by config.validate)"
         )
-    if memory_format == "channels_last":
-        model.to(memory_format=torch.channels_last)
-    return model
+    return model.to(memory_format=torch.channels_last if memory_format == "channels_last" else torch.contiguous_format)
 
 
 def grad_scaler(device: torch.device | str, precision: str) -> torch.amp.GradScaler:

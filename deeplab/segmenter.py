@@ -298,9 +298,8 @@ class Segmenter:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         # contiguous weights: the exported file does not depend on this machine's memory format
-        wrapper = LogitsAtInputSize(
-            copy.deepcopy(self.model).float().cpu().to(memory_format=torch.contiguous_format)
-        ).eval()
+        wrapper = LogitsAtInputSize(runtime.to_memory_format(copy.deepcopy(self.model).float().cpu(), "contiguous"))
+        wrapper.eval()
         generator = torch.Generator().manual_seed(0)
         example = torch.randn(1, 3, height, width, generator=generator)
         check = torch.randn(1, 3, height, width, generator=generator)

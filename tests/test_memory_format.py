@@ -61,6 +61,8 @@ def test_to_memory_format_converts_convolution_weights_only_when_asked():
     assert all(p.is_contiguous() for p in model.parameters())
     runtime.to_memory_format(model, "channels_last")
     assert _is_channels_last(model[0].weight) and _is_channels_last(model[2].weight)
+    runtime.to_memory_format(model, "contiguous")  # and back, as a Segmenter asked for contiguous does
+    assert all(p.is_contiguous() for p in model.parameters())
     with pytest.raises(ValueError, match="memory format 'nhwc'"):
         runtime.to_memory_format(model, "nhwc")
 
