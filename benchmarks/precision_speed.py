@@ -9,9 +9,13 @@ stage freezes it).
     python -m benchmarks.precision_speed                       # fp32 vs bf16 on the CPU, demo sizes
     python -m benchmarks.precision_speed --steps 20 --rounds 5 --precisions fp32,bf16 --trainings classifier
     python -m benchmarks.precision_speed --device cuda --precisions fp32,bf16,fp16 --channels-last
+    python -m benchmarks.precision_speed --preset msrc --trainings deeplab,saliency --precisions fp32 \
+        --channels-last --native-depthwise
 
 Prints a markdown table (median steps/s over ``--rounds`` rounds in which the precisions take
 turns, speed-up over fp32, peak GPU memory) and writes it as JSON to bench/precision_speed.json.
+``--native-depthwise`` also measures each network with torch's own backward pass of its dilated
+depthwise layers (common/depthwise.py), in the same rounds.
 The speed says nothing of quality: compare the trainings' validation numbers at each precision
 over several seeds before changing ``runtime.precision``'s default.
 """
@@ -118,13 +122,19 @@ def measure(
     warmup: int = 2,
     channels_last: bool = False,
     pin_memory: bool = True,
+    native_depthwise: bool = False,
 ) -> dict:
     """Steps per second of ``steps`` training steps of ``name`` (after ``warmup`` untimed ones),
     with the loss of the last step and the peak GPU memory (MiB; None on the CPU). Every step
     copies its batch from the host as training does (from pinned memory unless ``pin_memory`` is
-    False)."""
+    False). ``native_depthwise``: torch's own backward of the dilated depthwise layers instead of
+    common/depthwise.py's, which every backbone built by common/backbones.py uses."""
     torch.manual_seed(0)
     model, optimizer, scheduler, loss_fn, batch, train_mode, grad_clip = build(name, cfg, device)
+    if native_depthwise:
+        from common.depthwise import use_native_depthwise_backward
+
+        use_native_depthwise_backward(model)
     if channels_last:  # the weights only, as runtime.memory_format does: the batch comes as loaded
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda" and pin_memory:
@@ -163,6 +173,7 @@ def measure(
         "precision": precision,
         "channels_last": channels_last,
         "pin_memory": pin_memory,
+        "native_depthwise": native_depthwise,
         "steps_per_s": steps / seconds,
         "seconds": seconds,
         "steps": steps,
@@ -174,17 +185,26 @@ def measure(
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| training | precision | channels_last | steps/s | vs fp32 | peak GPU MiB | last loss |",
-        "|---|---|---|---|---|---|---|",
+        "| training | precision | channels_last | depthwise backward | steps/s | vs fp32 | vs native depthwise "
+        "| peak GPU MiB | last loss |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    reference = {(r["training"], r["channels_last"]): r["steps_per_s"] for r in results if r["precision"] == "fp32"}
+
+    def key(r: dict, **change) -> tuple:
+        r = {**r, **change}
+        return (r["training"], r["precision"], r["channels_last"], r.get("native_depthwise", False))
+
+    speeds = {key(r): r["steps_per_s"] for r in results}
     for r in results:
-        base = reference.get((r["training"], r["channels_last"]))
+        base = speeds.get(key(r, precision="fp32"))
+        native = speeds.get(key(r, native_depthwise=True))
         ratio = f"{r['steps_per_s'] / base:.2f}x" if base else ""
+        over_native = f"{r['steps_per_s'] / native:.2f}x" if native else ""
         peak = f"{r['peak_memory_mib']:.0f}" if r["peak_memory_mib"] is not None else ""
         lines.append(
-            f"| {r['training']} | {r['precision']} | {r['channels_last']} | {r['steps_per_s']:.2f} | "
-            f"{ratio} | {peak} | {r['last_loss']:.4f} |"
+            f"| {r['training']} | {r['precision']} | {r['channels_last']} | "
+            f"{'native' if r.get('native_depthwise') else 'common/depthwise.py'} | {r['steps_per_s']:.2f} | "
+            f"{ratio} | {over_native} | {peak} | {r['last_loss']:.4f} |"
         )
     return "\n".join(lines)
 
@@ -201,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per precision (median reported)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (0 = torch's default)")
     parser.add_argument("--channels-last", action="store_true", help="also measure channels_last memory format")
+    parser.add_argument(
+        "--native-depthwise",
+        action="store_true",
+        help="also measure torch's own backward of the dilated depthwise layers (common/depthwise.py)",
+    )
     parser.add_argument("--output", default="bench/precision_speed.json")
     args = parser.parse_args(argv)
     if args.threads:
@@ -210,18 +235,22 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.trainings.split(","):
         for memory_format in [False, True] if args.channels_last else [False]:
-            # the precisions take turns, round after round, so a machine whose load changes (a shared
+            # the variants take turns, round after round, so a machine whose load changes (a shared
             # one) slows each alike; the median round is reported
-            rounds: dict[str, list[dict]] = {p: [] for p in args.precisions.split(",")}
+            variants = [(p, native) for p in args.precisions.split(",") for native in (False, True)]
+            rounds: dict[tuple, list[dict]] = {v: [] for v in variants if args.native_depthwise or not v[1]}
             for round_index in range(args.rounds):
-                for precision in rounds:
-                    result = measure(name, cfg, device, precision, args.steps, args.warmup, memory_format)
+                for precision, native in rounds:
+                    result = measure(
+                        name, cfg, device, precision, args.steps, args.warmup, memory_format, native_depthwise=native
+                    )
                     print(
-                        f"{name} {precision} channels_last={memory_format} round {round_index + 1}: "
+                        f"{name} {precision} channels_last={memory_format} "
+                        f"{'native depthwise ' if native else ''}round {round_index + 1}: "
                         f"{result['steps_per_s']:.2f} steps/s",
                         flush=True,
                     )
-                    rounds[precision].append(result)
+                    rounds[precision, native].append(result)
             for measured in rounds.values():
                 ordered = sorted(measured, key=lambda r: r["steps_per_s"])
                 median = dict(ordered[len(ordered) // 2])

@@ -309,6 +309,10 @@ def build(name: str, *, for_: str, output_stride: int | None = None, pretrained:
             f"{name} ({for_}) supports output stride {', '.join(map(str, chosen.output_strides))}, not {stride}"
         )
     extractor = chosen.build(stride)
+    # the dilated depthwise layers' backward pass, slow on the CPU in channels-last memory
+    from common.depthwise import use_fast_depthwise_backward
+
+    use_fast_depthwise_backward(extractor)
     if pretrained:
         load_imagenet(name, extractor, for_=for_, weights_path=weights_path)
     return extractor

@@ -1,0 +1,132 @@
+"""common/depthwise.py: the faster CPU backward of dilated depthwise convolutions gives torch's own
+gradients, runs only where it is meant to, and leaves the networks' weights and forward alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common import backbones
+from common.depthwise import (
+    DilatedDepthwiseConv2d,
+    qualifies,
+    use_fast_depthwise_backward,
+    use_native_depthwise_backward,
+)
+from deeplab.models import build_deeplab
+
+
+def _layer(channels: int, kernel: int, dilation: int, dtype=torch.float32) -> nn.Conv2d:
+    layer = nn.Conv2d(
+        channels, channels, kernel, padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=channels, bias=False
+    ).to(dtype)
+    return layer
+
+
+def _gradients(layer: nn.Module, x: torch.Tensor, grad_output: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    x = x.detach().clone().requires_grad_()
+    output = layer(x)
+    weights = [p for p in layer.parameters() if p.requires_grad]
+    return (output.detach(), *torch.autograd.grad(output, [x, *weights], grad_output))
+
+
+@pytest.mark.parametrize(
+    ("kernel", "dilation", "channels", "size", "batch"),
+    [(5, 2, 16, 12, 2), (3, 2, 8, 9, 1), (3, 4, 4, 20, 3), (5, 3, 6, 7, 2), (7, 2, 3, 11, 1)],
+)
+def test_fast_backward_gives_torchs_gradients(kernel, dilation, channels, size, batch):
+    torch.manual_seed(0)
+    native = _layer(channels, kernel, dilation, torch.float64)
+    fast = _layer(channels, kernel, dilation, torch.float64)
+    fast.load_state_dict(native.state_dict())
+    assert use_fast_depthwise_backward(fast) == 1 and type(fast) is DilatedDepthwiseConv2d
+    x = torch.randn(batch, channels, size, size + 3, dtype=torch.float64).to(memory_format=torch.channels_last)
+    grad_output = torch.randn(batch, channels, size, size + 3, dtype=torch.float64)
+    output = fast(x.clone().requires_grad_())
+    assert type(output.grad_fn).__name__ == "_DilatedDepthwiseBackward"  # the faster backward ran
+    for ours, theirs in zip(_gradients(fast, x, grad_output), _gradients(native, x, grad_output)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+def test_contiguous_input_inference_and_frozen_weights():
+    torch.manual_seed(0)
+    native = _layer(8, 5, 2)
+    fast = _layer(8, 5, 2)
+    fast.load_state_dict(native.state_dict())
+    use_fast_depthwise_backward(fast)
+    x = torch.randn(2, 8, 10, 10)
+    # contiguous memory: torch's own convolution and backward (the fast one measured slower there)
+    assert type(fast(x.requires_grad_()).grad_fn).__name__ == "ConvolutionBackward0"
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x.to(memory_format=torch.channels_last)), native(x), rtol=0, atol=0)
+    # a frozen layer (frozen_stride) still passes the input's gradient back, and only that
+    for layer in (fast, native):
+        layer.weight.requires_grad_(False)
+    x_last = x.detach().to(memory_format=torch.channels_last)
+    grad_output = torch.randn(2, 8, 10, 10)
+    ours, theirs = _gradients(fast, x_last, grad_output), _gradients(native, x_last, grad_output)
+    assert len(ours) == len(theirs) == 2
+    torch.testing.assert_close(ours[1], theirs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_gradients_match_torchs_and_keep_their_dtypes():
+    torch.manual_seed(0)
+    native = _layer(16, 5, 2)
+    fast = _layer(16, 5, 2)
+    fast.load_state_dict(native.state_dict())
+    use_fast_depthwise_backward(fast)
+    x = torch.randn(2, 16, 12, 12).to(memory_format=torch.channels_last)
+    results = []
+    for layer in (fast, native):
+        leaf = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = layer(leaf)
+        assert output.dtype == torch.bfloat16
+        output.float().square().sum().backward()
+        assert leaf.grad.dtype == torch.float32 and layer.weight.grad.dtype == torch.float32
+        results.append((leaf.grad, layer.weight.grad))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=3e-2, atol=3e-2 * theirs.abs().max().item())
+
+
+def test_only_plain_dilated_depthwise_layers_qualify():
+    assert qualifies(_layer(8, 5, 2))
+    assert not qualifies(_layer(8, 5, 1))  # not dilated: torch's backward is as fast
+    assert not qualifies(nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4, bias=False))  # not depthwise
+    assert not qualifies(nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8, bias=True))
+    assert not qualifies(nn.Conv2d(8, 8, 3, stride=2, padding=2, dilation=2, groups=8, bias=False))
+    assert not qualifies(nn.Conv2d(8, 8, 3, padding=1, dilation=2, groups=8, bias=False))  # shrinks the map
+    assert not qualifies(nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8, bias=False, padding_mode="reflect"))
+
+
+@pytest.mark.parametrize(("name", "dilated"), [("efficientnet_lite0", 4), ("mobilenet_v3_large", 3)])
+def test_backbones_at_stride_16_get_the_fast_layers_with_unchanged_weights(name, dilated):
+    extractor = backbones.build(name, for_="deeplab", output_stride=16)
+    swapped = [m for m in extractor.modules() if type(m) is DilatedDepthwiseConv2d]
+    assert len(swapped) == dilated and all(max(m.dilation) > 1 for m in swapped)
+    keys = list(extractor.state_dict())
+    assert use_native_depthwise_backward(extractor) == dilated
+    assert list(extractor.state_dict()) == keys
+    assert not any(type(m) is DilatedDepthwiseConv2d for m in extractor.modules())
+
+
+def test_deeplab_training_step_gradients_match_torchs():
+    torch.manual_seed(0)
+    model = build_deeplab(backbone="efficientnet_lite0", num_classes=4, pretrained_backbone=False)
+    # float64: BatchNorm over a 4 x 4 map in training mode magnifies float32's rounding differences
+    model = model.double().to(memory_format=torch.channels_last).train()
+    images = torch.randn(2, 3, 64, 64, dtype=torch.float64).to(memory_format=torch.channels_last)
+    labels = torch.randint(0, 4, (2, 64, 64))
+    gradients = []
+    for swap in (None, use_native_depthwise_backward):
+        if swap:
+            assert swap(model) == 4
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the head's dropout
+        F.cross_entropy(model(images), labels).backward()
+        gradients.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert gradients[0].keys() == gradients[1].keys()
+    for name, ours in gradients[0].items():
+        torch.testing.assert_close(ours, gradients[1][name], rtol=1e-7, atol=1e-9, msg=lambda m: f"{name}: {m}")
