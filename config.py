@@ -160,10 +160,10 @@ class RuntimeConfig:
     )
     memory_format: str = setting(
         "auto",
-        "the classifier's and DeepLab's weights and activations in training and inference: "
-        "channels_last | contiguous; auto = channels_last on a CPU at fp32 (classifier steps 26-32 %, "
-        "DeepLab's 4-24 % faster on an AVX2 EPYC, the one CPU measured at fp32), contiguous elsewhere "
-        "(slower on a bf16 CPU; docs/RESULTS.md)",
+        "the networks' weights and activations in training and inference (PiCANet, the classifier, "
+        "DeepLab): channels_last | contiguous; auto = channels_last on a CPU at fp32 (steps 1.1-1.3x "
+        "faster on an AVX2 EPYC, the one CPU measured at fp32), contiguous elsewhere (slower on a "
+        "bf16 CPU; docs/RESULTS.md)",
         choices=("auto", "channels_last", "contiguous"),
     )
     checkpoint_every: int = setting(
@@ -905,8 +905,8 @@ def auto_precision(device: str) -> str:
 
 
 def auto_memory_format(device: str, precision: str) -> str:
-    """``runtime.memory_format = auto``: channels_last on a CPU at fp32, where oneDNN's convolutions
-    of the lite0 classifier and DeepLab ran 4-32 % faster in it (an AVX2 EPYC without native bf16,
+    """``runtime.memory_format = auto``: channels_last on a CPU at fp32, where the lite0 networks'
+    training steps ran 1.1-1.3x faster in it (an AVX2 EPYC without native bf16,
     where auto's precision is fp32; other CPUs at fp32, ARM included, were not measured);
     contiguous at bf16 on a CPU, where a DeepLab step measured slower in channels_last, and on a
     GPU, where it helped one size and slowed another (docs/RESULTS.md). ``precision`` is resolved

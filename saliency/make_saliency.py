@@ -51,9 +51,10 @@ def load_network(cfg, device) -> PiCANet:
     path = network_path(cfg)
     if path is None:
         preflight(cfg, [])
-    return load_picanet(
+    model = load_picanet(
         path, encoder=cfg.saliency.encoder, paper_attention=cfg.saliency.paper_attention, map_location=device
-    ).to(device)
+    )
+    return runtime.to_memory_format(model.to(device), cfg.runtime.memory_format)
 
 
 class _Batches(Dataset):

@@ -203,6 +203,7 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         validate=validate_and_log,
         train_mode=train_mode,
         grad_clip=settings.grad_clip,
+        memory_format=cfg.runtime.memory_format,
     )
     outcome = training.fit(cfg, spec, device=device, stop_after=stop_after)
     best = outcome.best

@@ -129,4 +129,6 @@ def test_deeplab_training_step_gradients_match_torchs():
         gradients.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert gradients[0].keys() == gradients[1].keys()
     for name, ours in gradients[0].items():
-        torch.testing.assert_close(ours, gradients[1][name], rtol=1e-7, atol=1e-9, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            ours, gradients[1][name], rtol=1e-7, atol=1e-9, msg=lambda m, name=name: f"{name}: {m}"
+        )

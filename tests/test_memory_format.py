@@ -1,8 +1,9 @@
-"""runtime.memory_format: which format ``auto`` picks, and that the classifier's and DeepLab's
-work in channels_last (training, Grad-CAM, segmentation) gives what the contiguous networks give."""
+"""runtime.memory_format: which format ``auto`` picks, and that the networks' work in channels_last
+(training, saliency maps, Grad-CAM, segmentation) gives what the contiguous networks give."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -19,6 +20,9 @@ from config import ConfigError, build_config, validate
 from deeplab.inference import batch_probabilities
 from deeplab.models import build_deeplab
 from deeplab.segmenter import Segmenter
+from saliency.make_saliency import saliency_maps
+from saliency.picanet import PiCANet
+from saliency.train_saliency import supervision_loss
 
 
 def _is_channels_last(tensor: torch.Tensor) -> bool:
@@ -105,6 +109,31 @@ def test_deeplab_and_segmenter_in_channels_last_give_the_contiguous_probabilitie
     assert _first_kernel(Segmenter(other, ["a", "b"], device="cpu", precision="bf16").model).is_contiguous()
 
 
+@pytest.mark.parametrize("encoder", ["efficientnet_lite0", "vgg16"])
+def test_picanet_in_channels_last_gives_the_contiguous_maps_and_gradients(encoder):
+    torch.manual_seed(0)
+    # float64: BatchNorm in training mode over 4 x 4 maps magnifies float32's rounding differences
+    built = PiCANet(encoder=encoder).double()
+    images = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    masks = (torch.rand(2, 1, 64, 64) < 0.4).float()  # the loss is scored in float32
+    results = []
+    for memory_format in ("contiguous", "channels_last"):
+        # a copy each: the training-mode pass moves BatchNorm's running statistics
+        model = runtime.to_memory_format(copy.deepcopy(built), memory_format)
+        model.eval()
+        maps = saliency_maps(model, images, [(40, 56), (64, 64)], minmax=False)
+        model.train()
+        model.zero_grad(set_to_none=True)
+        supervision_loss(model, (images, masks), torch.device("cpu")).backward()
+        results.append((maps, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    assert _is_channels_last(_first_kernel(model))
+    (maps, grads), (maps_last, grads_last) = results
+    for exact, other in zip(maps, maps_last):
+        np.testing.assert_allclose(exact, other, atol=1e-5)
+    for exact, other in zip(grads, grads_last):
+        torch.testing.assert_close(exact, other, rtol=1e-7, atol=1e-9)
+
+
 class _Pictures(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return 6
@@ -179,28 +208,36 @@ def test_the_stages_train_and_load_their_networks_in_runtime_memory_format(tiny_
     from classifier.train_classifier import run as train_classifier
     from deeplab.eval_deeplab import load_trained as load_deeplab
     from deeplab.train_deeplab import run as train_deeplab
+    from saliency.make_saliency import load_network as load_saliency
+    from saliency.train_saliency import run as train_saliency
 
     cpu = torch.device("cpu")
     cfg = tiny_cfg(
         **{
             "runtime.device": "cpu",
             "runtime.memory_format": "channels_last",
+            "saliency.steps": 1,
+            "saliency.val_every": 1,
+            "saliency.input_size": 64,
             "classifier.steps": 1,
             "deeplab.steps": 1,
             "deeplab.gt_percentage": 100,  # real masks: no earlier stage needed
             "eval.checkpoint": "last",
         }
     )
+    train_saliency(cfg)
     train_classifier(cfg)
     train_deeplab(cfg)
-    for folder in ("classifier", "deeplab"):
+    for folder in ("saliency", "classifier", "deeplab"):
         state = torch.load(Layout(cfg).checkpoint(folder, "last"), weights_only=False)
         kernel = next(t for t in state["model"].values() if t.dim() == 4 and t.shape[-1] > 1)
         assert _is_channels_last(kernel)  # trained in channels_last: torch.save keeps the strides
     names = datasets.build(cfg, "train").class_names
     assert _is_channels_last(_first_kernel(load_classifier(cfg, names, cpu)))
     assert _is_channels_last(_first_kernel(load_deeplab(cfg, cpu)[0]))
+    assert _is_channels_last(_first_kernel(load_saliency(cfg, cpu)))
     cfg.runtime.memory_format = "contiguous"
+    assert _first_kernel(load_saliency(cfg, cpu)).is_contiguous()
     assert _first_kernel(load_classifier(cfg, names, cpu)).is_contiguous()
     assert _first_kernel(load_deeplab(cfg, cpu)[0]).is_contiguous()
 
