@@ -25,6 +25,15 @@ def _layer(channels: int, kernel: int, dilation: int, dtype=torch.float32) -> nn
     return layer
 
 
+def _fast_and_native(channels: int, kernel: int, dilation: int, dtype=torch.float32) -> tuple[nn.Module, nn.Module]:
+    """The same random layer twice: with the faster backward, and as torch's nn.Conv2d."""
+    native = _layer(channels, kernel, dilation, dtype)
+    fast = _layer(channels, kernel, dilation, dtype)
+    fast.load_state_dict(native.state_dict())
+    assert use_fast_depthwise_backward(fast) == 1 and type(fast) is DilatedDepthwiseConv2d
+    return fast, native
+
+
 def _gradients(layer: nn.Module, x: torch.Tensor, grad_output: torch.Tensor) -> tuple[torch.Tensor, ...]:
     x = x.detach().clone().requires_grad_()
     output = layer(x)
@@ -38,10 +47,7 @@ def _gradients(layer: nn.Module, x: torch.Tensor, grad_output: torch.Tensor) -> 
 )
 def test_fast_backward_gives_torchs_gradients(kernel, dilation, channels, size, batch):
     torch.manual_seed(0)
-    native = _layer(channels, kernel, dilation, torch.float64)
-    fast = _layer(channels, kernel, dilation, torch.float64)
-    fast.load_state_dict(native.state_dict())
-    assert use_fast_depthwise_backward(fast) == 1 and type(fast) is DilatedDepthwiseConv2d
+    fast, native = _fast_and_native(channels, kernel, dilation, torch.float64)
     x = torch.randn(batch, channels, size, size + 3, dtype=torch.float64).to(memory_format=torch.channels_last)
     grad_output = torch.randn(batch, channels, size, size + 3, dtype=torch.float64)
     output = fast(x.clone().requires_grad_())
@@ -52,10 +58,7 @@ def test_fast_backward_gives_torchs_gradients(kernel, dilation, channels, size, 
 
 def test_contiguous_input_inference_and_frozen_weights():
     torch.manual_seed(0)
-    native = _layer(8, 5, 2)
-    fast = _layer(8, 5, 2)
-    fast.load_state_dict(native.state_dict())
-    use_fast_depthwise_backward(fast)
+    fast, native = _fast_and_native(8, 5, 2)
     x = torch.randn(2, 8, 10, 10)
     # contiguous memory: torch's own convolution and backward (the fast one measured slower there)
     assert type(fast(x.requires_grad_()).grad_fn).__name__ == "ConvolutionBackward0"
@@ -73,10 +76,7 @@ def test_contiguous_input_inference_and_frozen_weights():
 
 def test_bf16_autocast_gradients_match_torchs_and_keep_their_dtypes():
     torch.manual_seed(0)
-    native = _layer(16, 5, 2)
-    fast = _layer(16, 5, 2)
-    fast.load_state_dict(native.state_dict())
-    use_fast_depthwise_backward(fast)
+    fast, native = _fast_and_native(16, 5, 2)
     x = torch.randn(2, 16, 12, 12).to(memory_format=torch.channels_last)
     results = []
     for layer in (fast, native):
