@@ -46,7 +46,9 @@ def measure(layer: tuple, channels_last: bool, precision: str, repeats: int) -> 
         x = x.to(memory_format=torch.channels_last)
     x.requires_grad_()
     weight = torch.randn(channels, 1, kernel, kernel, requires_grad=True)
-    grad = torch.randn(batch, channels, side, side)
+    grad = torch.randn(batch, channels, side, side)  # in the output's memory format, as in training
+    if channels_last:
+        grad = grad.to(memory_format=torch.channels_last)
     device = torch.device("cpu")
 
     def native():

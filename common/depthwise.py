@@ -42,6 +42,8 @@ class _DilatedDepthwise(torch.autograd.Function):
     def backward(ctx, grad_output: torch.Tensor):
         x, weight = ctx.saved_tensors
         padding, dilation = ctx.padding, ctx.dilation
+        # the next layer's backward gives it channels-last; a contiguous one would make both sums slow
+        grad_output = grad_output.contiguous(memory_format=torch.channels_last)
         channels, kernel = weight.shape[0], weight.shape[-1]
         grad_input = grad_weight = None
         if ctx.needs_input_grad[0]:
