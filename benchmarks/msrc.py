@@ -61,10 +61,11 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 # Aimed at 90 minutes (quick: 15) on 2 CPU cores, and about 8 minutes on one H100/H200 (gpu); the
 # full profile's 1,500-step DeepLabs put it past 90 (measured on a CPU without native bf16,
-# estimated on one with it: docs/BENCHMARKS.md's wall-time table, docs/RESULTS.md). DeepLab validates at every fifth of its steps: the plateau
-# check compares 80 % with 100 %. The quick profile's DeepLabs validate at 50 % and 100 % only: 80
-# steps are far from any plateau. Saliency validates twice: a pass over DUTS val's 500 images, by
-# DAVIS val's 141 in about 40 s, ~2 min. --set overrides any of these.
+# estimated on one with it: docs/BENCHMARKS.md's wall-time table, docs/RESULTS.md). DeepLab
+# validates at every fifth of its steps: the plateau check compares 80 % with 100 %. The quick
+# profile's DeepLabs validate at 50 % and 100 % only: 80 steps are far from any plateau. Saliency
+# validates twice: a pass over DUTS val's 500 images, by DAVIS val's 141 in about 40 s, ~2 min.
+# --set overrides any of these.
 PROFILES = {
     "full": {
         "saliency.steps": 300,
