@@ -161,9 +161,9 @@ class RuntimeConfig:
     memory_format: str = setting(
         "auto",
         "the networks' weights and activations in training and inference (PiCANet, the classifier, "
-        "DeepLab): channels_last | contiguous; auto = channels_last on a CPU at fp32 (steps 1.1-1.3x "
-        "faster on an AVX2 EPYC, the one CPU measured at fp32), contiguous elsewhere (slower on a "
-        "bf16 CPU; docs/RESULTS.md)",
+        "DeepLab): channels_last | contiguous; auto = channels_last on a CPU at fp32 (lite0 steps "
+        "1.1-1.3x faster on an AVX2 EPYC, the one CPU measured at fp32), contiguous elsewhere "
+        "(slower on a bf16 CPU; docs/RESULTS.md)",
         choices=("auto", "channels_last", "contiguous"),
     )
     checkpoint_every: int = setting(

@@ -3,7 +3,7 @@
 EfficientNet-Lite0 (and MobileNetV3) at output stride 16 dilate the depthwise convolutions of their
 last stage. On the CPU, in channels-last memory, torch's backward pass of such a layer takes 20 to
 70 times its forward pass: a 5x5 layer of 1,152 channels on a 12 x 12 map (batch 8) runs forward in
-3.5 ms and backward in about 70 ms. lite0's four such layers took a quarter of a DeepLab training
+about 2 ms and backward in about 70 ms. lite0's four such layers took a quarter of a DeepLab training
 step (fp32, 2 cores; docs/RESULTS.md).
 
 Both gradients are cheap to compute from operations that are fast there:
@@ -16,7 +16,7 @@ Both gradients are cheap to compute from operations that are fast there:
 :class:`DilatedDepthwiseConv2d`, whose forward is that of ``nn.Conv2d`` and whose weights and
 state_dict keys are the same; the faster backward runs only where it was measured to be faster (a
 CPU input in channels-last memory that needs a gradient). Anywhere else (contiguous memory, where
-it measured slower for 5x5 kernels; CUDA; inference) the layer is an ``nn.Conv2d``.
+it measured slower; CUDA; inference) the layer is an ``nn.Conv2d``.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ class DilatedDepthwiseConv2d(nn.Conv2d):
     for a CPU input in channels-last memory, is the faster one of this module."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if uses_fast_backward(x, self.weight):
+        # the shape is checked again: the Function computes only the layers it was written for
+        if uses_fast_backward(x, self.weight) and _computable(self):
             return _DilatedDepthwise.apply(x, self.weight, self.padding[0], self.dilation[0])
         return super().forward(x)
 
@@ -95,8 +96,11 @@ def uses_fast_backward(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def qualifies(module: nn.Module) -> bool:
     """A plain ``nn.Conv2d`` that is depthwise (one filter per channel), square, stride 1, dilated,
     padded to keep its size with zeros, without a bias: the layers the faster backward computes."""
-    if type(module) is not nn.Conv2d:  # subclasses (timm's Conv2dSame) pad in their own forward
-        return False
+    # subclasses (timm's Conv2dSame) pad in their own forward
+    return type(module) is nn.Conv2d and _computable(module)
+
+
+def _computable(module: nn.Conv2d) -> bool:
     kernel, dilation, padding = module.kernel_size, module.dilation, module.padding
     return (
         module.groups == module.in_channels == module.out_channels

@@ -69,9 +69,12 @@ def test_contiguous_input_inference_and_frozen_weights():
         layer.weight.requires_grad_(False)
     x_last = x.detach().to(memory_format=torch.channels_last)
     grad_output = torch.randn(2, 8, 10, 10)
+    assert type(fast(x_last.clone().requires_grad_()).grad_fn).__name__ == "_DilatedDepthwiseBackward"
     ours, theirs = _gradients(fast, x_last, grad_output), _gradients(native, x_last, grad_output)
-    assert len(ours) == len(theirs) == 2
     torch.testing.assert_close(ours[1], theirs[1], rtol=1e-5, atol=1e-5)
+    # a layer whose shape was changed after the swap falls back to torch's convolution
+    fast.padding = (1, 1)
+    assert type(fast(x_last.clone().requires_grad_()).grad_fn).__name__ == "ConvolutionBackward0"
 
 
 def test_bf16_autocast_gradients_match_torchs_and_keep_their_dtypes():
@@ -84,6 +87,7 @@ def test_bf16_autocast_gradients_match_torchs_and_keep_their_dtypes():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             output = layer(leaf)
         assert output.dtype == torch.bfloat16
+        assert (type(output.grad_fn).__name__ == "_DilatedDepthwiseBackward") is (layer is fast)
         output.float().square().sum().backward()
         assert leaf.grad.dtype == torch.float32 and layer.weight.grad.dtype == torch.float32
         results.append((leaf.grad, layer.weight.grad))
@@ -99,6 +103,15 @@ def test_only_plain_dilated_depthwise_layers_qualify():
     assert not qualifies(nn.Conv2d(8, 8, 3, stride=2, padding=2, dilation=2, groups=8, bias=False))
     assert not qualifies(nn.Conv2d(8, 8, 3, padding=1, dilation=2, groups=8, bias=False))  # shrinks the map
     assert not qualifies(nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8, bias=False, padding_mode="reflect"))
+    assert not qualifies(nn.Conv2d(8, 8, 3, padding=(2, 4), dilation=2, groups=8, bias=False))
+    assert not qualifies(nn.Conv2d(8, 8, (3, 5), padding=(2, 4), dilation=2, groups=8, bias=False))
+    assert not qualifies(nn.Conv2d(8, 8, 3, padding=(2, 1), dilation=(2, 1), groups=8, bias=False))
+    assert not qualifies(nn.Conv2d(8, 16, 3, padding=2, dilation=2, groups=8, bias=False))  # two per channel
+
+    class Padded(nn.Conv2d):  # a subclass pads in its own forward
+        pass
+
+    assert not qualifies(Padded(8, 8, 3, padding=2, dilation=2, groups=8, bias=False))
 
 
 @pytest.mark.parametrize(("name", "dilated"), [("efficientnet_lite0", 4), ("mobilenet_v3_large", 3)])
@@ -119,6 +132,10 @@ def test_deeplab_training_step_gradients_match_torchs():
     model = model.double().to(memory_format=torch.channels_last).train()
     images = torch.randn(2, 3, 64, 64, dtype=torch.float64).to(memory_format=torch.channels_last)
     labels = torch.randint(0, 4, (2, 64, 64))
+    backward_kinds = []
+    for layer in model.modules():
+        if type(layer) is DilatedDepthwiseConv2d:
+            layer.register_forward_hook(lambda m, i, out: backward_kinds.append(type(out.grad_fn).__name__))
     gradients = []
     for swap in (None, use_native_depthwise_backward):
         if swap:
@@ -127,6 +144,8 @@ def test_deeplab_training_step_gradients_match_torchs():
         torch.manual_seed(1)  # the head's dropout
         F.cross_entropy(model(images), labels).backward()
         gradients.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    # the first pass ran the new backward in all four dilated layers, the second torch's
+    assert backward_kinds == ["_DilatedDepthwiseBackward"] * 4 + ["ConvolutionBackward0"] * 4
     assert gradients[0].keys() == gradients[1].keys()
     for name, ours in gradients[0].items():
         torch.testing.assert_close(

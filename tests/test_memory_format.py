@@ -15,6 +15,7 @@ from attention.gradcam import GradCam
 from attention.make_cam import compute_cams
 from classifier.models import build_classifier
 from common import runtime, training
+from common.depthwise import DilatedDepthwiseConv2d
 from common.layout import Layout
 from config import ConfigError, build_config, validate
 from deeplab.inference import batch_probabilities
@@ -120,12 +121,21 @@ def test_picanet_in_channels_last_gives_the_contiguous_maps_and_gradients(encode
     for memory_format in ("contiguous", "channels_last"):
         # a copy each: the training-mode pass moves BatchNorm's running statistics
         model = runtime.to_memory_format(copy.deepcopy(built), memory_format)
+        backward_kinds = []
+        for layer in model.modules():
+            if type(layer) is DilatedDepthwiseConv2d:
+                layer.register_forward_hook(
+                    lambda m, i, out, kinds=backward_kinds: kinds.append(type(out.grad_fn).__name__)
+                )
         model.eval()
         maps = saliency_maps(model, images, [(40, 56), (64, 64)], minmax=False)
         model.train()
         model.zero_grad(set_to_none=True)
         supervision_loss(model, (images, masks), torch.device("cpu")).backward()
         results.append((maps, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+        if encoder == "efficientnet_lite0":  # its dilated layers took common/depthwise.py's backward
+            fast = memory_format == "channels_last"
+            assert ("_DilatedDepthwiseBackward" in backward_kinds) is fast
     assert _is_channels_last(_first_kernel(model))
     (maps, grads), (maps_last, grads_last) = results
     for exact, other in zip(maps, maps_last):
