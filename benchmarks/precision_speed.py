@@ -10,12 +10,14 @@ stage freezes it).
     python -m benchmarks.precision_speed --steps 20 --rounds 5 --precisions fp32,bf16 --trainings classifier
     python -m benchmarks.precision_speed --device cuda --precisions fp32,bf16,fp16 --channels-last
     python -m benchmarks.precision_speed --preset msrc --trainings deeplab,saliency --precisions fp32 \
-        --channels-last --native-depthwise
+        --channels-last --without depthwise,dead_taps
 
 Prints a markdown table (median steps/s over ``--rounds`` rounds in which the precisions take
 turns, speed-up over fp32, peak GPU memory) and writes it as JSON to bench/precision_speed.json.
-``--native-depthwise`` also measures each network with torch's own backward pass of its dilated
-depthwise layers (common/depthwise.py), in the same rounds.
+``--without`` also measures each network with one of the project's CPU speed-ups undone, in the
+same rounds: ``depthwise`` (torch's own backward of the dilated depthwise layers instead of
+common/depthwise.py's), ``dead_taps`` (the ASPP's convolutions with every tap, common/dead_taps.py).
+``--native-depthwise`` is ``--without depthwise``.
 The speed says nothing of quality: compare the trainings' validation numbers at each precision
 over several seeds before changing ``runtime.precision``'s default.
 """
@@ -37,6 +39,25 @@ from common import runtime  # noqa: E402
 
 TRAININGS = ("classifier", "saliency", "deeplab")
 NUM_CLASSES = 6  # the demo's classes; the shape of the head hardly matters to the speed
+
+
+def _undo_depthwise(model) -> int:
+    from common.depthwise import use_native_depthwise_backward
+
+    return use_native_depthwise_backward(model)
+
+
+def _undo_dead_taps(model) -> int:
+    from common.dead_taps import keep_dead_taps
+
+    return keep_dead_taps(model)
+
+
+# what --without undoes: name -> (what the variant is called in the table, the function undoing it)
+UNDOABLE = {
+    "depthwise": ("torch's depthwise backward", _undo_depthwise),
+    "dead_taps": ("every ASPP tap", _undo_dead_taps),
+}
 
 
 def build(name: str, cfg, device: torch.device):
@@ -122,19 +143,17 @@ def measure(
     warmup: int = 2,
     channels_last: bool = False,
     pin_memory: bool = True,
-    native_depthwise: bool = False,
+    without: str = "",
 ) -> dict:
     """Steps per second of ``steps`` training steps of ``name`` (after ``warmup`` untimed ones),
     with the loss of the last step and the peak GPU memory (MiB; None on the CPU). Every step
     copies its batch from the host as training does (from pinned memory unless ``pin_memory`` is
-    False). ``native_depthwise``: torch's own backward of the dilated depthwise layers instead of
-    common/depthwise.py's, which every backbone built by common/backbones.py uses."""
+    False). ``without``: a key of :data:`UNDOABLE`, the speed-up left out (every one is in by
+    default, as the stages build the networks)."""
     torch.manual_seed(0)
     model, optimizer, scheduler, loss_fn, batch, train_mode, grad_clip = build(name, cfg, device)
-    if native_depthwise:
-        from common.depthwise import use_native_depthwise_backward
-
-        use_native_depthwise_backward(model)
+    if without:
+        UNDOABLE[without][1](model)
     if channels_last:  # the weights only, as runtime.memory_format does: the batch comes as loaded
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda" and pin_memory:
@@ -173,7 +192,7 @@ def measure(
         "precision": precision,
         "channels_last": channels_last,
         "pin_memory": pin_memory,
-        "native_depthwise": native_depthwise,
+        "without": without,
         "steps_per_s": steps / seconds,
         "seconds": seconds,
         "steps": steps,
@@ -185,26 +204,26 @@ def measure(
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| training | precision | channels_last | depthwise backward | steps/s | vs fp32 | vs native depthwise "
+        "| training | precision | channels_last | speed-up left out | steps/s | vs fp32 | all speed-ups against this "
         "| peak GPU MiB | last loss |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def key(r: dict, **change) -> tuple:
         r = {**r, **change}
-        return (r["training"], r["precision"], r["channels_last"], r.get("native_depthwise", False))
+        return (r["training"], r["precision"], r["channels_last"], r.get("without", ""))
 
     speeds = {key(r): r["steps_per_s"] for r in results}
     for r in results:
         base = speeds.get(key(r, precision="fp32"))
-        native = speeds.get(key(r, native_depthwise=True))
+        everything = speeds.get(key(r, without=""))
         ratio = f"{r['steps_per_s'] / base:.2f}x" if base else ""
-        over_native = f"{r['steps_per_s'] / native:.2f}x" if native else ""
+        gain = f"{everything / r['steps_per_s']:.2f}x" if r.get("without") and everything else ""
         peak = f"{r['peak_memory_mib']:.0f}" if r["peak_memory_mib"] is not None else ""
+        left_out = UNDOABLE[r["without"]][0] if r.get("without") else "none"
         lines.append(
-            f"| {r['training']} | {r['precision']} | {r['channels_last']} | "
-            f"{'native' if r.get('native_depthwise') else 'common/depthwise.py'} | {r['steps_per_s']:.2f} | "
-            f"{ratio} | {over_native} | {peak} | {r['last_loss']:.4f} |"
+            f"| {r['training']} | {r['precision']} | {r['channels_last']} | {left_out} | {r['steps_per_s']:.2f} | "
+            f"{ratio} | {gain} | {peak} | {r['last_loss']:.4f} |"
         )
     return "\n".join(lines)
 
@@ -222,12 +241,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (0 = torch's default)")
     parser.add_argument("--channels-last", action="store_true", help="also measure channels_last memory format")
     parser.add_argument(
-        "--native-depthwise",
-        action="store_true",
-        help="also measure torch's own backward of the dilated depthwise layers (common/depthwise.py)",
+        "--without",
+        default="",
+        help=f"comma-separated speed-ups to also measure each network without: {', '.join(UNDOABLE)}",
     )
+    parser.add_argument("--native-depthwise", action="store_true", help="the same as --without depthwise")
     parser.add_argument("--output", default="bench/precision_speed.json")
     args = parser.parse_args(argv)
+    left_out = [name for name in args.without.split(",") if name] + (["depthwise"] * args.native_depthwise)
+    unknown = sorted(set(left_out) - set(UNDOABLE))
+    if unknown:
+        parser.error(f"--without {','.join(unknown)}: expected some of {', '.join(UNDOABLE)}")
+    left_out = list(dict.fromkeys(left_out))
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = config_module.build_config(args.preset, args.overrides)
@@ -237,20 +262,20 @@ def main(argv: list[str] | None = None) -> int:
         for memory_format in [False, True] if args.channels_last else [False]:
             # the variants take turns, round after round, so a machine whose load changes (a shared
             # one) slows each alike; the median round is reported
-            variants = [(p, native) for p in args.precisions.split(",") for native in (False, True)]
-            rounds: dict[tuple, list[dict]] = {v: [] for v in variants if args.native_depthwise or not v[1]}
+            variants = [(p, without) for p in args.precisions.split(",") for without in ["", *left_out]]
+            rounds: dict[tuple, list[dict]] = {v: [] for v in variants}
             for round_index in range(args.rounds):
-                for precision, native in rounds:
+                for precision, without in rounds:
                     result = measure(
-                        name, cfg, device, precision, args.steps, args.warmup, memory_format, native_depthwise=native
+                        name, cfg, device, precision, args.steps, args.warmup, memory_format, without=without
                     )
                     print(
                         f"{name} {precision} channels_last={memory_format} "
-                        f"{'native depthwise ' if native else ''}round {round_index + 1}: "
+                        f"{'without ' + without + ' ' if without else ''}round {round_index + 1}: "
                         f"{result['steps_per_s']:.2f} steps/s",
                         flush=True,
                     )
-                    rounds[precision, native].append(result)
+                    rounds[precision, without].append(result)
             for measured in rounds.values():
                 ordered = sorted(measured, key=lambda r: r["steps_per_s"])
                 median = dict(ordered[len(ordered) // 2])

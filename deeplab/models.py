@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from common import backbones, imagenet
 from common.backbone_parts import FrozenBatchNormMixin
+from common.dead_taps import trim_dead_taps
 
 BACKBONES = backbones.names(for_="deeplab")
 # backbones torchvision publishes COCO-with-VOC-labels DeepLabV3 weights for
@@ -183,6 +184,8 @@ def build_deeplab(
     )
     if segmentation_pretrained:
         load_segmentation_weights(model, backbone, segmentation_weights_path)
+    # the ASPP's rates (12, 24, 36) reach past a small crop's map: those taps read only padding
+    trim_dead_taps(model)
     return model
 
 

@@ -1,0 +1,86 @@
+"""Dilated convolutions computed without the kernel rows and columns that can only read padding.
+
+torchvision's DeepLabHead dilates the three 3x3 branches of its ASPP by 12, 24 and 36. At output
+stride 16 a 192-pixel training crop gives a 12 x 12 map. A tap 12 or more rows (or columns) away
+from the centre then reads the zero padding at every output position, so each branch computes a 1x1
+convolution at the cost of a 3x3 one (DeepLabv3, Chen et al. 2017, describe this degeneration of
+large rates on small maps). Those three branches took about a tenth of a DeepLab training step on the
+CPU (fp32, 2 cores; docs/RESULTS.md).
+
+For a stride-1 convolution padded with zeros to keep its size, kernel row ``m`` (counted from the
+centre) reaches inside a map of height ``H`` for some output row only when ``|m| * dilation <= H -
+1``; the same holds for columns. Dropping the other rows and columns, with the padding only they
+needed, gives the same output. It gives the same gradients too: a dropped tap's gradient is a sum of
+products with zeros, and the sliced weight receives exact zeros there.
+
+:func:`trim_dead_taps` swaps the layers that qualify for :class:`TrimmedDilationConv2d`, whose
+parameters and state_dict keys are those of ``nn.Conv2d``. The check runs at every call, so one
+network trains on small crops and segments whole images.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def live_half_width(kernel: int, dilation: int, side: int) -> int:
+    """How many taps on each side of the centre of an odd ``kernel`` at ``dilation`` can read a
+    map of ``side`` pixels (the others read only padding)."""
+    return min((kernel - 1) // 2, max(side - 1, 0) // dilation)
+
+
+class TrimmedDilationConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` (stride 1, zero "same" padding, odd kernel, dilated) that leaves out the
+    kernel rows and columns which read only padding for the input at hand."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # a traced or exported graph is replayed on other sizes: it keeps the whole kernel
+        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export() or x.dim() != 4:
+            return super().forward(x)
+        (kernel_h, kernel_w), (dilation_h, dilation_w) = self.kernel_size, self.dilation
+        half_h = live_half_width(kernel_h, dilation_h, x.shape[-2])
+        half_w = live_half_width(kernel_w, dilation_w, x.shape[-1])
+        centre_h, centre_w = (kernel_h - 1) // 2, (kernel_w - 1) // 2
+        if half_h == centre_h and half_w == centre_w:
+            return super().forward(x)
+        weight = self.weight[:, :, centre_h - half_h : centre_h + half_h + 1, centre_w - half_w : centre_w + half_w + 1]
+        padding = (half_h * dilation_h, half_w * dilation_w)
+        return F.conv2d(x, weight, self.bias, padding=padding, dilation=self.dilation, groups=self.groups)
+
+
+def qualifies(module: nn.Module) -> bool:
+    """A plain ``nn.Conv2d`` at stride 1, dilated, with an odd kernel and zero padding that keeps
+    the map's size: the layers whose outer taps can fall wholly in the padding."""
+    if type(module) is not nn.Conv2d:  # subclasses (timm's Conv2dSame, DilatedDepthwiseConv2d) have their own forward
+        return False
+    kernel, dilation, padding = module.kernel_size, module.dilation, module.padding
+    return (
+        module.padding_mode == "zeros"
+        and module.stride == (1, 1)
+        and isinstance(padding, tuple)
+        and max(dilation) > 1
+        and all(k % 2 == 1 and p == d * (k - 1) // 2 for k, d, p in zip(kernel, dilation, padding))
+    )
+
+
+def trim_dead_taps(model: nn.Module) -> int:
+    """Make every qualifying layer (:func:`qualifies`) of ``model`` a :class:`TrimmedDilationConv2d`,
+    in place (same parameters, same state_dict); returns how many were changed."""
+    changed = 0
+    for module in model.modules():
+        if qualifies(module):
+            module.__class__ = TrimmedDilationConv2d
+            changed += 1
+    return changed
+
+
+def keep_dead_taps(model: nn.Module) -> int:
+    """Undo :func:`trim_dead_taps` (for comparisons); returns how many were changed."""
+    changed = 0
+    for module in model.modules():
+        if type(module) is TrimmedDilationConv2d:
+            module.__class__ = nn.Conv2d
+            changed += 1
+    return changed
