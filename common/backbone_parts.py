@@ -25,6 +25,18 @@ def to_tensor(image: np.ndarray, mean, std) -> torch.Tensor:
 # ---- frozen BatchNorm ----------------------------------------------------------------------------
 
 
+def swap_layer_class(model: nn.Module, wanted, new_class: type) -> int:
+    """Give every module of ``model`` for which ``wanted(module)`` holds the class ``new_class`` (a
+    subclass of its own, or its base, with the same parameters: the state_dict keeps its keys), in
+    place; returns how many were changed."""
+    changed = 0
+    for module in model.modules():
+        if wanted(module):
+            module.__class__ = new_class
+            changed += 1
+    return changed
+
+
 def batchnorm_layers(module: nn.Module) -> list[nn.Module]:
     """Every BatchNorm layer (any dimension, SyncBatchNorm included) inside ``module``."""
     return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.backbone_parts import swap_layer_class
+
 
 def live_half_width(kernel: int, dilation: int, side: int) -> int:
     """How many taps on each side of the centre of an odd ``kernel`` at ``dilation`` can read a
@@ -68,19 +70,9 @@ def qualifies(module: nn.Module) -> bool:
 def trim_dead_taps(model: nn.Module) -> int:
     """Make every qualifying layer (:func:`qualifies`) of ``model`` a :class:`TrimmedDilationConv2d`,
     in place (same parameters, same state_dict); returns how many were changed."""
-    changed = 0
-    for module in model.modules():
-        if qualifies(module):
-            module.__class__ = TrimmedDilationConv2d
-            changed += 1
-    return changed
+    return swap_layer_class(model, qualifies, TrimmedDilationConv2d)
 
 
 def keep_dead_taps(model: nn.Module) -> int:
     """Undo :func:`trim_dead_taps` (for comparisons); returns how many were changed."""
-    changed = 0
-    for module in model.modules():
-        if type(module) is TrimmedDilationConv2d:
-            module.__class__ = nn.Conv2d
-            changed += 1
-    return changed
+    return swap_layer_class(model, lambda module: type(module) is TrimmedDilationConv2d, nn.Conv2d)

@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.backbone_parts import swap_layer_class
+
 
 class _DilatedDepthwise(torch.autograd.Function):
     """``F.conv2d(x, weight, padding=padding, dilation=dilation, groups=channels)`` at stride 1 without
@@ -118,19 +120,9 @@ def _computable(module: nn.Conv2d) -> bool:
 def use_fast_depthwise_backward(model: nn.Module) -> int:
     """Make every qualifying layer (:func:`qualifies`) of ``model`` a :class:`DilatedDepthwiseConv2d`,
     in place (same parameters, same state_dict); returns how many were changed."""
-    changed = 0
-    for module in model.modules():
-        if qualifies(module):
-            module.__class__ = DilatedDepthwiseConv2d
-            changed += 1
-    return changed
+    return swap_layer_class(model, qualifies, DilatedDepthwiseConv2d)
 
 
 def use_native_depthwise_backward(model: nn.Module) -> int:
     """Undo :func:`use_fast_depthwise_backward` (for comparisons); returns how many were changed."""
-    changed = 0
-    for module in model.modules():
-        if type(module) is DilatedDepthwiseConv2d:
-            module.__class__ = nn.Conv2d
-            changed += 1
-    return changed
+    return swap_layer_class(model, lambda module: type(module) is DilatedDepthwiseConv2d, nn.Conv2d)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from step_gradients import assert_same_gradients, cross_entropy_step
 
 from common.dead_taps import TrimmedDilationConv2d, keep_dead_taps, live_half_width, qualifies, trim_dead_taps
 from deeplab.models import build_deeplab
@@ -111,15 +111,7 @@ def test_deeplab_aspp_is_trimmed_and_trains_as_with_every_tap():
     for undo in (None, keep_dead_taps):
         if undo:
             assert undo(model) == 3
-        model.zero_grad(set_to_none=True)
-        torch.manual_seed(1)  # the head's dropout
-        loss = F.cross_entropy(model(images), labels)
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        results.append(cross_entropy_step(model, images, labels))
     assert list(model.state_dict()) == keys
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
-    assert results[0][1].keys() == results[1][1].keys()
-    for name, ours in results[0][1].items():
-        torch.testing.assert_close(
-            ours, results[1][1][name], rtol=1e-7, atol=1e-10, msg=lambda m, name=name: f"{name}: {m}"
-        )
+    assert_same_gradients(results[0][1], results[1][1], rtol=1e-7, atol=1e-10)
