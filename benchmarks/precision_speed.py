@@ -152,8 +152,7 @@ def measure(
     default, as the stages build the networks)."""
     torch.manual_seed(0)
     model, optimizer, scheduler, loss_fn, batch, train_mode, grad_clip = build(name, cfg, device)
-    if without:
-        UNDOABLE[without][1](model)
+    undone = UNDOABLE[without][1](model) if without else 0
     if channels_last:  # the weights only, as runtime.memory_format does: the batch comes as loaded
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda" and pin_memory:
@@ -193,6 +192,7 @@ def measure(
         "channels_last": channels_last,
         "pin_memory": pin_memory,
         "without": without,
+        "undone_layers": undone,
         "steps_per_s": steps / seconds,
         "seconds": seconds,
         "steps": steps,
@@ -220,7 +220,7 @@ def table(results: list[dict]) -> str:
         ratio = f"{r['steps_per_s'] / base:.2f}x" if base else ""
         gain = f"{everything / r['steps_per_s']:.2f}x" if r.get("without") and everything else ""
         peak = f"{r['peak_memory_mib']:.0f}" if r["peak_memory_mib"] is not None else ""
-        left_out = UNDOABLE[r["without"]][0] if r.get("without") else "none"
+        left_out = f"{UNDOABLE[r['without']][0]} ({r['undone_layers']} layers)" if r.get("without") else "none"
         lines.append(
             f"| {r['training']} | {r['precision']} | {r['channels_last']} | {left_out} | {r['steps_per_s']:.2f} | "
             f"{ratio} | {gain} | {peak} | {r['last_loss']:.4f} |"
@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--native-depthwise", action="store_true", help="the same as --without depthwise")
     parser.add_argument("--output", default="bench/precision_speed.json")
     args = parser.parse_args(argv)
-    left_out = [name for name in args.without.split(",") if name] + (["depthwise"] * args.native_depthwise)
+    left_out = [name.strip() for name in args.without.split(",") if name.strip()]
+    left_out += ["depthwise"] * args.native_depthwise
     unknown = sorted(set(left_out) - set(UNDOABLE))
     if unknown:
         parser.error(f"--without {','.join(unknown)}: expected some of {', '.join(UNDOABLE)}")

@@ -22,7 +22,7 @@ def to_tensor(image: np.ndarray, mean, std) -> torch.Tensor:
     return (tensor - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
-# ---- frozen BatchNorm ----------------------------------------------------------------------------
+# ---- layer swaps -----------------------------------------------------------------------------------
 
 
 def swap_layer_class(model: nn.Module, wanted, new_class: type) -> int:
@@ -35,6 +35,9 @@ def swap_layer_class(model: nn.Module, wanted, new_class: type) -> int:
             module.__class__ = new_class
             changed += 1
     return changed
+
+
+# ---- frozen BatchNorm ----------------------------------------------------------------------------
 
 
 def batchnorm_layers(module: nn.Module) -> list[nn.Module]:

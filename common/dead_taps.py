@@ -10,8 +10,9 @@ CPU (fp32, 2 cores; docs/RESULTS.md).
 For a stride-1 convolution padded with zeros to keep its size, kernel row ``m`` (counted from the
 centre) reaches inside a map of height ``H`` for some output row only when ``|m| * dilation <= H -
 1``; the same holds for columns. Dropping the other rows and columns, with the padding only they
-needed, gives the same output. It gives the same gradients too: a dropped tap's gradient is a sum of
-products with zeros, and the sliced weight receives exact zeros there.
+needed, gives the same output (for finite inputs: the whole kernel turns an infinite input into NaN
+through a product with the padding). It gives the same gradients too: a dropped tap's gradient is
+a sum of products with zeros, and the sliced weight receives exact zeros there.
 
 :func:`trim_dead_taps` swaps the layers that qualify for :class:`TrimmedDilationConv2d`, whose
 parameters and state_dict keys are those of ``nn.Conv2d``. The check runs at every call, so one
@@ -39,14 +40,15 @@ class TrimmedDilationConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # a traced or exported graph is replayed on other sizes: it keeps the whole kernel
-        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export() or x.dim() != 4:
-            return super().forward(x)
+        exporting = torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+        if torch.jit.is_tracing() or torch.jit.is_scripting() or exporting or x.dim() != 4:
+            return self._conv_forward(x, self.weight, self.bias)
         (kernel_h, kernel_w), (dilation_h, dilation_w) = self.kernel_size, self.dilation
         half_h = live_half_width(kernel_h, dilation_h, x.shape[-2])
         half_w = live_half_width(kernel_w, dilation_w, x.shape[-1])
         centre_h, centre_w = (kernel_h - 1) // 2, (kernel_w - 1) // 2
         if half_h == centre_h and half_w == centre_w:
-            return super().forward(x)
+            return self._conv_forward(x, self.weight, self.bias)
         weight = self.weight[:, :, centre_h - half_h : centre_h + half_h + 1, centre_w - half_w : centre_w + half_w + 1]
         padding = (half_h * dilation_h, half_w * dilation_w)
         return F.conv2d(x, weight, self.bias, padding=padding, dilation=self.dilation, groups=self.groups)

@@ -185,7 +185,7 @@ def build_deeplab(
     if segmentation_pretrained:
         load_segmentation_weights(model, backbone, segmentation_weights_path)
     # the ASPP's rates (12, 24, 36) reach past a small crop's map: those taps read only padding
-    trim_dead_taps(model)
+    trim_dead_taps(model.head)
     return model
 
 

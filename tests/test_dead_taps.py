@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from step_gradients import assert_same_gradients, cross_entropy_step
 
 from common.dead_taps import TrimmedDilationConv2d, keep_dead_taps, live_half_width, qualifies, trim_dead_taps
@@ -37,22 +38,33 @@ def _output_and_gradients(layer, x, grad_output):
         ((3, 3), (12, 12), 1, False, (14, 20)),  # a whole MSRC image: every tap live
         ((3, 3), (24, 24), 1, True, (14, 20)),
         ((3, 3), (12, 12), 1, True, (13, 5)),  # rows live, columns dead
-        ((5, 5), (3, 3), 2, True, (7, 4)),  # a 5 x 5 kernel keeping 3 x 3, then 1 x 5 live taps
+        ((5, 5), (3, 3), 2, True, (7, 4)),  # a 5 x 5 kernel keeping 5 x 3 taps
         ((5, 3), (2, 6), 4, False, (3, 9)),
         ((3, 3), (36, 36), 1, False, (1, 1)),
     ],
 )
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_trimmed_layer_gives_the_whole_kernels_output_and_gradients(
-    kernel, dilation, groups, bias, size, channels_last
+    kernel, dilation, groups, bias, size, channels_last, monkeypatch
 ):
     torch.manual_seed(0)
     trimmed, whole = _pair(4, 8, kernel, dilation, groups, bias)
     x = torch.randn(2, 4, *size, dtype=torch.float64)
-    if channels_last:
+    if channels_last:  # input and weights, as runtime.memory_format trains
         x = x.to(memory_format=torch.channels_last)
+        trimmed, whole = (m.to(memory_format=torch.channels_last) for m in (trimmed, whole))
     grad_output = torch.randn(2, 8, *size, dtype=torch.float64)
-    ours, theirs = _output_and_gradients(trimmed, x, grad_output), _output_and_gradients(whole, x, grad_output)
+    # the kernel the trimmed layer really convolves with: only the live taps
+    kernels_used = []
+    convolve = F.conv2d
+    monkeypatch.setattr(
+        F, "conv2d", lambda x, w, *a, **k: kernels_used.append(tuple(w.shape[2:])) or convolve(x, w, *a, **k)
+    )
+    ours = _output_and_gradients(trimmed, x, grad_output)
+    monkeypatch.setattr(F, "conv2d", convolve)
+    live = tuple(2 * live_half_width(k, d, side) + 1 for k, d, side in zip(kernel, dilation, size))
+    assert kernels_used == [live]
+    theirs = _output_and_gradients(whole, x, grad_output)
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     # the dead taps' gradients are exact zeros in both
@@ -62,6 +74,19 @@ def test_trimmed_layer_gives_the_whole_kernels_output_and_gradients(
         dead = [i for i in range(k) if abs(i - centre) > half]
         if dead:
             assert weight_grad.index_select(2 + axis, torch.tensor(dead)).abs().max() == 0
+
+
+def test_bf16_autocast_and_unbatched_input():
+    torch.manual_seed(0)
+    trimmed, whole = _pair(4, 8, (3, 3), (12, 12))
+    trimmed, whole = trimmed.float(), whole.float()
+    x = torch.randn(2, 4, 12, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, theirs = trimmed(x), whole(x)
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), theirs.float(), rtol=2e-2, atol=2e-2)
+    # a (C, H, W) input goes to nn.Conv2d's own path
+    torch.testing.assert_close(trimmed(x[0]), whole(x[0]), rtol=1e-6, atol=1e-6)
 
 
 def test_live_half_width():
