@@ -36,27 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import config as config_module  # noqa: E402
 from common import runtime  # noqa: E402
+from common.dead_taps import keep_dead_taps  # noqa: E402
+from common.depthwise import use_native_depthwise_backward  # noqa: E402
 
 TRAININGS = ("classifier", "saliency", "deeplab")
 NUM_CLASSES = 6  # the demo's classes; the shape of the head hardly matters to the speed
 
 
-def _undo_depthwise(model) -> int:
-    from common.depthwise import use_native_depthwise_backward
-
-    return use_native_depthwise_backward(model)
-
-
-def _undo_dead_taps(model) -> int:
-    from common.dead_taps import keep_dead_taps
-
-    return keep_dead_taps(model)
-
-
 # what --without undoes: name -> (what the variant is called in the table, the function undoing it)
 UNDOABLE = {
-    "depthwise": ("torch's depthwise backward", _undo_depthwise),
-    "dead_taps": ("every ASPP tap", _undo_dead_taps),
+    "depthwise": ("torch's depthwise backward", use_native_depthwise_backward),
+    "dead_taps": ("every ASPP tap", keep_dead_taps),
 }
 
 

@@ -37,6 +37,19 @@ def swap_layer_class(model: nn.Module, wanted, new_class: type) -> int:
     return changed
 
 
+def keeps_size_dilated(module: nn.Conv2d) -> bool:
+    """A dilated convolution at stride 1 with an odd kernel, padded with zeros to keep the map's
+    size: each output pixel reads taps at multiples of the dilation around itself."""
+    kernel, dilation, padding = module.kernel_size, module.dilation, module.padding
+    return (
+        module.padding_mode == "zeros"
+        and module.stride == (1, 1)
+        and isinstance(padding, tuple)  # not the string "same"
+        and max(dilation) > 1
+        and all(k % 2 == 1 and p == d * (k - 1) // 2 for k, d, p in zip(kernel, dilation, padding))
+    )
+
+
 # ---- frozen BatchNorm ----------------------------------------------------------------------------
 
 

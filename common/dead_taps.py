@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.backbone_parts import swap_layer_class
+from common.backbone_parts import keeps_size_dilated, swap_layer_class
 
 
 def live_half_width(kernel: int, dilation: int, side: int) -> int:
@@ -57,16 +57,8 @@ class TrimmedDilationConv2d(nn.Conv2d):
 def qualifies(module: nn.Module) -> bool:
     """A plain ``nn.Conv2d`` at stride 1, dilated, with an odd kernel and zero padding that keeps
     the map's size: the layers whose outer taps can fall wholly in the padding."""
-    if type(module) is not nn.Conv2d:  # subclasses (timm's Conv2dSame, DilatedDepthwiseConv2d) have their own forward
-        return False
-    kernel, dilation, padding = module.kernel_size, module.dilation, module.padding
-    return (
-        module.padding_mode == "zeros"
-        and module.stride == (1, 1)
-        and isinstance(padding, tuple)
-        and max(dilation) > 1
-        and all(k % 2 == 1 and p == d * (k - 1) // 2 for k, d, p in zip(kernel, dilation, padding))
-    )
+    # subclasses (timm's Conv2dSame, DilatedDepthwiseConv2d) have their own forward
+    return type(module) is nn.Conv2d and keeps_size_dilated(module)
 
 
 def trim_dead_taps(model: nn.Module) -> int:

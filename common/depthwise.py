@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.backbone_parts import swap_layer_class
+from common.backbone_parts import keeps_size_dilated, swap_layer_class
 
 
 class _DilatedDepthwise(torch.autograd.Function):
@@ -103,17 +103,12 @@ def qualifies(module: nn.Module) -> bool:
 
 
 def _computable(module: nn.Conv2d) -> bool:
-    kernel, dilation, padding = module.kernel_size, module.dilation, module.padding
     return (
         module.groups == module.in_channels == module.out_channels
         and module.bias is None
-        and module.padding_mode == "zeros"
-        and module.stride == (1, 1)
-        and kernel[0] == kernel[1]
-        and kernel[0] % 2 == 1
-        and dilation[0] == dilation[1] > 1
-        and isinstance(padding, tuple)
-        and padding[0] == padding[1] == dilation[0] * (kernel[0] - 1) // 2
+        and module.kernel_size[0] == module.kernel_size[1]
+        and module.dilation[0] == module.dilation[1]
+        and keeps_size_dilated(module)
     )
 
 
