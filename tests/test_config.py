@@ -17,7 +17,7 @@ PRESET_MARKS = {
     "demo": ("synthetic", "data/synthetic", 0.5),
     "voc": ("voc", "VOCdevkit/VOC2012", 0.5),
     "folder": ("folder", "data/my_images", 0.5),
-    "msrc": ("voc", "data/msrc_objects", 0.2),
+    "msrc": ("voc", "data/msrc_objects", 0.1),
 }
 
 
