@@ -639,8 +639,8 @@ def _msrc(cfg: Config) -> None:
     # classifier's features named by their pixels' CAMs told them apart: pseudo labels 0.775 ->
     # 0.790 (face 0.63 -> 0.75, body 0.48 -> 0.60) and DeepLab 0.765 -> 0.785 over two seeds on
     # MSRC val, +0.018 / +0.024 seed by seed, at saliency.threshold 0.2 (docs/RESULTS.md); at 0.1
-    # pseudo labels 0.781 -> 0.797 and DeepLab +0.023 on seed 0 at 1,800 steps (docs/BENCHMARKS.md;
-    # +0.026 at 1,500)
+    # pseudo labels 0.779 -> 0.797 and DeepLab +0.013 on seed 0 at 1,800 steps (docs/BENCHMARKS.md;
+    # +0.023 and +0.026 in earlier runs)
     cfg.guide.split = "clusters"
     cfg.deeplab.crop_size = 224
     # the stem and blocks 0-2 keep their ImageNet weights: on MSRC val, seeds 0 and 1, DeepLab on
