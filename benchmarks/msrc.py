@@ -69,8 +69,9 @@ PROJECT = Path(__file__).resolve().parents[1]
 PROFILES = {
     "full": {
         # 300 steps: trained on to 600 (about 11 more minutes here), the network scored max F 0.913
-        # against 0.907 on DUTS val, but its pseudo labels on MSRC train did not follow (the best
-        # threshold's 0.801 against 0.798, the preset's 0.1 0.797 both; docs/RESULTS.md)
+        # against 0.907 on DUTS val, but its pseudo labels on MSRC train did not follow (0.801 at
+        # threshold 0.15 against 0.798 at 0.075, the best of each set of thresholds tried; 0.797 at
+        # the preset's 0.1 both; docs/RESULTS.md)
         "saliency.steps": 300,
         "saliency.val_every": 150,
         "classifier.steps": 300,
