@@ -68,10 +68,11 @@ PROJECT = Path(__file__).resolve().parents[1]
 # --set overrides any of these.
 PROFILES = {
     "full": {
-        # 300 steps: trained on to 600 (about 11 more minutes here), the network scored max F 0.913
-        # against 0.907 on DUTS val, but its pseudo labels on MSRC train did not follow (0.801 at
-        # threshold 0.15 against 0.798 at 0.075, the best of each set of thresholds tried; 0.797 at
-        # the preset's 0.1 both; docs/RESULTS.md)
+        # 300 steps. Trained on to 600 (about 11 more minutes here), the network scored max F 0.913
+        # against 0.907 on DUTS val; its pseudo labels on MSRC train scored the same at the preset's
+        # 0.1 (0.797, recall 0.893 -> 0.916), yet weak DeepLabs on them scored 0.794 -> 0.820 and
+        # 0.788 -> 0.817 (seeds 0 / 1, one training each): 600 awaits a whole benchmark run
+        # (docs/RESULTS.md, twenty-second session)
         "saliency.steps": 300,
         "saliency.val_every": 150,
         "classifier.steps": 300,
