@@ -72,7 +72,9 @@ PROFILES = {
         # against 0.907 on DUTS val; its pseudo labels on MSRC train scored the same at the preset's
         # 0.1 (0.797, recall 0.893 -> 0.916), yet weak DeepLabs on them scored 0.794 -> 0.820 and
         # 0.788 -> 0.817 (seeds 0 / 1, one training each; docs/RESULTS.md, twenty-second session).
-        # Validated at 300 and 600 only: each pass over both validation sets takes about a minute
+        # The whole benchmark run from nothing at 600 reproduced both (0.820 / 0.817, weak/full
+        # 0.953; twenty-third session). Validated at 300 and 600 only: each pass over both
+        # validation sets takes about a minute
         "saliency.steps": 600,
         "saliency.val_every": 300,
         "classifier.steps": 300,
