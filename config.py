@@ -619,12 +619,13 @@ def _msrc(cfg: Config) -> None:
     davis_val = (PROJECT_ROOT / ".." / "shared" / "data" / "davis_saliency" / "val").resolve()
     cfg.saliency.second_val_root = str(davis_val) if davis_val.is_dir() else ""
     cfg.saliency.input_size = 224
-    # the best of the benchmark's sweep on MSRC train with the DUTS network (0.5 to 0.1, scored
-    # with the CRF split; 0.05, now in the sweep, lost in a script on the same maps: 0.771 against
-    # 0.779); under the preset's cluster split 0.075 ties it (0.798 against 0.797) and 0.05 loses
-    # (0.793). Under the cluster split, against 0.2: pseudo labels 0.790 -> 0.797 (recall 0.870 ->
-    # 0.899), DeepLab on MSRC val up at both seeds, each within one training's spread (0.804 ->
-    # 0.822, 0.790 -> 0.801; docs/RESULTS.md)
+    # the best of the benchmark's sweep on MSRC train (0.5 to 0.05, scored with the CRF split) with
+    # the DUTS network at 600 steps (0.778; 0.2 0.777, 0.05 0.760: docs/BENCHMARKS.md) and at 300
+    # (0.779; 0.05, by a script on the same maps, 0.771). On the 300-step maps under the preset's
+    # cluster split 0.075 tied it (0.798 against 0.797) and 0.05 lost (0.793). Under the cluster
+    # split, against 0.2: pseudo labels 0.790 -> 0.797 (recall 0.870 -> 0.899), DeepLab on MSRC val
+    # up at both seeds, each within one training's spread (0.804 -> 0.822, 0.790 -> 0.801;
+    # docs/RESULTS.md)
     cfg.saliency.threshold = 0.1
     cfg.classifier.crop_size = 224
     # 300 steps, not 100: val mAP 0.953 -> 0.986 and pseudo labels 0.752 -> 0.762 on MSRC train
