@@ -16,7 +16,8 @@ Prints a markdown table (median steps/s over ``--rounds`` rounds in which the pr
 turns, speed-up over fp32, peak GPU memory) and writes it as JSON to bench/precision_speed.json.
 ``--without`` also measures each network with one of the project's CPU speed-ups undone, in the
 same rounds: ``depthwise`` (torch's own backward of the dilated depthwise layers instead of
-common/depthwise.py's), ``dead_taps`` (the ASPP's convolutions with every tap, common/dead_taps.py).
+common/depthwise.py's), ``dead_taps`` (the ASPP's convolutions with every tap, common/dead_taps.py),
+``local_offsets`` (PiCANet's local attention on the unfolded neighbourhoods, saliency/picanet.py).
 ``--native-depthwise`` is ``--without depthwise``.
 The speed says nothing of quality: compare the trainings' validation numbers at each precision
 over several seeds before changing ``runtime.precision``'s default.
@@ -38,6 +39,7 @@ import config as config_module  # noqa: E402
 from common import runtime  # noqa: E402
 from common.dead_taps import keep_dead_taps  # noqa: E402
 from common.depthwise import use_native_depthwise_backward  # noqa: E402
+from saliency.picanet import use_unfolded_local_attention  # noqa: E402
 
 TRAININGS = ("classifier", "saliency", "deeplab")
 NUM_CLASSES = 6  # the demo's classes; the shape of the head hardly matters to the speed
@@ -47,6 +49,7 @@ NUM_CLASSES = 6  # the demo's classes; the shape of the head hardly matters to t
 UNDOABLE = {
     "depthwise": ("torch's depthwise backward", use_native_depthwise_backward),
     "dead_taps": ("every ASPP tap", keep_dead_taps),
+    "local_offsets": ("PiCANet's unfolded local attention", use_unfolded_local_attention),
 }
 
 

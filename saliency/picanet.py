@@ -78,6 +78,54 @@ class GlobalAttention(nn.Module):
         return torch.bmm(context, weights).reshape(batch, channels, height, width)
 
 
+NEIGHBOURS = 49  # the 7 x 7 neighbourhood of local attention, dilation 2 (padding 6 keeps the size)
+
+
+def attend_unfolded(x: torch.Tensor, weights: torch.Tensor, paper_order: bool) -> torch.Tensor:
+    """Local attention as the original code computes it: every neighbourhood unfolded, (B, C*49, H*W).
+
+    ``paper_order=False`` reshapes the unfolded neighbourhoods row-major to (B, C, H*W, 49) without a
+    transpose, and the weights (B, 49, H, W) to (B, 1, H*W, 49) the same way."""
+    batch, channels, height, width = x.shape
+    patches = F.unfold(x, kernel_size=7, dilation=2, padding=6)
+    if paper_order:
+        patches = patches.reshape(batch, channels, NEIGHBOURS, height * width).transpose(2, 3)
+        weights = weights.reshape(batch, NEIGHBOURS, height * width).transpose(1, 2)[:, None]
+    else:
+        patches = patches.reshape(batch, channels, height * width, NEIGHBOURS)
+        weights = weights.reshape(batch, 1, height * width, NEIGHBOURS)
+    return (patches * weights).sum(dim=3).reshape(batch, channels, height, width)
+
+
+def attend_by_offsets(x: torch.Tensor, weights: torch.Tensor, paper_order: bool) -> torch.Tensor:
+    """The same sums as :func:`attend_unfolded`, one neighbour offset at a time, channels last.
+
+    The unfolded tensor is 49 times the feature map (157 MB at 56 x 56 x 32, batch 8) and its
+    products, copies and their backward passes were a third of a lite0 PiCANet's training step on
+    the CPU. Here each offset's product is one map-sized tensor. Both reshapes of the original
+    order permute the flat (offset, position) products the same way, so position p of a channel
+    sums the 49 products at flat indices 49p .. 49p + 48 of the offsets' products laid end to end;
+    when 49 divides H*W each such group lies within one offset (every map side a multiple of 7:
+    the 224-pixel inputs of both encoders). Other sizes in the original order must use
+    :func:`attend_unfolded`."""
+    batch, channels, height, width = x.shape
+    positions = height * width
+    if not paper_order and positions % NEIGHBOURS:
+        raise ValueError(f"the original order needs 49 to divide the positions, not {height} x {width}")
+    padded = F.pad(x, (6, 6, 6, 6)).permute(0, 2, 3, 1)  # (B, H+12, W+12, C), a view
+    summed, groups = None, []
+    for offset in range(NEIGHBOURS):
+        dy, dx = 2 * (offset // 7), 2 * (offset % 7)
+        product = weights[:, offset, :, :, None] * padded[:, dy : dy + height, dx : dx + width, :]
+        if paper_order:
+            summed = product if summed is None else summed + product
+        else:
+            groups.append(product.reshape(batch, positions // NEIGHBOURS, NEIGHBOURS, channels).sum(2))
+    out = summed if paper_order else torch.cat(groups, 1).reshape(batch, height, width, channels)
+    out = out.permute(0, 3, 1, 2)  # channels-last strides
+    return out if x.is_contiguous(memory_format=torch.channels_last) else out.contiguous()
+
+
 class LocalAttention(nn.Module):
     """Each position attends to its 7 x 7 neighbourhood (dilation 2).
 
@@ -89,20 +137,24 @@ class LocalAttention(nn.Module):
     def __init__(self, channels: int, paper_order: bool = False, hidden: int = 128) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(channels, hidden, kernel_size=7, dilation=2, padding=6)
-        self.conv2 = nn.Conv2d(hidden, 49, kernel_size=1)
+        self.conv2 = nn.Conv2d(hidden, NEIGHBOURS, kernel_size=1)
         self.paper_order = paper_order
+        self.by_offsets = True  # False: the unfolded sums everywhere (for speed comparisons)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
         weights = F.softmax(self.conv2(self.conv1(x)), dim=1)  # (B, 49, H, W)
-        patches = F.unfold(x, kernel_size=7, dilation=2, padding=6)  # (B, C*49, H*W)
-        if self.paper_order:
-            patches = patches.reshape(batch, channels, 49, height * width).transpose(2, 3)
-            weights = weights.reshape(batch, 49, height * width).transpose(1, 2)[:, None]
-        else:
-            patches = patches.reshape(batch, channels, height * width, 49)
-            weights = weights.reshape(batch, 1, height * width, 49)
-        return (patches * weights).sum(dim=3).reshape(batch, channels, height, width)
+        if self.by_offsets and (self.paper_order or (x.shape[2] * x.shape[3]) % NEIGHBOURS == 0):
+            return attend_by_offsets(x, weights, self.paper_order)
+        return attend_unfolded(x, weights, self.paper_order)
+
+
+def use_unfolded_local_attention(model: nn.Module) -> int:
+    """Every :class:`LocalAttention` in ``model`` back on the unfolded sums (for speed comparisons);
+    returns how many were changed."""
+    modules = [module for module in model.modules() if isinstance(module, LocalAttention) and module.by_offsets]
+    for module in modules:
+        module.by_offsets = False
+    return len(modules)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,18 @@ import datasets
 import main
 from common.layout import Layout
 from saliency import make_saliency
-from saliency.picanet import GlobalAttention, LocalAttention, PiCANet, ReNet, context_grid, load_picanet
+from saliency.picanet import (
+    GlobalAttention,
+    LocalAttention,
+    PiCANet,
+    ReNet,
+    attend_by_offsets,
+    attend_unfolded,
+    context_grid,
+    load_picanet,
+    use_unfolded_local_attention,
+)
+from saliency.train_saliency import supervision_loss
 
 FIXTURE = Path(__file__).parent / "fixtures" / "picanet_state_dict.txt"
 
@@ -92,12 +104,14 @@ def _neighbourhoods(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def test_local_attention_keeps_the_checkpoints_row_major_reshape():
+# 4 x 5: the original order through the unfolded path; 7 x 7: through the offsets
+@pytest.mark.parametrize("height,width", [(4, 5), (7, 7)])
+def test_local_attention_keeps_the_checkpoints_row_major_reshape(height, width):
     torch.manual_seed(3)
     module = LocalAttention(2)
-    x = torch.randn(1, 2, 4, 5)
-    weights = F.softmax(module.conv2(module.conv1(x)), dim=1).detach()  # (1, 49, 4, 5)
-    positions = 20
+    x = torch.randn(1, 2, height, width)
+    weights = F.softmax(module.conv2(module.conv1(x)), dim=1).detach()  # (1, 49, H, W)
+    positions = height * width
     flat_u = _neighbourhoods(x).reshape(-1)  # memory order of (C*49, H*W)
     flat_w = weights.reshape(-1)  # memory order of (49, H*W)
     expected = torch.zeros(1, 2, positions)
@@ -116,6 +130,55 @@ def test_local_attention_keeps_the_checkpoints_row_major_reshape():
     with torch.no_grad():
         assert torch.allclose(module(x).reshape(1, 2, positions), paper, atol=1e-5)
     assert not torch.allclose(paper, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("paper_order", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 7, 14), (1, 4, 14, 7)])
+def test_local_attention_by_offsets_equals_the_unfolded_sums_and_gradients(shape, channels_last, paper_order):
+    torch.manual_seed(5)
+    batch, _, height, width = shape
+    x = torch.randn(shape, dtype=torch.float64)
+    weights = F.softmax(torch.randn(batch, 49, height, width, dtype=torch.float64), dim=1)
+    if channels_last:
+        x, weights = (t.contiguous(memory_format=torch.channels_last) for t in (x, weights))
+    x.requires_grad_()
+    weights.requires_grad_()
+    upstream = torch.randn(shape, dtype=torch.float64)
+    results = []
+    for attend in (attend_unfolded, attend_by_offsets):
+        out = attend(x, weights, paper_order)
+        results.append((out, *torch.autograd.grad(out, (x, weights), upstream)))
+    for expected, got in zip(*results):
+        assert torch.allclose(got, expected, atol=1e-12)
+    # the output keeps the input's memory format, which the next convolution reads
+    assert results[1][0].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_local_attention_by_offsets_refuses_the_original_order_where_49_does_not_divide_the_map():
+    x = torch.randn(1, 2, 4, 5)
+    with pytest.raises(ValueError, match="4 x 5"):
+        attend_by_offsets(x, torch.randn(1, 49, 4, 5), paper_order=False)
+
+
+def test_a_picanet_on_offsets_learns_what_it_learns_on_unfolded_neighbourhoods():
+    torch.manual_seed(6)
+    # 112 pixels: lite0's local-attention cells see 28 x 28 and 14 x 14 maps, where 49 divides the
+    # positions, so the original order runs on the offsets; float64 keeps rounding out of the way
+    by_offsets = PiCANet(encoder="efficientnet_lite0").double()
+    unfolded = copy.deepcopy(by_offsets)
+    assert use_unfolded_local_attention(unfolded) == 2
+    images = torch.rand(2, 3, 112, 112, dtype=torch.float64)
+    masks = (torch.rand(2, 1, 112, 112) < 0.4).float()
+    results = []
+    for model in (by_offsets, unfolded):
+        model.train()
+        supervision_loss(model, (images, masks), torch.device("cpu")).backward()
+        results.append([p.grad for p in model.parameters() if p.grad is not None])
+        with torch.no_grad():
+            results[-1].append(model.eval()(images)[-1])
+    for got, expected in zip(*results):
+        assert torch.allclose(got, expected, atol=1e-10)
 
 
 def test_renet_equals_one_lstm_call_per_row_and_column():
