@@ -891,7 +891,7 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def _runs_on_cuda(device: str) -> bool:
+def runs_on_cuda(device: str) -> bool:
     """Whether runtime.device ``device`` is (or, for auto, picks) a CUDA device."""
     if device.startswith("cuda"):
         return True
@@ -906,7 +906,7 @@ def auto_precision(device: str) -> str:
     """``runtime.precision = auto``: bf16 on a CPU with native bf16, where it measured faster at the
     same quality; fp32 on a GPU, where an H200 measured bf16 no faster for these networks (their
     steps are launch-bound; docs/RESULTS.md) and bf16 is a choice for its halved memory; else fp32."""
-    if _runs_on_cuda(device):
+    if runs_on_cuda(device):
         return "fp32"
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
@@ -918,7 +918,7 @@ def auto_memory_format(device: str, precision: str) -> str:
     contiguous at bf16 on a CPU, where a DeepLab step measured slower in channels_last, and on a
     GPU, where it helped one size and slowed another (docs/RESULTS.md). ``precision`` is resolved
     (not auto)."""
-    if _runs_on_cuda(device):
+    if runs_on_cuda(device):
         return "contiguous"
     return "channels_last" if precision == "fp32" else "contiguous"
 

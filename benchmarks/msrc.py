@@ -42,8 +42,10 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -1032,6 +1034,15 @@ def markdown(results: dict) -> str:
                 f"target <= {limit} min: {_holds(minutes, limit, higher_is_better=False)}.",
                 "",
             ]
+    side_by_side = results.get("side_by_side")
+    if side_by_side:
+        pairs = "; ".join(" with ".join(group) for group in side_by_side["pairs"])
+        lines += [
+            f"The DeepLabs trained two at a time, {side_by_side['threads']} thread(s) each, the last of an odd "
+            f"number alone with every core ({pairs}; {side_by_side['seconds'] / 60:.1f} min in all): their "
+            "seconds below overlap, so the parts add up to more than the whole.",
+            "",
+        ]
     lines += ["| part | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in parts]
     return "\n".join(lines) + "\n"
@@ -1058,14 +1069,155 @@ def machine_description() -> str:
 
 
 # ---- the runs ---------------------------------------------------------------------------------------
+# the base run's folder and settings: its pseudo labels and networks are what the variants share
+BASE_FOLDER = "gt0"
+BASE_SETTINGS = {"deeplab.gt_percentage": 0}
+DEEPLAB_STAGES = ("train_deeplab", "eval_deeplab")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A variant's stages in its own folder under <out>/<profile>, reading the base run's outputs of
+    the ``outputs`` stages and its networks in ``checkpoints`` (links, never copies)."""
+
+    folder: str
+    settings: dict
+    stages: tuple[str, ...]
+    outputs: tuple[str, ...] = ()
+    checkpoints: tuple[str, ...] = field(default=())
+
+
+def deeplab_job(folder: str, settings: dict) -> Job:
+    """DeepLab trained on the base run's pseudo labels (or real masks) with ``settings``, scored on MSRC val."""
+    return Job(folder, settings, DEEPLAB_STAGES, outputs=("saliency", "attention", "guide"))
+
+
+def guide_job(folder: str, settings: dict, train_deeplab: bool) -> Job:
+    """The guide with ``settings`` on the base run's saliency maps and CAMs (the cluster split reads
+    its classifier), and DeepLab on those pseudo labels with ``train_deeplab``."""
+    return Job(
+        folder,
+        {**settings, "deeplab.gt_percentage": 0},
+        ("create_guide",) + (DEEPLAB_STAGES if train_deeplab else ()),
+        outputs=("saliency", "attention"),
+        checkpoints=("classifier",),
+    )
+
+
+def prepare(args, out: Path, base, job: Job):
+    """The job's config, its folder linked to the base run's outputs and networks it reads."""
+    variant = build(args, out, job.folder, job.settings)
+    share_outputs(base, variant, job.outputs)
+    share_checkpoints(base, variant, job.checkpoints)
+    return variant
+
+
 def deeplab_variant(args, out: Path, base, folder: str, settings: dict) -> tuple[object, dict]:
     """DeepLab (trained and evaluated on MSRC val) on the base run's pseudo labels with ``settings``
     (gt_percentage, seed); the base run itself when ``settings`` are its config."""
     if matches_config(base, settings):
         return base, {}
-    variant = build(args, out, folder, settings)
-    share_outputs(base, variant, ("saliency", "attention", "guide"))
-    return variant, run_variant(variant, ["train_deeplab", "eval_deeplab"])
+    job = deeplab_job(folder, settings)
+    variant = prepare(args, out, base, job)
+    return variant, run_variant(variant, list(job.stages))
+
+
+def ablation_trains_deeplab(args, name: str) -> bool:
+    return args.ablation_deeplabs or (name in ABLATION_DEEPLABS and args.profile in ABLATION_DEEPLAB_PROFILES)
+
+
+def planned_deeplabs(args, base) -> list[Job]:
+    """Every DeepLab this run trains, in the order the report needs them: the base run's, gt 100,
+    both again at each further seed, and those of the guide ablation's rows. The parts of the run
+    that read them (run_percentages, run_seeds, run_ablations) name the same folders and settings,
+    so DeepLabs trained ahead of them are found finished (tests/test_benchmark_msrc_run.py)."""
+    jobs = [
+        Job(BASE_FOLDER, BASE_SETTINGS, DEEPLAB_STAGES),
+        deeplab_job(variant_name(100, 0), {"deeplab.gt_percentage": 100}),
+    ]
+    for seed in args.seeds[1:]:  # seed 0's pair is the two above
+        for percentage in (0, 100):
+            settings = {"deeplab.gt_percentage": percentage, "runtime.seed": seed}
+            jobs.append(deeplab_job(variant_name(percentage, seed), settings))
+    for index, (name, settings) in enumerate(ABLATIONS.items()):
+        if ablation_trains_deeplab(args, name):
+            jobs.append(guide_job(f"guide{index}", settings, train_deeplab=True))
+    return [jobs[0]] + [job for job in jobs[1:] if not matches_config(base, job.settings)]
+
+
+def side_by_side_threads(base, cores: int | None = None) -> int:
+    """Threads per DeepLab when two train at once, or 0 when they train one at a time: on a CPU with
+    two or more cores. Two DeepLab trainings with one thread each on 2 cores made 1.14x the steps
+    of one with two threads (docs/RESULTS.md): torch's threads share one step's work less well
+    than two processes share two steps'. A GPU trains one at a time."""
+    cores = cores or os.cpu_count() or 1
+    if config_module.runs_on_cuda(base.runtime.device) or cores < 2:
+        return 0
+    return cores // 2
+
+
+def run_side_by_side(args, out: Path, jobs: list[Job], threads: int) -> dict:
+    """Run ``jobs`` two at a time, each a process of this script (``--job``) with ``threads``
+    threads; the last of an odd number runs alone with every core. Each writes its log to
+    <out>/logs/<folder>.log. A job that fails stops the run once its partner has finished (nothing
+    either computed is lost: a rerun resumes both), with an error naming its log.
+
+    Returns {"threads": ..., "pairs": [[folder, ...], ...], "seconds": wall seconds}."""
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    groups = [jobs[i : i + 2] for i in range(0, len(jobs), 2)]
+    for group in groups:
+        each = threads if len(group) == 2 else 0  # 0: the process keeps torch's default, every core
+        names = " and ".join(job.folder for job in group)
+        print(
+            f"\n=== DeepLab {names}" + (f", side by side, {each} thread(s) each" if each else "") + " ===", flush=True
+        )
+        running = []
+        for job in group:
+            command = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--job", job.folder]
+            env = dict(os.environ)
+            if each:
+                command += ["--threads", str(each)]
+                env.update(OMP_NUM_THREADS=str(each), MKL_NUM_THREADS=str(each))
+            log = logs / f"{job.folder}.log"
+            with open(log, "a") as handle:
+                running.append(
+                    (job, log, time.time(), subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env))
+                )
+        failed = []
+        for job, log, begun, process in running:
+            code = process.wait()
+            outcome = "done" if code == 0 else f"FAILED (exit {code})"
+            print(f"{job.folder}: {outcome} in {(time.time() - begun) / 60:.1f} min, log {log}", flush=True)
+            if code != 0:
+                failed.append((job, log, code))
+        if failed:
+            job, log, code = failed[0]
+            tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-20:])
+            raise RuntimeError(
+                f"the benchmark's {job.folder} run ({', '.join(job.stages)}) failed with exit {code}; its log: "
+                f"{log}\n--- last lines ---\n{tail}"
+            )
+    return {
+        "threads": threads,
+        "pairs": [[job.folder for job in group] for group in groups],
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def run_job(args, out: Path) -> int:
+    """A ``--job`` process: the planned DeepLab named ``args.job`` (its stages), nothing else."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = build(args, out, BASE_FOLDER, BASE_SETTINGS)
+    jobs = {job.folder: job for job in planned_deeplabs(args, base)}
+    if args.job not in jobs:
+        print(f"error: --job {args.job}: this run plans {', '.join(jobs)}", file=sys.stderr)
+        return 2
+    job = jobs[args.job]
+    run_variant(base if job.folder == BASE_FOLDER else prepare(args, out, base, job), list(job.stages))
+    return 0
 
 
 def variant_name(percentage, seed: int) -> str:
@@ -1129,10 +1281,9 @@ def run_guide_variant(args, out: Path, base, results: dict, folder: str, setting
             "deeplab_mIoU": results["base"]["eval_deeplab"]["mIoU"],
             "default": True,
         }
-    variant = build(args, out, folder, {**settings, "deeplab.gt_percentage": 0})
-    share_outputs(base, variant, ("saliency", "attention"))
-    share_checkpoints(base, variant, ("classifier",))  # guide.split clusters reads it
-    stages = ["create_guide"] + (["train_deeplab", "eval_deeplab"] if train_deeplab else [])
+    job = guide_job(folder, settings, train_deeplab)
+    variant = prepare(args, out, base, job)
+    stages = list(job.stages)
     summary = run_variant(variant, stages)
     return {
         **summary["create_guide"],
@@ -1162,7 +1313,7 @@ def run_ablations(args, out: Path, base, results: dict) -> None:
             results,
             f"guide{index}",
             settings,
-            args.ablation_deeplabs or (name in ABLATION_DEEPLABS and args.profile in ABLATION_DEEPLAB_PROFILES),
+            ablation_trains_deeplab(args, name),
         )
         for index, (name, settings) in enumerate(ABLATIONS.items())
     }
@@ -1409,8 +1560,19 @@ def main_cli(argv=None) -> int:
         help="rewrite the report and its plots from <out>/<profile>/results.json (and the "
         "worst-class sheet from the base run's outputs, where they are), running no stage",
     )
+    parser.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="train the DeepLabs one after another with every core (default on a CPU: two at a time, "
+        "half the cores each, about 1.14x the steps on 2 cores)",
+    )
+    # a process of the run's own: one planned DeepLab (run_side_by_side starts it)
+    parser.add_argument("--job", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
+    # a --job process gets the same arguments, so it builds the same configs in the same folders
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.quick:
         args.profile = "quick"
     try:
@@ -1437,6 +1599,8 @@ def main_cli(argv=None) -> int:
     out = Path(args.out).resolve() / args.profile
     if args.docs is None:
         args.docs = str(out if args.profile == "quick" else PROJECT / "docs")
+    if args.job:
+        return run_job(args, out)
     if args.report_only:
         if not (out / "results.json").exists():
             print(
@@ -1481,7 +1645,14 @@ def main_cli(argv=None) -> int:
     results["resumed"] = (Layout(base).runs / "stage_seconds.json").exists()
     results["evaluation"] = evaluation_settings(base)
     results["cluster_counts"] = list(base.guide.cluster_counts)
-    results["base"] = run_variant(base, main.STAGE_NAMES)
+    # the pipeline up to the pseudo labels; then every DeepLab of the run (two at a time on a CPU),
+    # which the parts below find finished
+    results["base"] = run_variant(base, [stage for stage in main.STAGE_NAMES if stage not in DEEPLAB_STAGES])
+    threads = 0 if args.one_at_a_time else side_by_side_threads(base)
+    if threads:
+        results["side_by_side"] = run_side_by_side(args, out, planned_deeplabs(args, base), threads)
+    trained = run_variant(base, list(DEEPLAB_STAGES))
+    results["base"].update({stage: trained[stage] for stage in DEEPLAB_STAGES})
     for stage in ("train_saliency", "train_seed", "train_deeplab"):
         record_curves(results, base, "gt0" if stage == "train_deeplab" else "base", stage)
     if base.saliency.checkpoint:  # a ready network: no training validated it

@@ -5,6 +5,7 @@ shares its upstream outputs, and the report, curves and sheet come out of one co
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -90,6 +91,12 @@ def test_quick_profile_with_every_part(tiny_shared, tmp_path):
     deeplab_runs = set(results["curves"]["train_deeplab"])
     assert deeplab_runs == {"gt0", "gt100", "gt0_seed1", "gt100_seed1", "selftrain"}
     assert [p[1] for p in results["curves"]["train_deeplab"]["gt100"]["val/mIoU"]] == [1, 2, 3, 4, 5]
+    # on a CPU with two cores or more the four DeepLabs trained two at a time, each in a process of
+    # its own with its log (one core: one after another, in this process)
+    two_cores = (os.cpu_count() or 1) >= 2
+    if two_cores:
+        assert results["side_by_side"]["pairs"] == [["gt0", "gt100"], ["gt0_seed1", "gt100_seed1"]]
+        assert "=== train_deeplab ===" in (out / "quick" / "logs" / "gt100_seed1.log").read_text()
     assert results["second_saliency_val"]["name"] == "davis_saliency/val"
     assert results["self_training"]["labels"]["images"] == 24
     lengths = results["saliency_lengths"]
@@ -103,6 +110,7 @@ def test_quick_profile_with_every_part(tiny_shared, tmp_path):
     assert "| DeepLab val mIoU gain over its last 20 % of steps, gt100_seed1 (every real mask) | " in report
     assert "## One step beyond the thesis: a self-training round" in report
     assert "## The saliency network's training length" in report
+    assert ("The DeepLabs trained two at a time" in report) is two_cores
     for picture in ("benchmark_curves.png", "benchmark_worst_classes.png", "benchmark_gt_percentage.png"):
         assert (docs / picture).stat().st_size > 1000
     # a rerun trains nothing again: the same networks give the same numbers (the sweep's passed
@@ -181,3 +189,71 @@ def test_a_ready_saliency_network_is_scored_not_trained(tiny_shared, tmp_path):
     report = (docs / "BENCHMARKS.md").read_text()
     assert f"saliency from the ready network `{network}` (TRAIN_SALIENCY does not run)" in report
     assert f"| saliency max F, duts_saliency/val | {scored['max_F']:.3f} |" in report
+
+
+def _run_args(tiny_shared, tmp_path, *extra):
+    import argparse
+
+    return argparse.Namespace(
+        shared=str(tiny_shared),
+        profile="full",
+        overrides=[f"{k}={v}" for k, v in STEPS.items()],
+        seeds=[0, 1],
+        ablation_deeplabs=False,
+        argv=list(extra),
+    )
+
+
+def test_the_deeplabs_planned_ahead_are_the_ones_the_report_reads(tiny_shared, tmp_path, monkeypatch):
+    """run_side_by_side trains planned_deeplabs() before the report's parts ask for them: each part
+    must find its DeepLab finished, in the folder and with the settings the plan gave it."""
+    args = _run_args(tiny_shared, tmp_path)
+    out = tmp_path / "bench" / "full"
+    base = msrc.build(args, out, msrc.BASE_FOLDER, msrc.BASE_SETTINGS)
+    asked = []
+
+    def recorded(cfg, stages):
+        if "train_deeplab" in stages:
+            asked.append((cfg.to_json(), tuple(stages)))
+        return {stage: {"mIoU": 0.5, "seconds": 1.0} for stage in stages}
+
+    monkeypatch.setattr(msrc, "run_variant", recorded)
+    stage = {"mIoU": 0.5, "seconds": 1.0}
+    results = {"gt_percentage": {"0": stage}, "base": {"create_guide": stage, "eval_deeplab": stage}}
+    msrc.run_percentages(args, out, base, results, [100])
+    msrc.run_seeds(args, out, base, results, args.seeds)
+    msrc.run_ablations(args, out, base, results)
+    planned = [
+        (msrc.build(args, out, job.folder, job.settings).to_json(), job.stages)
+        for job in msrc.planned_deeplabs(args, base)
+    ]
+    assert planned[0] == (base.to_json(), msrc.DEEPLAB_STAGES)  # the base run's own, in the main flow
+    assert sorted(asked) == sorted(planned[1:])
+    assert [job.folder for job in msrc.planned_deeplabs(args, base)] == [
+        "gt0",
+        "gt100",
+        "gt0_seed1",
+        "gt100_seed1",
+        "guide0",
+    ]
+
+
+def test_deeplabs_train_side_by_side_only_on_a_cpu_with_two_cores(tiny_shared, tmp_path):
+    args = _run_args(tiny_shared, tmp_path)
+    base = msrc.build(args, tmp_path / "bench" / "full", msrc.BASE_FOLDER, msrc.BASE_SETTINGS)
+    assert msrc.side_by_side_threads(base, cores=2) == 1
+    assert msrc.side_by_side_threads(base, cores=16) == 8
+    assert msrc.side_by_side_threads(base, cores=1) == 0
+    base.runtime.device = "cuda"
+    assert msrc.side_by_side_threads(base, cores=16) == 0
+
+
+def test_a_failed_side_by_side_job_stops_the_run_naming_its_log(tiny_shared, tmp_path):
+    # the jobs' processes are this script with the run's arguments: a missing --shared fails them
+    args = _run_args(tiny_shared, tmp_path, "--shared", str(tmp_path / "nowhere"), "--out", str(tmp_path / "bench"))
+    out = tmp_path / "bench" / "full"
+    jobs = [msrc.deeplab_job("gt100", {"deeplab.gt_percentage": 100}), msrc.deeplab_job("gt0_seed1", {})]
+    with pytest.raises(RuntimeError, match=r"gt100 run \(train_deeplab, eval_deeplab\) failed with exit 2") as caught:
+        msrc.run_side_by_side(args, out, jobs, threads=1)
+    assert str(out / "logs" / "gt100.log") in str(caught.value)
+    assert "nowhere" in (out / "logs" / "gt0_seed1.log").read_text()  # both ran: the partner is waited for
