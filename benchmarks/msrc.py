@@ -34,11 +34,15 @@ What runs (lite0 backbones):
 
 Every variant has its own tmp/, runs/ and checkpoints/ under <out>/<profile>; stage outputs it
 shares with the first run are symbolic links to that run's folders. Reruns skip finished work.
+On a CPU the saliency network trains beside the classifier, and the DeepLabs two at a time once the
+pseudo labels exist, each in a process of this script (``--job``) with half the cores, logging to
+<out>/<profile>/logs/ (``--one-at-a-time``: one after another in this process).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -261,12 +265,15 @@ def run_variant(cfg, stages: list[str]) -> dict:
     started = time.time()
     summaries = main.run_stages(cfg, stages)
     record = Layout(cfg).runs / "stage_seconds.json"
-    seconds = json.loads(record.read_text()) if record.exists() else {}
-    for stage, summary in summaries.items():
-        seconds[stage] = max(seconds.get(stage, 0.0), summary["seconds"])
-        summary["seconds"] = seconds[stage]
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(seconds, indent=2))
+    # the saliency and classifier jobs share the base run's record and may finish at once
+    with open(record.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        seconds = json.loads(record.read_text()) if record.exists() else {}
+        for stage, summary in summaries.items():
+            seconds[stage] = max(seconds.get(stage, 0.0), summary["seconds"])
+            summary["seconds"] = seconds[stage]
+        record.write_text(json.dumps(seconds, indent=2))
     summaries["seconds"] = round(time.time() - started, 1)
     return summaries
 
@@ -1038,8 +1045,9 @@ def markdown(results: dict) -> str:
     if side_by_side:
         pairs = "; ".join(" with ".join(group) for group in side_by_side["pairs"])
         lines += [
-            f"The DeepLabs trained two at a time, {side_by_side['threads']} thread(s) each, the last of an odd "
-            f"number alone with every core ({pairs}; {side_by_side['seconds'] / 60:.1f} min in all): their "
+            "The saliency network and the classifier (each with the maps it makes), then the DeepLabs, trained "
+            f"two at a time in processes of their own, {side_by_side['threads']} thread(s) each, the last of an "
+            f"odd number alone with every core ({pairs}; {side_by_side['seconds'] / 60:.1f} min in all): their "
             "seconds below overlap, so the parts add up to more than the whole.",
             "",
         ]
@@ -1085,6 +1093,12 @@ class Job:
     stages: tuple[str, ...]
     outputs: tuple[str, ...] = ()
     checkpoints: tuple[str, ...] = field(default=())
+    name: str = ""  # where two jobs share a folder; the folder's name otherwise
+
+    @property
+    def key(self) -> str:
+        """The job's name in logs, ``--job`` and the report."""
+        return self.name or self.folder
 
 
 def deeplab_job(folder: str, settings: dict) -> Job:
@@ -1145,11 +1159,21 @@ def planned_deeplabs(args, base) -> list[Job]:
     return [jobs[0]] + [job for job in jobs[1:] if not matches_config(base, job.settings)]
 
 
+# the saliency network and the classifier read nothing of each other's: on a CPU they train side by
+# side in the base run's folder, each followed by the maps it makes
+UPSTREAM_PAIR = {"saliency": ("train_saliency", "create_saliency"), "classifier": ("train_seed", "create_attention")}
+
+
+def upstream_jobs() -> list[Job]:
+    return [Job(BASE_FOLDER, BASE_SETTINGS, stages, name=name) for name, stages in UPSTREAM_PAIR.items()]
+
+
 def side_by_side_threads(base, cores: int | None = None) -> int:
-    """Threads per DeepLab when two train at once, or 0 when they train one at a time: on a CPU with
-    two or more cores. Two DeepLab trainings with one thread each on 2 cores made 1.14x the steps
-    of one with two threads (docs/RESULTS.md): torch's threads share one step's work less well
-    than two processes share two steps'. A GPU trains one at a time."""
+    """Threads per process when two trainings run at once, or 0 when they run one at a time: on a
+    CPU with two or more cores. On 2 cores two DeepLabs (300 steps and their evaluation on MSRC)
+    took 344 s side by side with one thread each against 430 s one after another with two
+    (docs/RESULTS.md): torch's threads share one step's work less well than two processes share
+    two steps'. A GPU trains one at a time."""
     cores = cores or os.cpu_count() or 1
     if config_module.runs_on_cuda(base.runtime.device) or cores < 2:
         return 0
@@ -1159,28 +1183,26 @@ def side_by_side_threads(base, cores: int | None = None) -> int:
 def run_side_by_side(args, out: Path, jobs: list[Job], threads: int) -> dict:
     """Run ``jobs`` two at a time, each a process of this script (``--job``) with ``threads``
     threads; the last of an odd number runs alone with every core. Each writes its log to
-    <out>/logs/<folder>.log. A job that fails stops the run once its partner has finished (nothing
+    <out>/logs/<job key>.log. A job that fails stops the run once its partner has finished (nothing
     either computed is lost: a rerun resumes both), with an error naming its log.
 
-    Returns {"threads": ..., "pairs": [[folder, ...], ...], "seconds": wall seconds}."""
+    Returns {"threads": ..., "pairs": [[job key, ...], ...], "seconds": wall seconds}."""
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     started = time.time()
     groups = [jobs[i : i + 2] for i in range(0, len(jobs), 2)]
     for group in groups:
         each = threads if len(group) == 2 else 0  # 0: the process keeps torch's default, every core
-        names = " and ".join(job.folder for job in group)
-        print(
-            f"\n=== DeepLab {names}" + (f", side by side, {each} thread(s) each" if each else "") + " ===", flush=True
-        )
+        names = " and ".join(job.key for job in group)
+        print(f"\n=== {names}" + (f", side by side, {each} thread(s) each" if each else "") + " ===", flush=True)
         running = []
         for job in group:
-            command = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--job", job.folder]
+            command = [sys.executable, str(Path(__file__).resolve()), *args.argv, "--job", job.key]
             env = dict(os.environ)
             if each:
                 command += ["--threads", str(each)]
                 env.update(OMP_NUM_THREADS=str(each), MKL_NUM_THREADS=str(each))
-            log = logs / f"{job.folder}.log"
+            log = logs / f"{job.key}.log"
             with open(log, "a") as handle:
                 running.append(
                     (job, log, time.time(), subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env))
@@ -1189,29 +1211,29 @@ def run_side_by_side(args, out: Path, jobs: list[Job], threads: int) -> dict:
         for job, log, begun, process in running:
             code = process.wait()
             outcome = "done" if code == 0 else f"FAILED (exit {code})"
-            print(f"{job.folder}: {outcome} in {(time.time() - begun) / 60:.1f} min, log {log}", flush=True)
+            print(f"{job.key}: {outcome} in {(time.time() - begun) / 60:.1f} min, log {log}", flush=True)
             if code != 0:
                 failed.append((job, log, code))
         if failed:
             job, log, code = failed[0]
             tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-20:])
             raise RuntimeError(
-                f"the benchmark's {job.folder} run ({', '.join(job.stages)}) failed with exit {code}; its log: "
+                f"the benchmark's {job.key} run ({', '.join(job.stages)}) failed with exit {code}; its log: "
                 f"{log}\n--- last lines ---\n{tail}"
             )
     return {
         "threads": threads,
-        "pairs": [[job.folder for job in group] for group in groups],
+        "pairs": [[job.key for job in group] for group in groups],
         "seconds": round(time.time() - started, 1),
     }
 
 
 def run_job(args, out: Path) -> int:
-    """A ``--job`` process: the planned DeepLab named ``args.job`` (its stages), nothing else."""
+    """A ``--job`` process: the planned job named ``args.job`` (its stages), nothing else."""
     if args.threads:
         torch.set_num_threads(args.threads)
     base = build(args, out, BASE_FOLDER, BASE_SETTINGS)
-    jobs = {job.folder: job for job in planned_deeplabs(args, base)}
+    jobs = {job.key: job for job in upstream_jobs() + planned_deeplabs(args, base)}
     if args.job not in jobs:
         print(f"error: --job {args.job}: this run plans {', '.join(jobs)}", file=sys.stderr)
         return 2
@@ -1563,10 +1585,10 @@ def main_cli(argv=None) -> int:
     parser.add_argument(
         "--one-at-a-time",
         action="store_true",
-        help="train the DeepLabs one after another with every core (default on a CPU: two at a time, "
-        "half the cores each, about 1.14x the steps on 2 cores)",
+        help="train the networks one after another with every core (default on a CPU: the saliency "
+        "network beside the classifier, then the DeepLabs two at a time, half the cores each)",
     )
-    # a process of the run's own: one planned DeepLab (run_side_by_side starts it)
+    # a process of the run's own: one planned job (run_side_by_side starts it)
     parser.add_argument("--job", default="", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
@@ -1645,12 +1667,19 @@ def main_cli(argv=None) -> int:
     results["resumed"] = (Layout(base).runs / "stage_seconds.json").exists()
     results["evaluation"] = evaluation_settings(base)
     results["cluster_counts"] = list(base.guide.cluster_counts)
-    # the pipeline up to the pseudo labels; then every DeepLab of the run (two at a time on a CPU),
-    # which the parts below find finished
-    results["base"] = run_variant(base, [stage for stage in main.STAGE_NAMES if stage not in DEEPLAB_STAGES])
+    # the pipeline up to the pseudo labels; then every DeepLab of the run, which the parts below
+    # find finished. On a CPU the saliency network and the classifier train two at a time, then the
+    # DeepLabs
     threads = 0 if args.one_at_a_time else side_by_side_threads(base)
+    phases = [run_side_by_side(args, out, upstream_jobs(), threads)] if threads else []
+    results["base"] = run_variant(base, [stage for stage in main.STAGE_NAMES if stage not in DEEPLAB_STAGES])
     if threads:
-        results["side_by_side"] = run_side_by_side(args, out, planned_deeplabs(args, base), threads)
+        phases.append(run_side_by_side(args, out, planned_deeplabs(args, base), threads))
+        results["side_by_side"] = {
+            "threads": threads,
+            "pairs": [group for phase in phases for group in phase["pairs"]],
+            "seconds": round(sum(phase["seconds"] for phase in phases), 1),
+        }
     trained = run_variant(base, list(DEEPLAB_STAGES))
     results["base"].update({stage: trained[stage] for stage in DEEPLAB_STAGES})
     for stage in ("train_saliency", "train_seed", "train_deeplab"):

@@ -91,11 +91,14 @@ def test_quick_profile_with_every_part(tiny_shared, tmp_path):
     deeplab_runs = set(results["curves"]["train_deeplab"])
     assert deeplab_runs == {"gt0", "gt100", "gt0_seed1", "gt100_seed1", "selftrain"}
     assert [p[1] for p in results["curves"]["train_deeplab"]["gt100"]["val/mIoU"]] == [1, 2, 3, 4, 5]
-    # on a CPU with two cores or more the four DeepLabs trained two at a time, each in a process of
-    # its own with its log (one core: one after another, in this process)
+    # on a CPU with two cores or more the saliency network beside the classifier, then the four
+    # DeepLabs two at a time, each in a process of its own with its log (one core: one after
+    # another, in this process)
     two_cores = (os.cpu_count() or 1) >= 2
     if two_cores:
-        assert results["side_by_side"]["pairs"] == [["gt0", "gt100"], ["gt0_seed1", "gt100_seed1"]]
+        pairs = [["saliency", "classifier"], ["gt0", "gt100"], ["gt0_seed1", "gt100_seed1"]]
+        assert results["side_by_side"]["pairs"] == pairs
+        assert "=== train_seed ===" in (out / "quick" / "logs" / "classifier.log").read_text()
         assert "=== train_deeplab ===" in (out / "quick" / "logs" / "gt100_seed1.log").read_text()
     assert results["second_saliency_val"]["name"] == "davis_saliency/val"
     assert results["self_training"]["labels"]["images"] == 24
@@ -110,7 +113,7 @@ def test_quick_profile_with_every_part(tiny_shared, tmp_path):
     assert "| DeepLab val mIoU gain over its last 20 % of steps, gt100_seed1 (every real mask) | " in report
     assert "## One step beyond the thesis: a self-training round" in report
     assert "## The saliency network's training length" in report
-    assert ("The DeepLabs trained two at a time" in report) is two_cores
+    assert ("then the DeepLabs, trained two at a time" in report) is two_cores
     for picture in ("benchmark_curves.png", "benchmark_worst_classes.png", "benchmark_gt_percentage.png"):
         assert (docs / picture).stat().st_size > 1000
     # a rerun trains nothing again: the same networks give the same numbers (the sweep's passed
