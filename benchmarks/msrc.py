@@ -49,7 +49,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -1092,7 +1092,7 @@ class Job:
     settings: dict
     stages: tuple[str, ...]
     outputs: tuple[str, ...] = ()
-    checkpoints: tuple[str, ...] = field(default=())
+    checkpoints: tuple[str, ...] = ()
     name: str = ""  # where two jobs share a folder; the folder's name otherwise
 
     @property
@@ -1634,9 +1634,7 @@ def main_cli(argv=None) -> int:
         results = json.loads((out / "results.json").read_text())
         # the gpu profile's report can be rewritten on a machine without one: nothing runs on it
         args.overrides = args.overrides + ["runtime.device=cpu"]
-        draw_worst_classes(
-            results, build(args, out, "gt0", {"deeplab.gt_percentage": 0}), Path(args.docs), args.profile
-        )
+        draw_worst_classes(results, build(args, out, BASE_FOLDER, BASE_SETTINGS), Path(args.docs), args.profile)
         write_report(args, out, results)
         print(markdown(results))
         return 0
@@ -1659,7 +1657,7 @@ def main_cli(argv=None) -> int:
         "saliency_data": Path(SALIENCY_TRAIN).parent.name,
     }
 
-    base = build(args, out, "gt0", {"deeplab.gt_percentage": 0})
+    base = build(args, out, BASE_FOLDER, BASE_SETTINGS)
     # CPUs without native bf16 ran the stages 2-2.7x as long (docs/RESULTS.md): say what ran
     results["arithmetic"] = (
         f"runtime.precision {base.runtime.precision}, runtime.memory_format {base.runtime.memory_format}"
