@@ -194,7 +194,7 @@ def test_a_ready_saliency_network_is_scored_not_trained(tiny_shared, tmp_path):
     assert f"| saliency max F, duts_saliency/val | {scored['max_F']:.3f} |" in report
 
 
-def _run_args(tiny_shared, tmp_path, *extra):
+def _run_args(tiny_shared, *extra):
     import argparse
 
     return argparse.Namespace(
@@ -210,7 +210,7 @@ def _run_args(tiny_shared, tmp_path, *extra):
 def test_the_deeplabs_planned_ahead_are_the_ones_the_report_reads(tiny_shared, tmp_path, monkeypatch):
     """run_side_by_side trains planned_deeplabs() before the report's parts ask for them: each part
     must find its DeepLab finished, in the folder and with the settings the plan gave it."""
-    args = _run_args(tiny_shared, tmp_path)
+    args = _run_args(tiny_shared)
     out = tmp_path / "bench" / "full"
     base = msrc.build(args, out, msrc.BASE_FOLDER, msrc.BASE_SETTINGS)
     asked = []
@@ -242,7 +242,7 @@ def test_the_deeplabs_planned_ahead_are_the_ones_the_report_reads(tiny_shared, t
 
 
 def test_deeplabs_train_side_by_side_only_on_a_cpu_with_two_cores(tiny_shared, tmp_path):
-    args = _run_args(tiny_shared, tmp_path)
+    args = _run_args(tiny_shared)
     base = msrc.build(args, tmp_path / "bench" / "full", msrc.BASE_FOLDER, msrc.BASE_SETTINGS)
     assert msrc.side_by_side_threads(base, cores=2) == 1
     assert msrc.side_by_side_threads(base, cores=16) == 8
@@ -253,7 +253,7 @@ def test_deeplabs_train_side_by_side_only_on_a_cpu_with_two_cores(tiny_shared, t
 
 def test_a_failed_side_by_side_job_stops_the_run_naming_its_log(tiny_shared, tmp_path):
     # the jobs' processes are this script with the run's arguments: a missing --shared fails them
-    args = _run_args(tiny_shared, tmp_path, "--shared", str(tmp_path / "nowhere"), "--out", str(tmp_path / "bench"))
+    args = _run_args(tiny_shared, "--shared", str(tmp_path / "nowhere"), "--out", str(tmp_path / "bench"))
     out = tmp_path / "bench" / "full"
     jobs = [msrc.deeplab_job("gt100", {"deeplab.gt_percentage": 100}), msrc.deeplab_job("gt0_seed1", {})]
     with pytest.raises(RuntimeError, match=r"gt100 run \(train_deeplab, eval_deeplab\) failed with exit 2") as caught:
