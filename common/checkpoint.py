@@ -24,9 +24,12 @@ def save_training_state(
     scheduler=None,
     step: int = 0,
     extra: dict[str, Any] | None = None,
+    **more: Any,
 ) -> None:
-    """Write the state atomically (a reader never sees half a file, a kill never leaves one)."""
+    """Write the state atomically (a reader never sees half a file, a kill never leaves one);
+    ``more``: further entries (state dicts) saved beside these."""
     state = {
+        **more,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,

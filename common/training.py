@@ -15,6 +15,9 @@ What every training gets from :func:`fit`:
   kept), before that step's update touches the weights; and, should a finite loss still leave
   non-finite weights, a stop before they are validated or saved.
 * ``runtime.precision``: autocast (bf16 / fp16) with a grad scaler for fp16.
+* Optionally (``TrainingSpec.average_decay``) an exponential moving average of the weights, which
+  validation scores and every checkpoint delivers as its ``model``; ``last.pt`` then also holds the
+  trained weights themselves (``trained_model``), which a resume continues from.
 * Data parallelism under torchrun: each rank trains on its slice of the global batch, gradients
   are averaged by DistributedDataParallel, rank 0 alone validates and writes checkpoints and logs.
 
@@ -27,6 +30,7 @@ documented difference from one process. Frozen BatchNorm (eval mode) is exact ev
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import sys
@@ -222,6 +226,36 @@ class TrainingSpec:
     collate_fn: Callable | None = None
     log_every: int = 10
     writer: Any = None  # a tensorboard writer (rank 0) or None to open runs/<stage>/
+    # decay of the weights' moving average (WeightAverage); 0 = the trained weights themselves
+    average_decay: float = 0.0
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights and BatchNorm statistics, updated after
+    each optimiser step: ``average = d * average + (1 - d) * weights``, with d = min(decay, (1 + k)
+    / (10 + k)) at step k so that the first steps' random-ish weights fade fast. Late in a training
+    the weights still jump from batch to batch around where they are heading; their average sits
+    nearer to it (the EMA of Polyak averaging, as in timm's ModelEmaV2)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"a weight average's decay must lie in (0, 1), not {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+        # state_dict tensors share the parameters' storage: pairs made once stay current
+        own, source = self.model.state_dict(), model.state_dict()
+        self._floats = [(own[name], source[name]) for name in own if own[name].is_floating_point()]
+        self._others = [(own[name], source[name]) for name in own if not own[name].is_floating_point()]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """Move the average towards the model's weights after optimiser step ``step`` (1-based)."""
+        keep = min(self.decay, (1 + step) / (10 + step))
+        averages, weights = zip(*self._floats)
+        torch._foreach_lerp_(list(averages), list(weights), 1.0 - keep)
+        for average, value in self._others:
+            average.copy_(value)
 
 
 @dataclass
@@ -286,11 +320,14 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
     metric = spec.metric
     start, best = 0, {metric: float("-inf")}
     state = None
+    trained_weights = None  # a resumed average's training weights, loaded once the average exists
     planned_now = getattr(scheduler, PLANNED_STEPS, None)
     planned_extra = {} if planned_now is None else {PLANNED_STEPS: planned_now}
     if not starts_fresh(cfg, spec.checkpoints):
         state = checkpoint.read_state(last_path)
         check_settings(last_path, state.get("extra", {}), spec.describe, spec.resume_keys)
+        # with an average, "model" is the average and "trained_model" the weights training goes on from
+        trained_weights = state.get(TRAINED_MODEL)
         model.load_state_dict(state["model"])
         if state.get("optimizer") is not None:
             optimizer.load_state_dict(state["optimizer"])
@@ -325,7 +362,12 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
     # before DDP's wrapper records which parameters learn (freezing may switch some off)
     train_mode(model)
     runtime.to_memory_format(model, spec.memory_format)
+    # a resumed average continues from the checkpoint's; switched on later, it starts at the weights
+    average = WeightAverage(model, spec.average_decay) if spec.average_decay else None
+    if trained_weights is not None:
+        model.load_state_dict(trained_weights)
     network: torch.nn.Module = model
+    delivered = average.model if average is not None else model  # what validation scores and files hold
     if world > 1:
         network = torch.nn.parallel.DistributedDataParallel(
             _convert_batchnorm_for_ddp(model, device), device_ids=[device.index] if device.type == "cuda" else None
@@ -350,7 +392,13 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
             if rng_ranks is not None:
                 extra["rng_ranks"] = rng_ranks
             checkpoint.save_training_state(
-                last_path, model=model, optimizer=optimizer, scheduler=scheduler, step=done, extra=extra
+                last_path,
+                model=delivered,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                step=done,
+                extra=extra,
+                **({TRAINED_MODEL: model.state_dict()} if average is not None else {}),
             )
         saved["step"] = done
 
@@ -393,6 +441,8 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
                     warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
                     scheduler.step()
                 done += 1
+                if average is not None:
+                    average.update(done)
                 progress.update(1)
                 if done % spec.log_every == 0 or done == end:
                     writer.add_scalar("train/loss", mean_loss, done)
@@ -402,7 +452,7 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
                 validating = bool(spec.val_every) and (done % spec.val_every == 0 or done == spec.steps)
                 stopping = shared[1].item() > 0
                 saving = validating or (every and done % every == 0) or done == end or stopping
-                if saving and not _weights_finite(model):
+                if saving and not (_weights_finite(model) and (average is None or _weights_finite(average.model))):
                     # a finite loss can still come with non-finite gradients; such weights must
                     # never replace a good checkpoint
                     raise TrainingError(
@@ -412,7 +462,7 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
                     )
                 validated = False
                 if validating:
-                    result = _validate(spec, model, done, writer)
+                    result = _validate(spec, delivered, done, writer)
                     train_mode(model)
                     validated = True
                     if not (result[metric] <= best[metric]):  # NaN (nothing to score): keep the latest
@@ -420,7 +470,7 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
                         if main:
                             checkpoint.save_training_state(
                                 best_path,
-                                model=model,
+                                model=delivered,
                                 step=done,
                                 extra={**spec.describe, "best": best, **planned_extra},
                             )
@@ -438,6 +488,9 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
         if own_writer:
             writer.close()
     return Outcome(step=done, best=best, resumed_from=start)
+
+
+TRAINED_MODEL = "trained_model"  # last.pt's training weights when "model" holds their average
 
 
 def _weights_finite(model: torch.nn.Module) -> bool:

@@ -438,6 +438,80 @@ def test_a_schedule_that_does_not_follow_the_length_resumes_longer_without_a_war
     assert training.PLANNED_STEPS not in state["extra"]
 
 
+def _averaged_spec(decay: float) -> training.TrainingSpec:
+    """The toy with a BatchNorm (statistics and a step counter to average and copy) and a weight
+    average; validation at steps 5 and 10 scores the network it is given."""
+    spec = _toy_spec(poison=-1)
+    torch.manual_seed(0)
+    spec.model = torch.nn.Sequential(torch.nn.Linear(1, 2), torch.nn.BatchNorm1d(2))
+    spec.optimizer = torch.optim.SGD(spec.model.parameters(), lr=0.01, momentum=0.9)
+    spec.scheduler = training.poly_schedule(spec.optimizer, 10)
+    spec.average_decay, spec.val_every = decay, 5
+    spec.validated = []
+    spec.validate = lambda model, step, writer: spec.validated.append((step, model)) or {"score": -step}
+    return spec
+
+
+def test_the_weight_average_is_what_validation_scores_and_checkpoints_deliver(make_cfg):
+    decay = 0.6
+    cfg = make_cfg()
+    spec = _averaged_spec(decay)
+    expected = {k: v.clone() for k, v in spec.model.state_dict().items()}  # the average starts there
+    trained = []
+
+    def follow(optimizer, args, kwargs):  # the formula, step by step, on the trained weights
+        weights = {k: v.clone() for k, v in spec.model.state_dict().items()}
+        trained.append(weights)
+        step = len(trained)
+        keep = min(decay, (1 + step) / (10 + step))
+        for name, value in weights.items():
+            if value.is_floating_point():
+                expected[name] = keep * expected[name] + (1 - keep) * value
+            else:
+                expected[name] = value
+
+    spec.optimizer.register_step_post_hook(follow)
+    training.fit(cfg, spec, device=torch.device("cpu"))
+    state = torch.load(Layout(cfg).checkpoint("toy", "last"), weights_only=False)
+    for name, value in spec.model.state_dict().items():
+        torch.testing.assert_close(state[training.TRAINED_MODEL][name], value)
+        torch.testing.assert_close(state["model"][name], expected[name])
+    assert not torch.equal(state["model"]["0.weight"], state[training.TRAINED_MODEL]["0.weight"])
+    assert state["model"]["1.num_batches_tracked"] == 10  # counters are copied, not averaged
+    # validation scored the average, in eval mode, and the trained network went on training
+    assert [step for step, _ in spec.validated] == [5, 10]
+    assert all(model is not spec.model and not model.training for _, model in spec.validated)
+    best = torch.load(Layout(cfg).checkpoint("toy", "best"), weights_only=False)
+    assert best["step"] == 5 and training.TRAINED_MODEL not in best
+
+
+def test_an_averaged_training_resumes_like_an_uninterrupted_one(make_cfg, tmp_path):
+    whole, parts = (make_cfg(**{"paths.checkpoints": str(tmp_path / name)}) for name in ("whole", "parts"))
+    training.fit(whole, _averaged_spec(0.6), device=torch.device("cpu"))
+    training.fit(parts, _averaged_spec(0.6), device=torch.device("cpu"), stop_after=3)
+    training.fit(parts, _averaged_spec(0.6), device=torch.device("cpu"))
+    a, b = (torch.load(Layout(c).checkpoint("toy", "last"), weights_only=False) for c in (whole, parts))
+    for key in ("model", training.TRAINED_MODEL):
+        for name, value in a[key].items():
+            torch.testing.assert_close(b[key][name], value)
+    # switched off on resume, training goes on from the trained weights, not from their average
+    off = _averaged_spec(0.0)
+    off.steps, off.scheduler = 12, training.poly_schedule(off.optimizer, 12)
+    before_steps = []
+
+    def record(*args):
+        before_steps.append(off.model[0].weight.detach().clone())
+
+    off.optimizer.register_step_pre_hook(record)
+    training.fit(parts, off, device=torch.device("cpu"))
+    torch.testing.assert_close(before_steps[0], a[training.TRAINED_MODEL]["0.weight"])
+
+
+def test_a_weight_average_needs_a_decay_below_one():
+    with pytest.raises(ValueError, match="decay must lie in"):
+        training.WeightAverage(torch.nn.Linear(1, 1), 1.0)
+
+
 def test_toy_settings_check_comes_before_the_shape_mismatch(make_cfg):
     cfg = make_cfg()
     training.fit(cfg, _toy_spec(poison=-1, width=1), device=torch.device("cpu"))
