@@ -263,6 +263,7 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         "pretrained_backbone": settings.pretrained_backbone,
         "freeze_backbone_bn": freeze_bn,
         "frozen_stride": settings.frozen_stride,
+        "average_decay": settings.average_decay,
         "weakly_supervised": weakly,
         "not_weakly_supervised_because": reasons,
         # only when set, so checkpoints written before the setting existed still resume
@@ -332,6 +333,7 @@ def run(cfg, *, stop_after: int | None = None) -> dict:
         train_mode=train_mode,
         writer=writer,
         memory_format=cfg.runtime.memory_format,
+        average_decay=settings.average_decay,
     )
     try:
         outcome = training.fit(cfg, spec, device=device, stop_after=stop_after)

@@ -404,6 +404,10 @@ def test_msrc_preset_freezes_early_layers_and_says_so_when_weights_are_off(tmp_p
         return cfg
 
     assert validate(msrc()).deeplab.frozen_stride == 8  # chosen on MSRC val (docs/RESULTS.md)
+    assert validate(msrc()).deeplab.average_decay == 0.995
+    assert validate(build_config("demo")).deeplab.average_decay == 0.0  # the original's trained weights
+    with pytest.raises(ConfigError, match="deeplab.average_decay"):
+        validate(msrc("deeplab.average_decay=1"))
     # a user who turns the ImageNet weights off is told which setting also has to change
     with pytest.raises(ConfigError, match=r"deeplab.frozen_stride 8 .* \(set frozen_stride 0\)"):
         validate(msrc("deeplab.pretrained_backbone=false"))

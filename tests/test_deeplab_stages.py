@@ -13,7 +13,7 @@ from test_deeplab import ColourModel, paint
 
 import datasets
 import main
-from common import files, provenance
+from common import files, provenance, training
 from common.layout import Layout
 from common.stages import BY_NAME
 from deeplab import eval_deeplab, train_deeplab
@@ -102,10 +102,18 @@ def test_train_and_eval_end_to_end(voc_cfg):
     assert list(layout.run_dir("eval_deeplab").glob("events.out.tfevents.*"))
 
 
-@pytest.mark.parametrize("ignore_hardest", [0.0, 0.3])
-def test_resume_gives_the_weights_of_an_uninterrupted_run(voc_cfg, tmp_path, ignore_hardest):
-    # with ignore_hardest the fraction left out follows the step, which a resumed run must pick up
-    cfg = voc_cfg(**{"deeplab.steps": 6, "deeplab.val_every": 4, "deeplab.ignore_hardest": ignore_hardest})
+@pytest.mark.parametrize(("ignore_hardest", "average_decay"), [(0.0, 0.0), (0.3, 0.0), (0.0, 0.9)])
+def test_resume_gives_the_weights_of_an_uninterrupted_run(voc_cfg, tmp_path, ignore_hardest, average_decay):
+    # with ignore_hardest the fraction left out follows the step, which a resumed run must pick up;
+    # with a weight average, "model" is the average and the trained weights go on from "trained_model"
+    cfg = voc_cfg(
+        **{
+            "deeplab.steps": 6,
+            "deeplab.val_every": 4,
+            "deeplab.ignore_hardest": ignore_hardest,
+            "deeplab.average_decay": average_decay,
+        }
+    )
     write_pseudo_labels(cfg)
     whole = train_deeplab.run(cfg)
     layout = Layout(cfg)
@@ -124,6 +132,9 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(voc_cfg, tmp_path, ign
     assert resumed["val_mIoU"] == whole["val_mIoU"]
     for name, tensor in uninterrupted["model"].items():
         assert torch.equal(tensor, final["model"][name]), name
+    assert (training.TRAINED_MODEL in final) == bool(average_decay)
+    for name, tensor in uninterrupted.get(training.TRAINED_MODEL, {}).items():
+        assert torch.equal(tensor, final[training.TRAINED_MODEL][name]), name
     momentum = [s["momentum_buffer"] for s in final["optimizer"]["state"].values()]
     reference = [s["momentum_buffer"] for s in uninterrupted["optimizer"]["state"].values()]
     assert all(torch.equal(a, b) for a, b in zip(momentum, reference))
