@@ -1046,8 +1046,8 @@ def markdown(results: dict) -> str:
         pairs = "; ".join(" with ".join(group) for group in side_by_side["pairs"])
         lines += [
             "The saliency network and the classifier (each with the maps it makes), then the DeepLabs, trained "
-            f"two at a time in processes of their own, {side_by_side['threads']} thread(s) each, the last of an "
-            f"odd number alone with every core ({pairs}; {side_by_side['seconds'] / 60:.1f} min in all): their "
+            f"two at a time in processes of their own, {side_by_side['threads']} thread(s) each, the last three "
+            f"together where their number is odd ({pairs}; {side_by_side['seconds'] / 60:.1f} min in all): their "
             "seconds below overlap, so the parts add up to more than the whole.",
             "",
         ]
@@ -1180,9 +1180,28 @@ def side_by_side_threads(base, cores: int | None = None) -> int:
     return cores // 2
 
 
+def job_groups(jobs: list) -> list[list]:
+    """``jobs`` two at a time, the last three together when their number is odd: a lone job
+    would have every core, but two cores ran one DeepLab 1.5x as fast as one core, while three
+    single-threaded processes share two cores at the pair's rate (docs/RESULTS.md). One job
+    alone stays alone."""
+    groups = [jobs[i : i + 2] for i in range(0, len(jobs), 2)]
+    if len(groups) > 1 and len(groups[-1]) == 1:
+        groups[-2:] = [groups[-2] + groups[-1]]
+    return groups
+
+
+def threads_in_group(threads: int, size: int) -> int:
+    """Threads of each process in a group of ``size`` jobs, ``threads`` being a pair's: the pair's
+    cores shared out (at least one each), or 0 (torch's default, every core) for a job alone."""
+    if size == 1:
+        return 0
+    return max(1, threads * 2 // size)
+
+
 def run_side_by_side(args, out: Path, jobs: list[Job], threads: int) -> dict:
-    """Run ``jobs`` two at a time, each a process of this script (``--job``) with ``threads``
-    threads; the last of an odd number runs alone with every core. Each writes its log to
+    """Run ``jobs`` two at a time (:func:`job_groups`), each a process of this script (``--job``)
+    with ``threads`` threads (a group of three shares the same cores). Each writes its log to
     <out>/logs/<job key>.log. A job that fails stops the run once its partner has finished (nothing
     either computed is lost: a rerun resumes both), with an error naming its log.
 
@@ -1190,9 +1209,9 @@ def run_side_by_side(args, out: Path, jobs: list[Job], threads: int) -> dict:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    groups = [jobs[i : i + 2] for i in range(0, len(jobs), 2)]
+    groups = job_groups(jobs)
     for group in groups:
-        each = threads if len(group) == 2 else 0  # 0: the process keeps torch's default, every core
+        each = threads_in_group(threads, len(group))
         names = " and ".join(job.key for job in group)
         print(f"\n=== {names}" + (f", side by side, {each} thread(s) each" if each else "") + " ===", flush=True)
         running = []

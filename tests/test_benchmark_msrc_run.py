@@ -251,6 +251,21 @@ def test_deeplabs_train_side_by_side_only_on_a_cpu_with_two_cores(tiny_shared, t
     assert msrc.side_by_side_threads(base, cores=16) == 0
 
 
+@pytest.mark.parametrize(("count", "sizes"), [(1, [1]), (2, [2]), (3, [3]), (4, [2, 2]), (5, [2, 3]), (7, [2, 2, 3])])
+def test_jobs_run_in_pairs_and_an_odd_last_one_joins_the_last_pair(count, sizes):
+    jobs = list(range(count))
+    groups = msrc.job_groups(jobs)
+    assert [len(group) for group in groups] == sizes
+    assert [job for group in groups for job in group] == jobs  # every job once, in order
+
+
+def test_a_group_shares_the_pairs_cores_and_a_job_alone_has_them_all():
+    assert msrc.threads_in_group(1, 2) == 1
+    assert msrc.threads_in_group(1, 3) == 1  # two cores, three single-threaded processes
+    assert msrc.threads_in_group(8, 3) == 5  # never more threads than cores
+    assert msrc.threads_in_group(8, 1) == 0
+
+
 def test_a_failed_side_by_side_job_stops_the_run_naming_its_log(tiny_shared, tmp_path):
     # the jobs' processes are this script with the run's arguments: a missing --shared fails them
     args = _run_args(tiny_shared, "--shared", str(tmp_path / "nowhere"), "--out", str(tmp_path / "bench"))
