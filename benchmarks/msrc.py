@@ -557,6 +557,8 @@ def evaluation_settings(cfg) -> dict:
         "crf": cfg.eval.use_crf,
         "unary": cfg.eval.crf_unary,
         "checkpoint": cfg.eval.checkpoint,
+        # the checkpoints hold the moving average of the weights where it is on
+        "average_decay": cfg.deeplab.average_decay,
     }
 
 
@@ -576,6 +578,8 @@ def evaluation_sentence(evaluation: dict) -> str:
         if checkpoint == "last"
         else "the checkpoint of its best validation mIoU during training (chosen on the val masks it is scored on)"
     )
+    if evaluation.get("average_decay"):  # absent from results written before the setting existed
+        which += f" (the moving average of its weights, `deeplab.average_decay` {evaluation['average_decay']:g})"
     return (
         f"EVAL_DEEPLAB scores every DeepLab below at {which}, with " + ", ".join(parts) + " (`eval.*`); the "
         "validation curves during training are single-scale, without the CRF."

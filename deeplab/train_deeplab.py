@@ -3,7 +3,8 @@
 SGD with a poly learning rate, the head at ``head_lr_mult`` x the backbone's; random scale, crop
 and flip; ignore index 255. Every ``val_every`` steps the validation split (images with masks,
 each at its own size) gives mIoU; best (by val mIoU) and last checkpoints under
-checkpoints/deeplab/; a rerun resumes from last (which holds optimiser, scheduler, step and random
+checkpoints/deeplab/ (with ``deeplab.average_decay``, validation and both files use the moving
+average of the weights); a rerun resumes from last (which holds optimiser, scheduler, step and random
 state; batches depend only on (seed, step), so the resumed run sees what an uninterrupted one
 would have). runs/train_deeplab/labels.json lists which images trained with which label.
 """

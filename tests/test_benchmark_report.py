@@ -347,9 +347,18 @@ def test_evaluation_settings_read_from_the_config():
 
     cfg = config_module.build_config("demo", ["eval.scales=[0.75,1.0]"])
     evaluation = msrc.evaluation_settings(cfg)
-    assert evaluation == {"scales": [0.75, 1.0], "flip": False, "crf": True, "unary": "softmax", "checkpoint": "last"}
+    assert evaluation == {
+        "scales": [0.75, 1.0],
+        "flip": False,
+        "crf": True,
+        "unary": "softmax",
+        "checkpoint": "last",
+        "average_decay": 0.0,
+    }
     sentence = msrc.evaluation_sentence(evaluation)
     assert "at its last checkpoint, with scales 0.75/1, the dense CRF on the network's probabilities" in sentence
+    averaged = msrc.evaluation_sentence({**evaluation, "average_decay": 0.995})
+    assert "last checkpoint (the moving average of its weights, `deeplab.average_decay` 0.995), with" in averaged
     # a report of results from before eval.checkpoint says they were read at best.pt
     del evaluation["checkpoint"]
     assert "best validation mIoU" in msrc.evaluation_sentence(evaluation)
