@@ -144,6 +144,8 @@ def eval_loader(
 # but then a poly schedule is stretched mid-way (from near 0 back up), and the result is not what a
 # fresh run of the new length gives, so resuming says so
 PLANNED_STEPS = "planned_steps"
+# last.pt's training weights when its "model" holds their moving average (TrainingSpec.average_decay)
+TRAINED_MODEL = "trained_model"
 
 
 def poly_schedule(optimizer, total_steps: int, power: float = 0.9):
@@ -245,15 +247,15 @@ class WeightAverage:
         self.model.requires_grad_(False)
         # state_dict tensors share the parameters' storage: pairs made once stay current
         own, source = self.model.state_dict(), model.state_dict()
-        self._floats = [(own[name], source[name]) for name in own if own[name].is_floating_point()]
+        floats = [name for name in own if own[name].is_floating_point()]
+        self._averages, self._weights = [own[name] for name in floats], [source[name] for name in floats]
         self._others = [(own[name], source[name]) for name in own if not own[name].is_floating_point()]
 
     @torch.no_grad()
     def update(self, step: int) -> None:
         """Move the average towards the model's weights after optimiser step ``step`` (1-based)."""
         keep = min(self.decay, (1 + step) / (10 + step))
-        averages, weights = zip(*self._floats)
-        torch._foreach_lerp_(list(averages), list(weights), 1.0 - keep)
+        torch._foreach_lerp_(self._averages, self._weights, 1.0 - keep)
         for average, value in self._others:
             average.copy_(value)
 
@@ -320,15 +322,16 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
     metric = spec.metric
     start, best = 0, {metric: float("-inf")}
     state = None
-    trained_weights = None  # a resumed average's training weights, loaded once the average exists
+    averaged_weights = None  # a resumed average's own weights
     planned_now = getattr(scheduler, PLANNED_STEPS, None)
     planned_extra = {} if planned_now is None else {PLANNED_STEPS: planned_now}
     if not starts_fresh(cfg, spec.checkpoints):
         state = checkpoint.read_state(last_path)
         check_settings(last_path, state.get("extra", {}), spec.describe, spec.resume_keys)
         # with an average, "model" is the average and "trained_model" the weights training goes on from
-        trained_weights = state.get(TRAINED_MODEL)
-        model.load_state_dict(state["model"])
+        if TRAINED_MODEL in state:
+            averaged_weights = state["model"]
+        model.load_state_dict(state.get(TRAINED_MODEL, state["model"]))
         if state.get("optimizer") is not None:
             optimizer.load_state_dict(state["optimizer"])
         if state.get("scheduler") is not None:
@@ -364,8 +367,8 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
     runtime.to_memory_format(model, spec.memory_format)
     # a resumed average continues from the checkpoint's; switched on later, it starts at the weights
     average = WeightAverage(model, spec.average_decay) if spec.average_decay else None
-    if trained_weights is not None:
-        model.load_state_dict(trained_weights)
+    if average is not None and averaged_weights is not None:
+        average.model.load_state_dict(averaged_weights)
     network: torch.nn.Module = model
     delivered = average.model if average is not None else model  # what validation scores and files hold
     if world > 1:
@@ -488,9 +491,6 @@ def fit(cfg, spec: TrainingSpec, *, device: torch.device, stop_after: int | None
         if own_writer:
             writer.close()
     return Outcome(step=done, best=best, resumed_from=start)
-
-
-TRAINED_MODEL = "trained_model"  # last.pt's training weights when "model" holds their average
 
 
 def _weights_finite(model: torch.nn.Module) -> bool:
